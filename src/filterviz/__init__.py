@@ -1,0 +1,35 @@
+"""filterviz: see what a convolutional network has learned.
+
+Synthesizes the input images that most excite a model's filters, by gradient ascent on the image.
+
+>>> import filterviz
+>>> model = filterviz.load_model("efficientnet-lite0")
+>>> image = filterviz.generate_pattern(model, "blocks.3.depthwise.act", 0, seed=0)  # (150, 150, 3) uint8
+"""
+
+from .book import book_layers, generate_pattern, run_demo
+from .errors import FilterVizError
+from .image import deprocess_image, make_grid, save_image
+from .layers import LayerInfo
+from .models import DEFAULT_MODEL, InputSpec, LoadedModel, known_models, load_model
+from .render import FilterRender, render_filters
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FilterRender",
+    "FilterVizError",
+    "InputSpec",
+    "LayerInfo",
+    "LoadedModel",
+    "book_layers",
+    "deprocess_image",
+    "generate_pattern",
+    "known_models",
+    "load_model",
+    "make_grid",
+    "render_filters",
+    "run_demo",
+    "save_image",
+]

@@ -1,0 +1,103 @@
+"""The book's recipe by its own names: ``generate_pattern``, ``deprocess_image`` and the demo figures.
+
+Chollet, *Deep Learning with Python*, 5.4.2 "Visualizing convnet filters": filter 0 of
+``block1_conv1`` ... ``block4_conv1`` of VGG16 saved as ``vggconv1.png`` ... ``vggconv4.png``, and an
+8x8 grid of a layer's first 64 filters (64 px tiles, 5 px margins).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError, WeightsUnavailableError
+from .image import deprocess_image, make_grid, save_image
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .render import FilterRender, render_filters
+
+__all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "run_demo"]
+
+ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish", "Sigmoid", "Tanh"}
+GRID_FILTERS = 64
+GRID_TILE = 64
+
+
+def generate_pattern(
+    model: LoadedModel | str,
+    layer_name: str,
+    filter_index: int,
+    size: int = 150,
+    steps: int = 40,
+    step: float = 1.0,
+    seed: int | None = None,
+) -> np.ndarray:
+    """The image (size, size, 3) uint8 that maximizes the mean activation of one filter, as in the book."""
+    loaded = load_model(model) if isinstance(model, str) else model
+    render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, step=step, seed=seed)
+    return render.images[0]
+
+
+def book_layers(model: LoadedModel, count: int = 4) -> list[str]:
+    """Layers comparable to the book's ``block1_conv1`` ... ``block4_conv1``: the first activation
+    layer at each of the model's first ``count`` output strides (for VGG16, exactly those four).
+    Names are given by alias where the model has one."""
+    size = model.spec.default_size
+    chosen: dict[int, str] = {}
+    for info in model.layers(size):
+        if info.kind in ACTIVATIONS and info.height and size // info.height not in chosen:
+            chosen[size // info.height] = info.aliases[0] if info.aliases else info.name
+    return [chosen[stride] for stride in sorted(chosen)][:count]
+
+
+@dataclass
+class DemoFigure:
+    path: Path
+    render: FilterRender
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str] = "out",
+    model: LoadedModel | None = None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    notify: Callable[[str], None] = lambda message: None,
+) -> list[DemoFigure]:
+    """Write the book's figures into ``out_dir``: ``vggconv1..4.png`` and ``grid_<layer>.png``.
+
+    Without ``model``, uses VGG16 with ImageNet weights (cached, downloaded, or the local file
+    ``weights``); when they cannot be had, ``notify`` is told why and the embedded model is used,
+    with comparable layers (see ``book_layers``).
+    """
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"cannot write figures into {str(folder)!r}: it is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
+    if model is None:
+        try:
+            model = load_model("vgg16", weights, device, progress=progress)
+        except WeightsUnavailableError as exc:
+            notify(f"{exc}; using the embedded {DEFAULT_MODEL} instead")
+            model = load_model(DEFAULT_MODEL, device=device)
+    layers = book_layers(model)
+    figures = []
+    for number, layer in enumerate(layers, start=1):
+        render = render_filters(model, layer, [0], seed=seed, progress=progress)
+        figures.append(DemoFigure(save_image(render.images[0], folder / f"vggconv{number}.png"), render))
+    grid_layer = layers[min(2, len(layers) - 1)]
+    channels = model.layer_info(grid_layer, GRID_TILE).channels
+    render = render_filters(
+        model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress
+    )
+    grid = make_grid(render.images, crossed=render.dead)
+    figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
+    return figures

@@ -1,0 +1,186 @@
+"""The ``filterviz`` command: a thin layer over the Python API.
+
+Every user error is a FilterVizError, printed here as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .book import run_demo
+from .errors import FilterVizError
+from .image import check_writable, make_grid, save_image
+from .models import DEFAULT_MODEL, known_models, load_model
+from .render import FilterRender, render_filters
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the message and where to get help), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _say(message: str) -> None:
+    print(f"filterviz: {message}", file=sys.stderr)
+
+
+def parse_filters(text: str) -> list[int]:
+    """Parse a filter list such as ``0-63`` or ``0,5,9-12``."""
+    filters: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            start, stop = int(first), int(last) if last else int(first)
+            if stop < start:
+                raise ValueError
+            filters.extend(range(start, stop + 1))
+    except ValueError:
+        raise FilterVizError(f"cannot read filters {text!r}; use a list of indices and ranges such as 0-63 or 0,5,9-12") from None
+    return filters
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+_seed.__name__ = "non-negative integer seed"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+_positive.__name__ = "positive integer"
+
+
+def _warn_dead(render: FilterRender, consequence: str) -> None:
+    for filter_index, dead in zip(render.filters, render.dead):
+        if dead:
+            _say(f"warning: filter {filter_index} of {render.layer} is dead: its gradient stayed zero at every "
+                 f"step, so nothing could be rendered; {consequence}")
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    for name in known_models():
+        print(name + ("  (embedded default, works offline)" if name == DEFAULT_MODEL else ""))
+
+
+def _cmd_layers(args: argparse.Namespace) -> None:
+    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    rows = [(info.name, info.kind, str(info.channels), info.spatial, ", ".join(info.aliases))
+            for info in model.layers(args.size)]
+    header = ("layer", "kind", "channels", f"size@{args.size or model.spec.default_size}", "aliases")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _cmd_render(args: argparse.Namespace) -> None:
+    check_writable(args.output)
+    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    render = render_filters(model, args.layer, [args.filter], size=args.size, steps=args.steps, step=args.step,
+                            seed=args.seed, progress=not args.quiet)
+    _warn_dead(render, f"{args.output} shows only the start noise")
+    save_image(render.images[0], args.output)
+    if not args.quiet:
+        _say(f"wrote {args.output} (filter {args.filter} of {args.layer}: mean activation "
+             f"{render.start_activation[0]:.3g} -> {render.activation[0]:.3g})")
+
+
+def _cmd_grid(args: argparse.Namespace) -> None:
+    check_writable(args.output)
+    filters = parse_filters(args.filters)
+    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
+                            seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    _warn_dead(render, "its tile is crossed out")
+    save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.dead), args.output)
+    if not args.quiet:
+        _say(f"wrote {args.output} ({len(filters)} filters of {args.layer})")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    figures = run_demo(args.output, weights=args.weights, seed=args.seed, device=args.device,
+                       progress=not args.quiet, notify=_say)
+    for figure in figures:
+        _warn_dead(figure.render, f"it is crossed out in {figure.path}" if len(figure.render.filters) > 1
+                   else f"{figure.path} shows only the start noise")
+    if not args.quiet:
+        model = figures[0].render.model
+        _say(f"wrote {', '.join(str(f.path) for f in figures)} with {model}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="filterviz", description="See what a convolutional network has learned.")
+    parser.add_argument("--version", action="version", version=f"filterviz {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    common.add_argument("--weights", help="weights enum name (IMAGENET1K_V1), local checkpoint file, or 'random'")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+
+    ascent = _Parser(add_help=False)
+    ascent.add_argument("--steps", type=int, default=40, help="ascent steps (default 40)")
+    ascent.add_argument("--step", type=float, default=1.0, help="step size (default 1.0)")
+    ascent.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
+
+    models = commands.add_parser("models", help="list the known model names")
+    models.set_defaults(run=_cmd_models)
+
+    layers = commands.add_parser("layers", parents=[common], help="list a model's layers")
+    layers.add_argument("model", help=f"model name, e.g. {DEFAULT_MODEL} or vgg16")
+    layers.add_argument("--size", type=_positive, help="input size for the spatial sizes shown")
+    layers.set_defaults(run=_cmd_layers)
+
+    render = commands.add_parser("render", parents=[common, ascent], help="render one filter")
+    render.add_argument("model")
+    render.add_argument("layer", help="layer name, e.g. block3_conv1 (see `filterviz layers MODEL`)")
+    render.add_argument("filter", type=int, help="filter (channel) index")
+    render.add_argument("-o", "--output", required=True, help="image file to write (.png)")
+    render.add_argument("--size", type=_positive, default=150, help="image side in pixels (default 150)")
+    render.set_defaults(run=_cmd_render)
+
+    grid = commands.add_parser("grid", parents=[common, ascent], help="render filters of a layer as a grid")
+    grid.add_argument("model")
+    grid.add_argument("layer")
+    grid.add_argument("--filters", default="0-63", help="indices and ranges, e.g. 0-63 or 0,5,9-12 (default 0-63)")
+    grid.add_argument("-o", "--output", required=True, help="image file to write (.png)")
+    grid.add_argument("--size", type=_positive, default=64, help="tile side in pixels (default 64, as the book)")
+    grid.add_argument("--per-row", type=_positive, default=8, help="tiles per row (default 8)")
+    grid.add_argument("--margin", type=int, default=5, help="pixels between tiles (default 5)")
+    grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
+    grid.set_defaults(run=_cmd_grid)
+
+    demo = commands.add_parser("demo", parents=[common], help="the book's figures: vggconv1..4.png and a grid")
+    demo.add_argument("-o", "--output", default="out", help="folder to write into (default out)")
+    demo.add_argument("--seed", type=_seed, help="seed of the start noise")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FilterVizError as exc:
+        _say(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted; no partial files were written")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

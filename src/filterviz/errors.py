@@ -1,0 +1,41 @@
+"""User-facing errors: each carries a one-line message that says what was wrong and what would be right."""
+
+from __future__ import annotations
+
+
+class FilterVizError(Exception):
+    """Base class of every error a user can cause; the CLI prints its message and exits with status 2."""
+
+
+class UnknownModelError(FilterVizError, KeyError):
+    """A model name that filterviz does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class UnknownLayerError(FilterVizError, KeyError):
+    """A layer name that the model does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class FilterIndexError(FilterVizError, IndexError):
+    """A filter (channel) index outside the layer's range."""
+
+
+class InputSizeError(FilterVizError, ValueError):
+    """An input size at which the layer has no spatial output."""
+
+
+class WeightsError(FilterVizError):
+    """A weights file that is missing, unreadable or does not fit the architecture."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Pretrained weights that are neither cached nor downloadable right now."""
+
+
+class OutputError(FilterVizError):
+    """An output path that cannot be written."""

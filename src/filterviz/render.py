@@ -1,0 +1,147 @@
+"""The ascent loop: gradient ascent on the input image, the book's way, for a batch of filters at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import FilterIndexError, FilterVizError
+from .image import deprocess_image
+from .models.loaded import LoadedModel
+from .objectives import ChannelObjective
+from .params import classic_start
+
+Objective = Callable[[torch.Tensor], torch.Tensor]  # activations -> one score per image
+
+
+@dataclass
+class FilterRender:
+    """The outcome of rendering filters of one layer.
+
+    ``pixels`` are the raw optimized images, (N, H, W, 3) in RGB pixel units; ``images`` their
+    deprocessed uint8 form. ``start_activation`` and ``activation`` are each filter's objective at
+    the start image and at the final image. ``dead[i]`` is true when filter ``i``'s gradient stayed
+    zero at every step, so its image is just the start noise.
+    """
+
+    model: str
+    layer: str
+    filters: list[int]
+    pixels: np.ndarray
+    start_activation: np.ndarray
+    activation: np.ndarray
+    dead: np.ndarray
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.stack([deprocess_image(p) for p in self.pixels])
+
+
+def objective_gradient(
+    run: Callable[[torch.Tensor], torch.Tensor], objective: Objective, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image objective values and their gradient with respect to the pixels."""
+    pixels = pixels.detach().requires_grad_(True)
+    values = objective(run(pixels))
+    (grad,) = torch.autograd.grad(values.sum(), pixels)
+    return values.detach(), grad
+
+
+def ascend(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    objective: Objective,
+    start: torch.Tensor,
+    steps: int = 40,
+    step: float = 1.0,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The book's ascent: ``x += step * g / (sqrt(mean(g**2)) + 1e-5)``, ``steps`` times, per image.
+
+    Returns (final pixels, objective at start, objective at the final pixels, alive), where
+    ``alive[i]`` says whether image ``i`` ever had a nonzero gradient.
+    """
+    pixels = start.detach().clone()
+    alive = torch.zeros(pixels.shape[0], dtype=torch.bool, device=pixels.device)
+    first = None
+    for _ in range(steps):
+        values, grad = objective_gradient(run, objective, pixels)
+        first = values if first is None else first
+        rms = grad.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+        alive |= rms.flatten() > 0
+        pixels += grad / (rms + 1e-5) * step
+        if on_step is not None:
+            on_step()
+    with torch.no_grad():
+        final = objective(run(pixels))
+    return pixels, (final if first is None else first), final, alive
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Filters per batch: small on CPUs, where larger batches fall out of cache; large on GPUs."""
+    return 64 if device.type == "cuda" else 8
+
+
+def render_filters(
+    model: LoadedModel,
+    layer: str,
+    filters: Sequence[int],
+    *,
+    size: int = 150,
+    steps: int = 40,
+    step: float = 1.0,
+    seed: int | None = None,
+    start: np.ndarray | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> FilterRender:
+    """Render many filters of one layer with the book's recipe, a batch of images at a time.
+
+    ``start`` (N, H, W, 3) replaces the book's noise start; each filter's result equals its
+    one-at-a-time result from the same start image.
+    """
+    filters = [int(f) for f in filters]
+    if not filters:
+        raise FilterVizError("no filters to render; give at least one filter index")
+    if steps < 0:
+        raise FilterVizError(f"steps must be 0 or more, not {steps}")
+    if start is not None:
+        if start.ndim != 4 or start.shape[0] != len(filters) or start.shape[3] != 3:
+            raise FilterVizError(f"start must have shape ({len(filters)}, H, W, 3), not {start.shape}")
+        size = start.shape[1]
+    if size < 1:
+        raise FilterVizError(f"size must be at least 1 px, not {size}")
+    info = model.layer_info(layer, size)
+    bad = [f for f in filters if not 0 <= f < info.channels]
+    if bad:
+        raise FilterIndexError(
+            f"filter {bad[0]} is out of range for layer {layer} of {model.name}, which has "
+            f"{info.channels} filters: use 0-{info.channels - 1}"
+        )
+    if start is None:
+        start = classic_start(size, filters, seed)
+
+    batch = batch_size or default_batch_size(model.device)
+    results = []
+    with tqdm(total=steps * -(-len(filters) // batch), desc=f"{model.name} {layer}", unit="step",
+              disable=None if progress else True, leave=False) as bar, model.truncated(info.name) as run:
+        for first in range(0, len(filters), batch):
+            chunk = filters[first:first + batch]
+            pixels = torch.as_tensor(start[first:first + batch], dtype=model.dtype, device=model.device)
+            out = ascend(run, ChannelObjective(layer, chunk), pixels.permute(0, 3, 1, 2), steps, step,
+                         on_step=bar.update)
+            results.append([t.detach().cpu() for t in out])
+    pixels, before, after, alive = (torch.cat(parts) for parts in zip(*results))
+    return FilterRender(
+        model=model.name,
+        layer=layer,
+        filters=filters,
+        pixels=pixels.permute(0, 2, 3, 1).double().numpy(),
+        start_activation=before.double().numpy(),
+        activation=after.double().numpy(),
+        dead=~alive.numpy(),
+    )
+
