@@ -77,7 +77,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 def _cmd_layers(args: argparse.Namespace) -> None:
     model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
-    rows = [(info.name, info.kind, str(info.channels), info.spatial, ", ".join(info.aliases))
+    rows = [(info.name, info.kind + (f" (runs {info.calls}x, first call)" if info.calls > 1 else ""),
+             str(info.channels), info.spatial, ", ".join(info.aliases))
             for info in model.layers(args.size)]
     header = ("layer", "kind", "channels", f"size@{args.size or model.spec.default_size}", "aliases")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]

@@ -20,7 +20,11 @@ from .errors import UnknownLayerError
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One addressable layer: its name, kind, output channels and spatial size at a given input size."""
+    """One addressable layer: its name, kind, output channels and spatial size at a given input size.
+
+    ``calls`` counts how often the module runs per forward pass; one that runs more than once is
+    addressed at its first call.
+    """
 
     name: str
     kind: str
@@ -28,6 +32,7 @@ class LayerInfo:
     height: int | None
     width: int | None
     aliases: tuple[str, ...] = ()
+    calls: int = 1
 
     @property
     def spatial(self) -> str:

@@ -13,12 +13,15 @@ from collections.abc import Sequence
 _VGG_CFG_KEYS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 
 
-def keras_vgg_aliases(cfg: Sequence[int | str], prefix: str = "features") -> dict[str, str]:
+def keras_vgg_aliases(
+    cfg: Sequence[int | str], batch_norm: bool = False, prefix: str = "features"
+) -> dict[str, str]:
     """Keras layer names -> torchvision module paths for a VGG ``features`` stack built from ``cfg``.
 
-    ``cfg`` is a torchvision VGG config: channel counts for convs and ``"M"`` for max-pools. Without
-    batch norm, each conv is followed by a ReLU, so a conv takes two module slots and a pool one.
+    ``cfg`` is a torchvision VGG config: channel counts for convs and ``"M"`` for max-pools. A conv
+    takes two module slots (conv, ReLU), or three with batch norm (conv, BN, ReLU); a pool takes one.
     """
+    slots = 3 if batch_norm else 2
     aliases: dict[str, str] = {}
     block, conv, index = 1, 0, 0
     for item in cfg:
@@ -27,16 +30,16 @@ def keras_vgg_aliases(cfg: Sequence[int | str], prefix: str = "features") -> dic
             block, conv, index = block + 1, 0, index + 1
         else:
             conv += 1
-            aliases[f"block{block}_conv{conv}"] = f"{prefix}.{index + 1}"  # the ReLU after the conv
-            index += 2
+            aliases[f"block{block}_conv{conv}"] = f"{prefix}.{index + slots - 1}"  # the ReLU after the conv
+            index += slots
     return aliases
 
 
 def aliases_for(model_name: str) -> dict[str, str]:
     """The alias table of a torchvision model name (empty when it has none)."""
-    key = _VGG_CFG_KEYS.get(model_name)
+    key = _VGG_CFG_KEYS.get(model_name.removesuffix("_bn"))
     if key is None:
         return {}
     from torchvision.models.vgg import cfgs
 
-    return keras_vgg_aliases(cfgs[key])
+    return keras_vgg_aliases(cfgs[key], batch_norm=model_name.endswith("_bn"))

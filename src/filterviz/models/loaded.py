@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import InputSizeError, UnknownLayerError
+from ..errors import InputSizeError
 from ..layers import LayerInfo, probe_layers, resolve_layer, truncated_forward
 from .spec import InputSpec
 
@@ -68,23 +68,18 @@ class LoadedModel:
             by_target.setdefault(target, []).append(alias)
         infos = []
         for name, (kind, shape, calls) in probe.items():
-            if calls != 1 or len(shape) < 2:
+            if len(shape) < 2:
                 continue
             height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
-            infos.append(LayerInfo(name, kind, shape[1], height, width, tuple(by_target.get(name, ()))))
+            infos.append(LayerInfo(name, kind, shape[1], height, width, tuple(by_target.get(name, ())), calls))
         return infos
 
     def resolve(self, layer: str) -> str:
-        """The module path of ``layer``, given by its native name or an alias."""
-        probe = self._probe(self.spec.default_size)
-        native = [name for name, (_, _, calls) in probe.items() if calls == 1] if probe else [
-            name for name, _ in self.module.named_modules() if name
-        ]
-        if layer in probe and probe[layer][2] > 1:
-            raise UnknownLayerError(
-                f"layer {layer!r} of {self.name} runs {probe[layer][2]} times per forward pass, so its "
-                "output is ambiguous; choose a layer that runs once (`filterviz layers` lists them)"
-            )
+        """The module path of ``layer``, given by its native name or an alias.
+
+        A module that runs several times per forward pass is addressed at its first call.
+        """
+        native = [name for name, _ in self.module.named_modules() if name]
         return resolve_layer(layer, native, self.aliases, self.name)
 
     def layer_info(self, layer: str, size: int) -> LayerInfo:

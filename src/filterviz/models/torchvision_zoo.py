@@ -109,7 +109,7 @@ def load_torchvision(
         module = tv_models.get_model(name, weights=None)
         load_weights_file(module, path, name)
         return LoadedModel(
-            name, module, _spec_of(reference), aliases, tuple(reference.meta.get("categories", ())) or None,
+            name, module, _spec_of(reference), aliases, tuple(reference.meta.get("categories") or ()) or None,
             source=f"local file {path} (input standardization of {reference})",
         )
     if weights is not None and str(weights).lower() in RANDOM_WEIGHTS:
@@ -132,5 +132,5 @@ def load_torchvision(
         raise WeightsError(
             f"cannot load {enum} from {file} ({str(exc).splitlines()[0][:120]}); delete the file to download it again"
         ) from None
-    categories = tuple(enum.meta.get("categories", ())) or None
+    categories = tuple(enum.meta.get("categories") or ()) or None
     return LoadedModel(name, module, _spec_of(enum), aliases, categories, source=f"torchvision {enum}")

@@ -1,0 +1,64 @@
+"""Tiny models for fast tests, and shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import filterviz
+from filterviz import InputSpec
+
+# A spec that exercises every conversion step: channel flip, mean and std per channel.
+TINY_SPEC = InputSpec(mean=(120.0, 115.0, 100.0), std=(60.0, 55.0, 50.0), channel_order="BGR", default_size=16)
+
+
+class CallCounter(nn.Module):
+    """Counts its calls, to prove that a forward pass stopped before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+class TinyNet(nn.Module):
+    """conv(3->4) act conv(4->6) act pool conv(6->8, no padding) act | counter, pool, linear(8->5)."""
+
+    def __init__(self, activation: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), activation(),
+            nn.Conv2d(4, 6, 3, padding=1), activation(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3), activation(),
+        )
+        self.counter = CallCounter()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):  # positive biases: few units start dead
+                nn.init.uniform_(layer.bias, 0.05, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.counter(self.features(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_model(activation: type[nn.Module] = nn.ReLU, dtype: torch.dtype = torch.float64, seed: int = 0):
+    torch.manual_seed(seed)
+    module = TinyNet(activation).to(dtype)
+    return filterviz.load_model(module, spec=TINY_SPEC, name="tiny", device="cpu")
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    return filterviz.load_model("efficientnet-lite0", device="cpu")

@@ -1,0 +1,65 @@
+"""Image output: the book's deprocessing, grids, atomic writes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from filterviz import deprocess_image, make_grid, save_image
+from filterviz.errors import OutputError
+
+
+def test_deprocess_hand_computed():
+    x = np.array([[[0.0, 10.0, 20.0], [30.0, 40.0, 50.0]]])  # mean 25, std sqrt(1750 / 6) = 17.0783
+    # (v - 25) / (17.0783 + 1e-5) * 0.1 + 0.5, times 255, truncated as astype('uint8') does:
+    # 90.17, 105.10, 120.03, 134.97, 149.90, 164.83
+    expected = np.array([[[90, 105, 120], [134, 149, 164]]], dtype=np.uint8)
+    out = deprocess_image(x)
+    assert out.dtype == np.uint8
+    assert np.array_equal(out, expected)
+    assert x[0, 0, 1] == 10.0  # the input is not modified
+
+
+def test_deprocess_clips_outliers():
+    x = np.zeros((1, 10, 3))
+    x[0, 0, 0] = 1000.0  # an outlier many standard deviations out
+    out = deprocess_image(x)
+    assert out[0, 0, 0] == 255
+    assert out[0, 5, 1] == int(255 * (0.5 - 0.1 * (1000 / 30) / (1000 / 30 * np.sqrt(29) + 1e-5)))
+
+
+def test_grid_layout():
+    tiles = [np.full((4, 3, 3), value, np.uint8) for value in (10, 20, 30)]
+    grid = make_grid(tiles, per_row=2, margin=5)
+    assert grid.shape == (4 + 5 + 4, 3 + 5 + 3, 3)
+    assert (grid[0:4, 0:3] == 10).all() and (grid[0:4, 8:11] == 20).all() and (grid[9:13, 0:3] == 30).all()
+    assert (grid[4:9] == 0).all() and (grid[:, 3:8] == 0).all() and (grid[9:13, 8:11] == 0).all()
+
+
+def test_book_grid_size():
+    tiles = np.full((64, 64, 64, 3), 128, np.uint8)
+    assert make_grid(tiles).shape == (8 * 64 + 7 * 5, 8 * 64 + 7 * 5, 3)
+
+
+def test_crossed_tile_is_marked():
+    tiles = [np.full((9, 9, 3), 128, np.uint8)] * 2
+    grid = make_grid(tiles, per_row=2, margin=1, crossed=[False, True])
+    assert (grid[:, :9] == 128).all()
+    assert tuple(grid[4, 10 + 4]) == (255, 0, 0) and tuple(grid[0, 10]) == (255, 0, 0)
+
+
+def test_save_image_roundtrip_and_no_temp_files(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    path = save_image(image, tmp_path / "a.png")
+    assert np.array_equal(np.array(Image.open(path)), image)
+    assert os.listdir(tmp_path) == ["a.png"]
+
+
+@pytest.mark.parametrize("name", ["missing/a.png", "a.unknownext", "."])
+def test_save_image_refuses_bad_paths(tmp_path, name):
+    with pytest.raises(OutputError, match="cannot write"):
+        save_image(np.zeros((2, 2, 3), np.uint8), tmp_path / name)
+    assert not (tmp_path / "missing").exists() and os.listdir(tmp_path) == []
