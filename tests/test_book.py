@@ -1,0 +1,59 @@
+"""The book's names and figures: generate_pattern, comparable layers, and the demo."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+from PIL import Image
+
+import filterviz
+from filterviz import render_filters
+
+
+def test_generate_pattern_as_in_the_book(embedded):
+    image = filterviz.generate_pattern(embedded, "blocks.3.depthwise.act", 0, seed=0)
+    assert image.shape == (150, 150, 3) and image.dtype == np.uint8
+    again = filterviz.generate_pattern(embedded, "blocks.3.depthwise.act", 0, seed=0)
+    assert np.array_equal(image, again)
+
+
+def test_render_raises_activation_on_embedded_model(embedded):
+    # ReLU6 units, so activations lie in 0..6; these filters start near zero (0..0.4 for this seed).
+    result = render_filters(embedded, "blocks.3.depthwise.act", [2, 3, 4, 5, 6, 7], size=96, seed=0)
+    assert not result.dead.any()
+    assert (result.start_activation < 0.5).all()
+    assert (result.activation > result.start_activation + 1.3).all(), (result.start_activation, result.activation)
+
+
+def test_comparable_layers_of_embedded_model(embedded):
+    # The first activation at output strides 2, 4, 8 and 16, as block1_conv1 ... block4_conv1 are for VGG16.
+    assert filterviz.book_layers(embedded) == [
+        "stem.act", "blocks.1.depthwise.act", "blocks.3.depthwise.act", "blocks.5.depthwise.act"]
+
+
+def test_demo_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
+    for variable in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def offline(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    messages: list[str] = []
+    figures = filterviz.run_demo(tmp_path / "out", seed=0, device="cpu", notify=messages.append)
+
+    assert len(messages) == 1 and "IMAGENET1K_FEATURES weights are not in the torch cache" in messages[0]
+    assert messages[0].endswith("using the embedded efficientnet-lite0 instead")
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert names == ["grid_blocks.3.depthwise.act.png", "vggconv1.png", "vggconv2.png", "vggconv3.png", "vggconv4.png"]
+    for figure in figures:
+        image = np.array(Image.open(figure.path))
+        expected = (150, 150, 3) if figure.path.name.startswith("vggconv") else (8 * 64 + 7 * 5,) * 2 + (3,)
+        assert image.shape == expected
+        tiles = [image] if image.shape[0] == 150 else [image[r:r + 64, c:c + 64] for r in range(0, 547, 69)
+                                                     for c in range(0, 547, 69)]
+        live = [tile for tile, dead in zip(tiles, figure.render.dead) if not dead]
+        assert all(tile.std() > 10 for tile in live)  # not flat
+    assert figures[-1].render.filters == list(range(64))

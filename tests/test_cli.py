@@ -1,0 +1,116 @@
+"""The command line, through main(argv): bad input gives one line and exit status 2, and no file."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from filterviz.cli import main
+
+EMBEDDED = "efficientnet-lite0"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
+    out = os.path.join(tmp, "out.png")
+    garbage, small = os.path.join(tmp, "garbage.pth"), os.path.join(tmp, "small.pth")
+    return {
+        "unknown model": (["render", "vgg61", "block1_conv1", "0", "-o", out],
+                          r"unknown model 'vgg61' \(closest: .*\); known models: efficientnet-lite0, alexnet, "),
+        "unknown layer": (["render", EMBEDDED, "blocks.3.depthwise.actt", "0", "-o", out],
+                          r"unknown layer 'blocks.3.depthwise.actt' of efficientnet-lite0 \(closest: blocks.3.depthwise.act"),
+        "filter out of range": (["render", EMBEDDED, "stem.act", "32", "-o", out],
+                                r"filter 32 is out of range for layer stem.act .* has 32 filters: use 0-31"),
+        "negative filter": (["render", EMBEDDED, "stem.act", "-3", "-o", out], r"filter -3 is out of range.*use 0-31"),
+        "size too small": (["render", "vgg16", "block5_conv3", "0", "--weights", "random", "--size", "8", "-o", out],
+                           r"size 8 is too small for layer block5_conv3 of vgg16: it has no spatial output below 16 px; "
+                           r"use --size 16 or more"),
+        "missing weights": (["render", "vgg16", "block1_conv1", "0", "--weights", os.path.join(tmp, "no.pth"), "-o", out],
+                            r"weights file .*no.pth' does not exist"),
+        "unreadable weights": (["render", "vgg16", "block1_conv1", "0", "--weights", garbage, "-o", out],
+                               r"cannot read weights file .*garbage.pth': it is not a readable PyTorch checkpoint"),
+        "weights of another architecture": (["render", "vgg16", "block1_conv1", "0", "--weights", small, "-o", out],
+                                            r"weights file .*small.pth' does not fit vgg16: \d+ missing"),
+        "output folder missing": (["render", EMBEDDED, "stem.act", "0", "-o", os.path.join(tmp, "nope", "a.png")],
+                                  r"cannot write .*a.png': folder .*nope' does not exist"),
+        "output is a folder": (["render", EMBEDDED, "stem.act", "0", "-o", tmp], r"it is a folder"),
+        "unknown image type": (["render", EMBEDDED, "stem.act", "0", "-o", os.path.join(tmp, "a.xyz")],
+                               r"unknown image type '.xyz'; use .png"),
+        "bad filter list": (["grid", EMBEDDED, "stem.act", "--filters", "3-1", "-o", out],
+                            r"cannot read filters '3-1'; use .* such as 0-63"),
+        "grid filter out of range": (["grid", EMBEDDED, "stem.act", "--filters", "0-40", "-o", out],
+                                     r"filter 32 is out of range.*use 0-31"),
+        "bad device": (["render", EMBEDDED, "stem.act", "0", "--device", "gpu0", "-o", out], r"unknown device 'gpu0'"),
+        "negative seed": (["render", EMBEDDED, "stem.act", "0", "--seed", "-1", "-o", out],
+                          r"argument --seed: invalid non-negative integer seed value: '-1'"),
+        "zero size": (["render", EMBEDDED, "stem.act", "0", "--size", "0", "-o", out],
+                      r"argument --size: invalid positive integer value: '0'"),
+        "demo into a file": (["demo", "-o", garbage], r"cannot write figures into .*garbage.pth': it is a file"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_inputs("/tmp")))
+def test_bad_input_is_one_line_exit_2_and_no_file(capsys, tmp_path, case):
+    (tmp_path / "garbage.pth").write_bytes(b"\x00" * 100)
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "small.pth")
+    argv, expected = bad_inputs(str(tmp_path))[case]
+    before = sorted(os.listdir(tmp_path))
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(expected, lines[0]), lines[0]
+    assert sorted(os.listdir(tmp_path)) == before  # no output file, not even a partial one
+
+
+def test_same_seed_same_bytes(capsys, tmp_path):
+    paths = [tmp_path / f"{name}.png" for name in ("a", "b", "c")]
+    for path, seed in zip(paths, ("3", "3", "4")):
+        code, _, _ = run(capsys, "render", EMBEDDED, "blocks.1.depthwise.act", "2", "--size", "48", "--steps", "5",
+                         "--seed", seed, "-o", str(path), "--quiet")
+        assert code == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_bytes() != paths[2].read_bytes()
+
+
+def test_grid_tiles_equal_single_renders(capsys, tmp_path):
+    grid_path, single_path = tmp_path / "grid.png", tmp_path / "one.png"
+    assert run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-2,5", "--per-row", "2", "--size", "24",
+               "--steps", "4", "--seed", "1", "-o", str(grid_path), "-q")[0] == 0
+    assert run(capsys, "render", EMBEDDED, "stem.act", "5", "--size", "24", "--steps", "4", "--seed", "1",
+               "-o", str(single_path), "-q")[0] == 0
+    grid = np.array(Image.open(grid_path))
+    assert grid.shape == (2 * 24 + 5, 2 * 24 + 5, 3)
+    tile = grid[29:53, 29:53].astype(int)
+    assert np.abs(tile - np.array(Image.open(single_path)).astype(int)).max() <= 1  # batch rounding at most
+
+
+def test_dead_filter_is_warned_about(capsys, tmp_path):
+    # Filter 11 of the embedded model's stem never responds (its batch norm pins it below zero).
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "11", "--size", "32", "--steps", "3",
+                       "-o", str(tmp_path / "dead.png"))
+    assert code == 0
+    assert "warning: filter 11 of stem.act is dead: its gradient stayed zero at every step" in err
+    assert "shows only the start noise" in err
+
+
+def test_layers_lists_names_kinds_channels_and_aliases(capsys):
+    code, out, _ = run(capsys, "layers", "vgg16", "--weights", "random", "--size", "150")
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("features.11 "))
+    assert row.split() == ["features.11", "ReLU", "256", "37x37", "block3_conv1"]
+
+
+def test_models_lists_embedded_default(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and out.splitlines()[0].startswith(EMBEDDED) and "vgg16" in out.split()
