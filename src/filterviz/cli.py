@@ -76,7 +76,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_layers(args: argparse.Namespace) -> None:
-    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    # Layer names and shapes do not depend on the weights: list them offline too.
+    model = load_model(args.model, args.weights or "random", args.device)
     rows = [(info.name, info.kind + (f" (runs {info.calls}x, first call)" if info.calls > 1 else ""),
              str(info.channels), info.spatial, ", ".join(info.aliases))
             for info in model.layers(args.size)]
@@ -111,7 +112,8 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    figures = run_demo(args.output, weights=args.weights, seed=args.seed, device=args.device,
+    model = load_model(args.model, args.weights, args.device, progress=not args.quiet) if args.model else None
+    figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
                        progress=not args.quiet, notify=_say)
     for figure in figures:
         _warn_dead(figure.render, f"it is crossed out in {figure.path}" if len(figure.render.filters) > 1
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common], help="the book's figures: vggconv1..4.png and a grid")
     demo.add_argument("-o", "--output", default="out", help="folder to write into (default out)")
     demo.add_argument("--seed", type=_seed, help="seed of the start noise")
+    demo.add_argument("--model", help="model to use (default: vgg16, or the embedded model when its weights are missing)")
     demo.set_defaults(run=_cmd_demo)
     return parser
 

