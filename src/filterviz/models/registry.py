@@ -56,7 +56,7 @@ def load_model(
 
     ``weights``: for torchvision models, a weights enum name (``"IMAGENET1K_V1"``), a local checkpoint
     path, or ``"random"``; ``None`` takes the pretrained default (for ``vgg16``, the original VGG
-    weights ``IMAGENET1K_FEATURES``). For the embedded model, ``None`` or a local file.
+    weights ``IMAGENET1K_FEATURES``). For the embedded model, ``None``, a local file or ``"random"``.
     ``spec`` is required with an ``nn.Module`` and overrides a named model's input spec otherwise.
     """
     if isinstance(model, nn.Module):
