@@ -30,7 +30,7 @@ class LoadedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     categories: tuple[str, ...] | None = None
     source: str = ""
-    _probes: dict[int, dict[str, tuple[str, tuple[int, ...], int]]] = field(
+    _probes: dict[int, dict[str, tuple[str, tuple[int, ...], int]] | str] = field(
         default_factory=dict, repr=False
     )
 
@@ -48,21 +48,25 @@ class LoadedModel:
 
     # -- layers ---------------------------------------------------------------------------------
 
-    def _probe(self, size: int) -> dict[str, tuple[str, tuple[int, ...], int]]:
-        """Output shapes of every sub-module at input ``size`` (cached); empty if the pass fails."""
+    def _probe(self, size: int) -> dict[str, tuple[str, tuple[int, ...], int]] | str:
+        """Kind, output shape and call count of every sub-module at input ``size`` (cached), or the
+        error that stopped the forward pass."""
         if size not in self._probes:
             pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
             try:
                 self._probes[size] = probe_layers(self.module, self.spec.to_model_input(pixels))
-            except RuntimeError:  # too small for some layer: fall back to per-layer probes
-                self._probes[size] = {}
+            except RuntimeError as exc:  # e.g. too small for some layer
+                self._probes[size] = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "RuntimeError"
         return self._probes[size]
 
     def layers(self, size: int | None = None) -> list[LayerInfo]:
-        """Every addressable layer, in forward order, with output channels and spatial size."""
-        probe = self._probe(size or self.spec.default_size)
-        if not probe:
-            raise InputSizeError(f"size {size} is too small for {self.name}; try --size {self.spec.default_size}")
+        """Every addressable layer, in forward order (of completion), with channels and spatial size."""
+        size = size or self.spec.default_size
+        probe = self._probe(size)
+        if isinstance(probe, str):
+            raise InputSizeError(
+                f"{self.name} cannot run at size {size} ({probe}); try --size {self.spec.default_size}"
+            )
         by_target: dict[str, list[str]] = {}
         for alias, target in self.aliases.items():
             by_target.setdefault(target, []).append(alias)
@@ -85,39 +89,41 @@ class LoadedModel:
     def layer_info(self, layer: str, size: int) -> LayerInfo:
         """``layer``'s output at input ``size``; raises InputSizeError if it has no spatial output there."""
         path = self.resolve(layer)
-        shape = self._shape_at(path, size)
+        shape, error = self._shape_at(path, size)
         if shape is None:
-            smallest = self._smallest_size(path, size)
-            raise InputSizeError(
-                f"size {size} is too small for layer {layer} of {self.name}: it has no spatial output "
-                f"below {smallest} px; use --size {smallest} or more"
-            )
+            # Too small, if a larger size works: search up to the model's own size, never beyond it,
+            # so that a model that fails for another reason is never run on huge inputs.
+            reference = self.spec.default_size
+            if size < reference and self._shape_at(path, reference)[0] is not None:
+                smallest = self._smallest_size(path, size, reference)
+                raise InputSizeError(
+                    f"size {size} is too small for layer {layer} of {self.name}: it has no spatial output "
+                    f"below {smallest} px; use --size {smallest} or more"
+                )
+            raise InputSizeError(f"layer {layer} of {self.name} cannot run at size {size}: {error}")
         height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
         aliases = tuple(a for a, t in self.aliases.items() if t == path)
         kind = type(self.module.get_submodule(path)).__name__
         return LayerInfo(path, kind, shape[1], height, width, aliases)
 
-    def _shape_at(self, path: str, size: int) -> tuple[int, ...] | None:
+    def _shape_at(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
+        """``path``'s output shape for one image of side ``size``, or None and why not."""
         pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
         try:
             with torch.no_grad(), self.truncated(path) as run:
                 out = run(pixels)
-        except RuntimeError:  # a kernel larger than its input, or an empty output
-            return None
+        except RuntimeError as exc:  # e.g. a kernel larger than its input
+            return None, str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         if out.numel() == 0:
-            return None
-        return tuple(out.shape)
+            return None, "its output is empty"
+        return tuple(out.shape), ""
 
-    def _smallest_size(self, path: str, too_small: int) -> int:
-        """Smallest input side (above ``too_small``) at which ``path`` has output, by bisection."""
-        low, high = too_small, max(too_small * 2, 8)
-        while self._shape_at(path, high) is None:
-            low, high = high, high * 2
-            if high > 1 << 14:
-                return high
+    def _smallest_size(self, path: str, too_small: int, large_enough: int) -> int:
+        """Smallest input side in (too_small, large_enough] at which ``path`` has output (bisection)."""
+        low, high = too_small, large_enough
         while high - low > 1:
             middle = (low + high) // 2
-            if self._shape_at(path, middle) is None:
+            if self._shape_at(path, middle)[0] is None:
                 low = middle
             else:
                 high = middle
