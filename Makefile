@@ -1,8 +1,10 @@
 # `make demo` and `make test` each set up .venv on first use.
+# make demo WEIGHTS=path/to/vgg16.pth renders with a local VGG16 checkpoint.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SEED ?= 0
+WEIGHTS ?=
 
 .PHONY: demo test clean
 
@@ -13,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/filterviz demo -o out --seed $(SEED)
+	$(BIN)/filterviz demo -o out --seed $(SEED) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
