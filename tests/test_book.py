@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 import filterviz
 from filterviz import render_filters
+from filterviz.cli import main
 
 
 def test_generate_pattern_as_in_the_book(embedded):
@@ -32,7 +34,7 @@ def test_comparable_layers_of_embedded_model(embedded):
         "stem.act", "blocks.1.depthwise.act", "blocks.3.depthwise.act", "blocks.5.depthwise.act"]
 
 
-def test_demo_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypatch):
+def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     for variable in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(variable, raising=False)
@@ -41,19 +43,25 @@ def test_demo_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypat
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", offline)
-    messages: list[str] = []
-    figures = filterviz.run_demo(tmp_path / "out", seed=0, device="cpu", notify=messages.append)
+    code = main(["demo", "-o", str(tmp_path / "out"), "--seed", "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
 
-    assert len(messages) == 1 and "IMAGENET1K_FEATURES weights are not in the torch cache" in messages[0]
-    assert messages[0].endswith("using the embedded efficientnet-lite0 instead")
+    assert code == 0
+    assert "IMAGENET1K_FEATURES weights are not in the torch cache" in err[0]
+    assert err[0].endswith("using the embedded efficientnet-lite0 instead")
+    dead = [int(m.group(1)) for line in err if (m := re.search(r"warning: filter (\d+) of blocks.3.depthwise.act is dead", line))]
+    assert 61 in dead  # a filter of this layer that never responds (see README)
+    assert err[-1].startswith("filterviz: wrote ") and err[-1].endswith("with efficientnet-lite0")
+    assert len(err) == 2 + len(dead)  # one line for the fallback, one per dead filter, one at the end
     names = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert names == ["grid_blocks.3.depthwise.act.png", "vggconv1.png", "vggconv2.png", "vggconv3.png", "vggconv4.png"]
-    for figure in figures:
-        image = np.array(Image.open(figure.path))
-        expected = (150, 150, 3) if figure.path.name.startswith("vggconv") else (8 * 64 + 7 * 5,) * 2 + (3,)
-        assert image.shape == expected
-        tiles = [image] if image.shape[0] == 150 else [image[r:r + 64, c:c + 64] for r in range(0, 547, 69)
-                                                     for c in range(0, 547, 69)]
-        live = [tile for tile, dead in zip(tiles, figure.render.dead) if not dead]
-        assert all(tile.std() > 10 for tile in live)  # not flat
-    assert figures[-1].render.filters == list(range(64))
+    for name in names:
+        image = np.array(Image.open(tmp_path / "out" / name))
+        if name.startswith("vggconv"):
+            assert image.shape == (150, 150, 3) and image.std() > 10  # the book's size, not flat
+            continue
+        assert image.shape == (8 * 64 + 7 * 5,) * 2 + (3,)
+        tiles = [image[r:r + 64, c:c + 64] for r in range(0, 547, 69) for c in range(0, 547, 69)]
+        assert all(tile.std() > 10 for index, tile in enumerate(tiles) if index not in dead)
+        for index in dead:  # crossed out in red, corner to corner
+            assert (tiles[index][0, 0] == [255, 0, 0]).all() and (tiles[index][63, 0] == [255, 0, 0]).all()

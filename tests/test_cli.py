@@ -24,9 +24,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
     out = os.path.join(tmp, "out.png")
     garbage, small = os.path.join(tmp, "garbage.pth"), os.path.join(tmp, "small.pth")
+    pickled = os.path.join(tmp, "whole.pth")
     return {
         "unknown model": (["render", "vgg61", "block1_conv1", "0", "-o", out],
-                          r"unknown model 'vgg61' \(closest: .*\); known models: efficientnet-lite0, alexnet, "),
+                          r"unknown model 'vgg61' \(closest: .*vgg16.*\); `filterviz models` lists all \d+ known names"),
         "unknown layer": (["render", EMBEDDED, "blocks.3.depthwise.actt", "0", "-o", out],
                           r"unknown layer 'blocks.3.depthwise.actt' of efficientnet-lite0 \(closest: blocks.3.depthwise.act"),
         "filter out of range": (["render", EMBEDDED, "stem.act", "32", "-o", out],
@@ -38,7 +39,13 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "missing weights": (["render", "vgg16", "block1_conv1", "0", "--weights", os.path.join(tmp, "no.pth"), "-o", out],
                             r"weights file .*no.pth' does not exist"),
         "unreadable weights": (["render", "vgg16", "block1_conv1", "0", "--weights", garbage, "-o", out],
-                               r"cannot read weights file .*garbage.pth': it is not a readable PyTorch checkpoint"),
+                               r"cannot read weights file .*garbage.pth': it is not a PyTorch checkpoint; give a file written by "
+                               r"torch.save\(model.state_dict\(\), path\)"),
+        "pickled whole model": (["render", "vgg16", "block1_conv1", "0", "--weights", pickled, "-o", out],
+                                r"weights file .*whole.pth' holds pickled Python objects \(torch.nn.modules.linear.Linear\)"
+                                r", not only tensors, .* save model.state_dict\(\)"),
+        "unknown weights name": (["render", "vgg16", "block1_conv1", "0", "--weights", "IMAGENET1K_V9", "-o", out],
+                                 r"unknown weights 'IMAGENET1K_V9' for vgg16: .*use one of IMAGENET1K_V1, "),
         "weights of another architecture": (["render", "vgg16", "block1_conv1", "0", "--weights", small, "-o", out],
                                             r"weights file .*small.pth' does not fit vgg16: \d+ missing"),
         "output folder missing": (["render", EMBEDDED, "stem.act", "0", "-o", os.path.join(tmp, "nope", "a.png")],
@@ -49,8 +56,22 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "bad filter list": (["grid", EMBEDDED, "stem.act", "--filters", "3-1", "-o", out],
                             r"cannot read filters '3-1'; use .* such as 0-63"),
         "grid filter out of range": (["grid", EMBEDDED, "stem.act", "--filters", "0-40", "-o", out],
-                                     r"filter 32 is out of range.*use 0-31"),
+                                     r"filter 40 is out of range.*use 0-31"),
         "bad device": (["render", EMBEDDED, "stem.act", "0", "--device", "gpu0", "-o", out], r"unknown device 'gpu0'"),
+        "device of another kind": (["render", EMBEDDED, "stem.act", "0", "--device", "meta", "-o", out],
+                                   r"unknown device 'meta'; use auto, cpu, cuda, cuda:N or mps"),
+        "device not here": (["render", EMBEDDED, "stem.act", "0", "--device", "cuda:7", "-o", out],
+                            r"device 'cuda:7' (asked for, but CUDA is not available here|does not exist)"),
+        "step not finite": (["render", EMBEDDED, "stem.act", "0", "--step", "nan", "-o", out],
+                            r"step must be a finite number, not nan"),
+        "negative margin": (["grid", EMBEDDED, "stem.act", "--margin", "-5", "-o", out],
+                            r"argument --margin: invalid non-negative integer value: '-5'"),
+        "huge filter range": (["grid", EMBEDDED, "stem.act", "--filters", "0-999999999999", "-o", out],
+                              r"filter 999999999999 is out of range for layer stem.act .*use 0-31"),
+        "layers at too small a size": (["layers", "vgg16", "--size", "8"],
+                                       r"vgg16 cannot run at size 8: it needs 32 px or more; use --size 32"),
+        "demo with bad weights makes no folder": (["demo", "-o", os.path.join(tmp, "figures"), "--weights", garbage],
+                                                  r"cannot read weights file .*garbage.pth'"),
         "negative seed": (["render", EMBEDDED, "stem.act", "0", "--seed", "-1", "-o", out],
                           r"argument --seed: invalid non-negative integer seed value: '-1'"),
         "zero size": (["render", EMBEDDED, "stem.act", "0", "--size", "0", "-o", out],
@@ -63,6 +84,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
 def test_bad_input_is_one_line_exit_2_and_no_file(capsys, tmp_path, case):
     (tmp_path / "garbage.pth").write_bytes(b"\x00" * 100)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "small.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
     argv, expected = bad_inputs(str(tmp_path))[case]
     before = sorted(os.listdir(tmp_path))
     code, out, err = run(capsys, *argv)
@@ -114,3 +136,20 @@ def test_layers_lists_names_kinds_channels_and_aliases(capsys):
 def test_models_lists_embedded_default(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and out.splitlines()[0].startswith(EMBEDDED) and "vgg16" in out.split()
+
+
+def test_quiet_silences_all_but_warnings(capsys, tmp_path):
+    argv = ["render", EMBEDDED, "stem.act", "3", "--size", "24", "--steps", "2", "--seed", "0"]
+    code, out, err = run(capsys, *argv, "-o", str(tmp_path / "loud.png"))
+    assert code == 0 and out == "" and err.startswith("filterviz: wrote ") and len(err.splitlines()) == 1
+    code, out, err = run(capsys, *argv, "-o", str(tmp_path / "quiet.png"), "--quiet")
+    assert code == 0 and out == "" and err == ""
+    assert (tmp_path / "loud.png").read_bytes() == (tmp_path / "quiet.png").read_bytes()
+
+
+def test_grid_default_takes_first_64_or_the_whole_smaller_layer(capsys, tmp_path):
+    path = tmp_path / "grid.png"
+    # stem.act has 32 filters: all of them, as 4 rows of 8.
+    assert run(capsys, "grid", EMBEDDED, "stem.act", "--size", "8", "--steps", "1", "--margin", "0", "-o", str(path),
+               "-q")[0] == 0
+    assert np.array(Image.open(path)).shape == (4 * 8, 8 * 8, 3)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import socket
+import threading
 import time
 
 import numpy as np
@@ -15,7 +18,7 @@ import torchvision.models as tv_models
 import filterviz
 from filterviz.errors import UnknownLayerError, UnknownModelError, WeightsError, WeightsUnavailableError
 from filterviz.models import embedded
-from filterviz.models.torchvision_zoo import cached_file
+from filterviz.models.torchvision_zoo import cached_file, download
 
 # Keras's VGG16 and VGG19 (keras.applications): conv layers per block and their filter counts.
 KERAS_VGG = {
@@ -101,8 +104,8 @@ def test_embedded_input_spec_matches_training_statistics(embedded):
     assert misfit["spec"] < 0.8 * min(misfit["imagenet"], misfit["unit"]), misfit
 
 
-def test_unknown_model_lists_known_ones():
-    with pytest.raises(UnknownModelError, match=r"unknown model 'vgg61' \(closest: [^)]*vgg16[^)]*\); known models: efficientnet-lite0, alexnet"):
+def test_unknown_model_names_closest_ones():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'vgg61' \(closest: [^)]*vgg16[^)]*\); `filterviz models` lists"):
         filterviz.load_model("vgg61")
 
 
@@ -132,13 +135,13 @@ def test_weights_file_errors(tmp_path):
         filterviz.load_model("squeezenet1_1", weights=str(tmp_path / "none.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match="it is not a PyTorch checkpoint"):
         filterviz.load_model("squeezenet1_1", weights=str(garbage))
     other = tmp_path / "other.pth"
     torch.save(tv_models.squeezenet1_0().state_dict(), other)
     with pytest.raises(WeightsError, match="does not fit squeezenet1_1: .*wrong shape"):
         filterviz.load_model("squeezenet1_1", weights=str(other))
-    with pytest.raises(WeightsError, match="unknown weights 'IMAGENET9' for squeezenet1_1; use one of IMAGENET1K_V1"):
+    with pytest.raises(WeightsError, match="unknown weights 'IMAGENET9' for squeezenet1_1: .*; use one of IMAGENET1K_V1"):
         filterviz.load_model("squeezenet1_1", weights="IMAGENET9")
 
 
@@ -175,3 +178,65 @@ def test_offline_download_gives_up_within_seconds(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailableError, match=r"no answer from download.pytorch.org within 0.5 s"):
         filterviz.load_model("squeezenet1_1", download_timeout=0.5)
     assert time.monotonic() - began < 3
+
+
+def test_a_weights_name_wins_over_a_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "random").write_bytes(b"not weights")
+    assert filterviz.load_model("squeezenet1_1", weights="random").source == "random weights"
+
+
+def test_user_module_with_weights_file(tmp_path):
+    torch.manual_seed(2)
+    source = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    torch.save(source.state_dict(), tmp_path / "mine.pth")
+    target = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    model = filterviz.load_model(target, tmp_path / "mine.pth", spec=filterviz.InputSpec.from_unit_range((0.5,) * 3, (0.5,) * 3))
+    assert torch.equal(model.module[0].weight, source[0].weight)
+    weightless = filterviz.load_model(torch.nn.ReLU(), spec=filterviz.InputSpec.from_unit_range((0.5,) * 3, (0.5,) * 3))
+    assert weightless.device == torch.device("cpu") and weightless.dtype == torch.float32
+
+
+class _Server(http.server.BaseHTTPRequestHandler):
+    body = b""
+    silent = False
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.silent:  # the headers, then nothing: a stalled download
+            time.sleep(3)
+            return
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/weights.pth"
+    httpd.shutdown()
+    _Server.silent = False
+
+
+def test_download_checks_hash_and_gives_up_on_silence(tmp_path, server):
+    _Server.body = b"pretend these are weights"
+    digest = hashlib.sha256(_Server.body).hexdigest()
+    good = tmp_path / f"net-{digest[:8]}.pth"
+    download(server, good, timeout=2)
+    assert good.read_bytes() == _Server.body
+    bad = tmp_path / "net-00000000.pth"
+    with pytest.raises(WeightsUnavailableError, match="is corrupt"):
+        download(server, bad, timeout=2)
+    _Server.silent = True
+    began = time.monotonic()
+    with pytest.raises(WeightsUnavailableError, match="cannot download .*timed out"):
+        download(server, tmp_path / "net.pth", timeout=0.5)
+    assert time.monotonic() - began < 2.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]  # nothing partial left behind

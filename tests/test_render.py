@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import TINY_SPEC, tiny_model
 from filterviz import render_filters
-from filterviz.errors import FilterIndexError, InputSizeError
+from filterviz.errors import FilterIndexError, FilterVizError, InputSizeError
 from filterviz.objectives import ChannelObjective
 from filterviz.params import classic_start
 from filterviz.render import objective_gradient
@@ -115,6 +115,18 @@ def test_dead_filter_is_flagged():
     result = render_filters(model, "features.3", [3, 4], size=16, steps=5, seed=0)
     assert result.dead.tolist() == [False, True]
     assert np.array_equal(result.pixels[1], classic_start(16, [4], seed=0)[0])
+
+
+def test_no_steps_means_nothing_is_judged_dead():
+    result = render_filters(tiny_model(), "features.3", [0, 1], size=16, steps=0, seed=0)
+    assert not result.dead.any()
+    assert np.array_equal(result.pixels, classic_start(16, [0, 1], seed=0))
+    assert np.array_equal(result.activation, result.start_activation)
+
+
+def test_step_must_be_finite():
+    with pytest.raises(FilterVizError, match="step must be a finite number, not inf"):
+        render_filters(tiny_model(), "features.3", [0], size=16, step=float("inf"))
 
 
 def test_filter_out_of_range_names_valid_range():

@@ -55,6 +55,8 @@ def book_layers(model: LoadedModel, count: int = 4) -> list[str]:
 
 @dataclass
 class DemoFigure:
+    """One figure written by ``run_demo``: where it is, and the render it shows."""
+
     path: Path
     render: FilterRender
 
@@ -78,16 +80,16 @@ def run_demo(
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"cannot write figures into {str(folder)!r}: it is a file; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
     if model is None:
         try:
             model = load_model("vgg16", weights, device, progress=progress)
         except WeightsUnavailableError as exc:
             notify(f"{exc}; using the embedded {DEFAULT_MODEL} instead")
             model = load_model(DEFAULT_MODEL, device=device)
+    try:  # only now: a bad model or weights leaves no empty folder behind
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
     layers = book_layers(model)
     figures = []
     for number, layer in enumerate(layers, start=1):

@@ -8,19 +8,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
-from .book import run_demo
+from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError
 from .image import check_writable, make_grid, save_image
 from .models import DEFAULT_MODEL, known_models, load_model
-from .render import FilterRender, render_filters
+from .render import FilterRender, check_filters, render_filters
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the message and where to get help), exit status 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -28,19 +29,20 @@ def _say(message: str) -> None:
     print(f"filterviz: {message}", file=sys.stderr)
 
 
-def parse_filters(text: str) -> list[int]:
-    """Parse a filter list such as ``0-63`` or ``0,5,9-12``."""
-    filters: list[int] = []
+def parse_filters(text: str) -> list[range]:
+    """Parse a filter list such as ``0-63`` or ``0,5,9-12`` into ranges (never expanded here, so a
+    huge range costs nothing before it is checked against the layer)."""
+    ranges: list[range] = []
     try:
         for part in text.split(","):
             first, _, last = part.strip().partition("-")
             start, stop = int(first), int(last) if last else int(first)
-            if stop < start:
+            if start < 0 or stop < start:
                 raise ValueError
-            filters.extend(range(start, stop + 1))
+            ranges.append(range(start, stop + 1))
     except ValueError:
         raise FilterVizError(f"cannot read filters {text!r}; use a list of indices and ranges such as 0-63 or 0,5,9-12") from None
-    return filters
+    return ranges
 
 
 def _seed(text: str) -> int:
@@ -61,6 +63,16 @@ def _positive(text: str) -> int:
 
 
 _positive.__name__ = "positive integer"
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+_non_negative.__name__ = "non-negative integer"
 
 
 def _warn_dead(render: FilterRender, consequence: str) -> None:
@@ -101,8 +113,14 @@ def _cmd_render(args: argparse.Namespace) -> None:
 
 def _cmd_grid(args: argparse.Namespace) -> None:
     check_writable(args.output)
-    filters = parse_filters(args.filters)
+    ranges = parse_filters(args.filters) if args.filters else None
     model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    channels = model.layer_info(args.layer, args.size).channels
+    if ranges is None:  # the book's first 64, or all of a smaller layer
+        ranges = [range(min(GRID_FILTERS, channels))]
+    for indices in ranges:
+        check_filters(indices, channels, args.layer, model.name)
+    filters = [index for indices in ranges for index in indices]
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     _warn_dead(render, "its tile is crossed out")
@@ -157,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("grid", parents=[common, ascent], help="render filters of a layer as a grid")
     grid.add_argument("model")
     grid.add_argument("layer")
-    grid.add_argument("--filters", default="0-63", help="indices and ranges, e.g. 0-63 or 0,5,9-12 (default 0-63)")
+    grid.add_argument("--filters", help="indices and ranges, e.g. 0-63 or 0,5,9-12 (default: the first 64)")
     grid.add_argument("-o", "--output", required=True, help="image file to write (.png)")
     grid.add_argument("--size", type=_positive, default=64, help="tile side in pixels (default 64, as the book)")
     grid.add_argument("--per-row", type=_positive, default=8, help="tiles per row (default 8)")
-    grid.add_argument("--margin", type=int, default=5, help="pixels between tiles (default 5)")
+    grid.add_argument("--margin", type=_non_negative, default=5, help="pixels between tiles (default 5)")
     grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
     grid.set_defaults(run=_cmd_grid)
 
@@ -185,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _say("interrupted; no partial files were written")
+        _say("interrupted; every file written so far is complete (none is left half-written)")
         return 130
     return 0
 

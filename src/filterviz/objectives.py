@@ -24,7 +24,3 @@ class ChannelObjective:
         rows = torch.arange(activations.shape[0], device=activations.device)
         picked = activations[rows, index]  # (N, H, W) for conv layers, (N,) for linear ones
         return picked.reshape(picked.shape[0], -1).mean(dim=1)
-
-    @property
-    def names(self) -> list[str]:
-        return [f"{self.layer}:{c}" for c in self.channels]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class FilterRender:
 
     @property
     def images(self) -> np.ndarray:
+        """The deprocessed images, (N, H, W, 3) uint8, as the book saves them."""
         return np.stack([deprocess_image(p) for p in self.pixels])
 
 
@@ -62,10 +64,11 @@ def ascend(
     """The book's ascent: ``x += step * g / (sqrt(mean(g**2)) + 1e-5)``, ``steps`` times, per image.
 
     Returns (final pixels, objective at start, objective at the final pixels, alive), where
-    ``alive[i]`` says whether image ``i`` ever had a nonzero gradient.
+    ``alive[i]`` says whether image ``i`` ever had a nonzero gradient (true for all when ``steps`` is 0).
     """
     pixels = start.detach().clone()
-    alive = torch.zeros(pixels.shape[0], dtype=torch.bool, device=pixels.device)
+    # With no steps taken, nothing can be judged dead.
+    alive = torch.full((pixels.shape[0],), steps == 0, dtype=torch.bool, device=pixels.device)
     first = None
     for _ in range(steps):
         values, grad = objective_gradient(run, objective, pixels)
@@ -78,6 +81,20 @@ def ascend(
     with torch.no_grad():
         final = objective(run(pixels))
     return pixels, (final if first is None else first), final, alive
+
+
+def check_filters(filters: Iterable[int] | range, channels: int, layer: str, model_name: str) -> None:
+    """Raise FilterIndexError, naming the valid range, if a filter index is outside ``0..channels-1``.
+
+    A ``range`` is checked by its ends, so a huge one is never expanded."""
+    ranges = [filters] if isinstance(filters, range) else [range(f, f + 1) for f in filters]
+    for indices in ranges:
+        for index in (indices.start, indices[-1]) if len(indices) else ():
+            if not 0 <= index < channels:
+                raise FilterIndexError(
+                    f"filter {index} is out of range for layer {layer} of {model_name}, which has "
+                    f"{channels} filters: use 0-{channels - 1}"
+                )
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -114,13 +131,10 @@ def render_filters(
         size = start.shape[1]
     if size < 1:
         raise FilterVizError(f"size must be at least 1 px, not {size}")
+    if not math.isfinite(step):
+        raise FilterVizError(f"step must be a finite number, not {step}")
     info = model.layer_info(layer, size)
-    bad = [f for f in filters if not 0 <= f < info.channels]
-    if bad:
-        raise FilterIndexError(
-            f"filter {bad[0]} is out of range for layer {layer} of {model.name}, which has "
-            f"{info.channels} filters: use 0-{info.channels - 1}"
-        )
+    check_filters(filters, info.channels, layer, model.name)
     if start is None:
         start = classic_start(size, filters, seed)
 

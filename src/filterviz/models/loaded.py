@@ -38,13 +38,22 @@ class LoadedModel:
         self.module.eval()
         self.module.requires_grad_(False)
 
+    def _first_tensor(self) -> torch.Tensor | None:
+        for tensor in self.module.parameters():
+            return tensor
+        return next(iter(self.module.buffers()), None)
+
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        """Where the module's weights are (the CPU for a module without any)."""
+        tensor = self._first_tensor()
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
+        """The floating-point type of the module's weights (float32 for a module without any)."""
+        tensor = self._first_tensor()
+        return tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
 
     # -- layers ---------------------------------------------------------------------------------
 
@@ -64,9 +73,12 @@ class LoadedModel:
         size = size or self.spec.default_size
         probe = self._probe(size)
         if isinstance(probe, str):
-            raise InputSizeError(
-                f"{self.name} cannot run at size {size} ({probe}); try --size {self.spec.default_size}"
-            )
+            reference = self.spec.default_size
+            if size < reference and not isinstance(self._probe(reference), str):
+                smallest = _bisect(lambda side: not isinstance(self._probe(side), str), size, reference)
+                raise InputSizeError(f"{self.name} cannot run at size {size}: it needs {smallest} px or more; "
+                                     f"use --size {smallest}")
+            raise InputSizeError(f"{self.name} cannot run at size {size} ({probe})")
         by_target: dict[str, list[str]] = {}
         for alias, target in self.aliases.items():
             by_target.setdefault(target, []).append(alias)
@@ -95,7 +107,7 @@ class LoadedModel:
             # so that a model that fails for another reason is never run on huge inputs.
             reference = self.spec.default_size
             if size < reference and self._shape_at(path, reference)[0] is not None:
-                smallest = self._smallest_size(path, size, reference)
+                smallest = _bisect(lambda side: self._shape_at(path, side)[0] is not None, size, reference)
                 raise InputSizeError(
                     f"size {size} is too small for layer {layer} of {self.name}: it has no spatial output "
                     f"below {smallest} px; use --size {smallest} or more"
@@ -118,17 +130,6 @@ class LoadedModel:
             return None, "its output is empty"
         return tuple(out.shape), ""
 
-    def _smallest_size(self, path: str, too_small: int, large_enough: int) -> int:
-        """Smallest input side in (too_small, large_enough] at which ``path`` has output (bisection)."""
-        low, high = too_small, large_enough
-        while high - low > 1:
-            middle = (low + high) // 2
-            if self._shape_at(path, middle)[0] is None:
-                low = middle
-            else:
-                high = middle
-        return high
-
     # -- forward passes -------------------------------------------------------------------------
 
     @contextmanager
@@ -145,3 +146,15 @@ class LoadedModel:
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """The full model's output for a batch of RGB 0..255 images (N, 3, H, W)."""
         return self.module(self.spec.to_model_input(pixels))
+
+
+def _bisect(works: Callable[[int], bool], too_small: int, large_enough: int) -> int:
+    """The smallest input side in (too_small, large_enough] that ``works`` (assumed monotone)."""
+    low, high = too_small, large_enough
+    while high - low > 1:
+        middle = (low + high) // 2
+        if works(middle):
+            high = middle
+        else:
+            low = middle
+    return high

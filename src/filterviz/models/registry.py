@@ -13,6 +13,7 @@ from . import embedded
 from .loaded import LoadedModel
 from .spec import InputSpec
 from .torchvision_zoo import load_torchvision, torchvision_model_names
+from .weights import load_weights_file
 
 DEFAULT_MODEL = embedded.NAME
 
@@ -30,10 +31,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)
-    except RuntimeError:
-        raise FilterVizError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise FilterVizError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    except (RuntimeError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in {"cpu", "cuda", "mps"}:
+        raise FilterVizError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FilterVizError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        if chosen.index is not None and chosen.index >= count:
+            raise FilterVizError(f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                                 f"cuda:0-{count - 1}")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise FilterVizError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
     return chosen
 
 
@@ -57,12 +67,17 @@ def load_model(
     ``weights``: for torchvision models, a weights enum name (``"IMAGENET1K_V1"``), a local checkpoint
     path, or ``"random"``; ``None`` takes the pretrained default (for ``vgg16``, the original VGG
     weights ``IMAGENET1K_FEATURES``). For the embedded model, ``None``, a local file or ``"random"``.
-    ``spec`` is required with an ``nn.Module`` and overrides a named model's input spec otherwise.
+    ``spec`` is required with an ``nn.Module`` (whose ``weights``, if given, is a checkpoint file for
+    it) and overrides a named model's input spec otherwise.
     """
+    target = resolve_device(device)  # checked first: a bad device should not wait for a download
     if isinstance(model, nn.Module):
         if spec is None:
             raise FilterVizError("an nn.Module needs spec=InputSpec(...) to say what input it expects")
-        loaded = LoadedModel(name or type(model).__name__, model, spec, source="user module")
+        label = name or type(model).__name__
+        if weights is not None:
+            load_weights_file(model, weights, label)
+        loaded = LoadedModel(label, model, spec, source=f"user module, weights {weights}" if weights else "user module")
     else:
         key = _canonical(model)
         if key == embedded.NAME:
@@ -71,11 +86,13 @@ def load_model(
             loaded = load_torchvision(key, weights, progress=progress, download_timeout=download_timeout)
         else:
             hint = closest_names(key, known_models())
-            close = f" (closest: {', '.join(hint)})" if hint else ""
-            raise UnknownModelError(f"unknown model {model!r}{close}; known models: {', '.join(known_models())}")
+            close = f" (closest: {', '.join(hint)})" if hint else f" (for example {embedded.NAME}, vgg16, resnet50)"
+            raise UnknownModelError(
+                f"unknown model {model!r}{close}; `filterviz models` lists all {len(known_models())} known names"
+            )
         if spec is not None:
             loaded.spec = spec
         if name is not None:
             loaded.name = name
-    loaded.module.to(resolve_device(device))
+    loaded.module.to(target)
     return loaded

@@ -1,14 +1,16 @@
 """torchvision classification models, with the preprocessing their weights enums carry.
 
-Pretrained weights come from the torch hub cache when the file is there; otherwise torchvision
-downloads them. When the download host cannot be reached (offline), this gives up within seconds
-with a WeightsUnavailableError instead of hanging.
+Pretrained weights come from the torch hub cache when the file is there; otherwise they are
+downloaded into it from torchvision's URL. When the download host cannot be reached (offline), or
+goes silent, this gives up within seconds with a WeightsUnavailableError instead of hanging.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import re
 import socket
 import threading
 import urllib.request
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tv_models
+from tqdm.auto import tqdm
 
 from ..errors import WeightsError, WeightsUnavailableError
 from .aliases import aliases_for
@@ -44,21 +47,24 @@ def _spec_of(weights: Enum) -> InputSpec:
     )
 
 
-def _weights_enum(name: str, weights: str | None) -> Enum:
+def _weights_enum(name: str, weights: str | None) -> Enum | None:
+    """The weights enum member ``weights`` names (None: the preferred one), or None if it names none."""
     enum_class = tv_models.get_model_weights(name)
-    choice = weights or PREFERRED_WEIGHTS.get(name, "DEFAULT")
-    choice = choice.split(".")[-1]  # accept "VGG16_Weights.IMAGENET1K_V1" too
-    try:
-        return enum_class[choice]
-    except KeyError:
-        valid = ", ".join(member.name for member in enum_class)
-        raise WeightsError(
-            f"unknown weights {weights!r} for {name}; use one of {valid}, 'random', or a checkpoint file path"
-        ) from None
+    choice = (weights or PREFERRED_WEIGHTS.get(name, "DEFAULT")).split(".")[-1]  # "VGG16_Weights.X" too
+    return enum_class.__members__.get(choice)
+
+
+def _unknown_weights(name: str, weights: str) -> WeightsError:
+    valid = ", ".join(member.name for member in tv_models.get_model_weights(name))
+    return WeightsError(
+        f"unknown weights {weights!r} for {name}: no such file, nor a weights name; "
+        f"use one of {valid}, 'random', or a checkpoint file path"
+    )
 
 
 def _looks_like_path(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or Path(weights).suffix in {".pth", ".pt", ".ckpt", ".bin"} or Path(weights).exists()
+    suffixes = {".pth", ".pt", ".ckpt", ".bin", ".tar"}
+    return os.sep in weights or "/" in weights or Path(weights).suffix in suffixes or Path(weights).exists()
 
 
 def cached_file(weights: Enum) -> Path:
@@ -95,12 +101,52 @@ def unreachable_reason(url: str, timeout: float) -> str | None:
     return f"{host} is unreachable: {getattr(error, 'strerror', None) or error}"
 
 
+def download(url: str, file: Path, *, timeout: float, progress: bool = False) -> None:
+    """Download ``url`` into ``file`` atomically, giving up if the server is silent for ``timeout`` s.
+
+    As torch.hub does, a file name of the form ``name-<hex>.pth`` must match the start of the
+    content's SHA-256. Any failure raises WeightsUnavailableError and leaves no file behind.
+    """
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.{os.getpid()}.part")
+    expected = re.search(r"-([a-f0-9]{6,})\.", file.name)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out, tqdm(
+            total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+            desc=f"downloading {file.name}", disable=None if progress else True, leave=False,
+        ) as bar:
+            digest = hashlib.sha256()
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if expected and not digest.hexdigest().startswith(expected.group(1)):
+            raise WeightsUnavailableError(
+                f"the download of {url} is corrupt (its SHA-256 does not start with {expected.group(1)}); try again"
+            )
+        os.replace(partial, file)
+    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise WeightsUnavailableError(f"cannot download {url}: {reason}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def load_torchvision(
     name: str, weights: str | os.PathLike[str] | None, *, progress: bool = False, download_timeout: float = 5.0
 ) -> LoadedModel:
     """Build torchvision model ``name`` with pretrained weights (enum name), a local file, or 'random'."""
     aliases = aliases_for(name)
-    if weights is not None and (isinstance(weights, os.PathLike) or _looks_like_path(str(weights))):
+    text = None if weights is None or isinstance(weights, os.PathLike) else str(weights)
+    if text is not None and text.lower() == RANDOM_WEIGHTS:
+        reference = tv_models.get_model_weights(name).DEFAULT
+        module = tv_models.get_model(name, weights=None)
+        return LoadedModel(name, module, _spec_of(reference), aliases, None, source="random weights")
+    # A weights name wins over a file of the same name; anything else that looks like a path is one.
+    enum = _weights_enum(name, text) if weights is None or text is not None else None
+    if enum is None:
+        if text is not None and not _looks_like_path(text):
+            raise _unknown_weights(name, text)
         path = Path(weights)
         # A local copy of a torchvision file keeps its name; then its preprocessing is known exactly.
         enum_class = tv_models.get_model_weights(name)
@@ -112,12 +158,7 @@ def load_torchvision(
             name, module, _spec_of(reference), aliases, tuple(reference.meta.get("categories") or ()) or None,
             source=f"local file {path} (input standardization of {reference})",
         )
-    if weights is not None and str(weights).lower() == RANDOM_WEIGHTS:
-        reference = tv_models.get_model_weights(name).DEFAULT
-        module = tv_models.get_model(name, weights=None)
-        return LoadedModel(name, module, _spec_of(reference), aliases, None, source="random weights")
 
-    enum = _weights_enum(name, weights)
     file = cached_file(enum)
     if not file.exists():
         reason = unreachable_reason(enum.url, download_timeout)
@@ -126,6 +167,7 @@ def load_torchvision(
                 f"{enum} weights are not in the torch cache ({file}) and cannot be downloaded ({reason}); "
                 f"give a local checkpoint with --weights PATH"
             )
+        download(enum.url, file, timeout=download_timeout, progress=progress)
     try:
         module = tv_models.get_model(name, weights=enum, progress=progress)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:

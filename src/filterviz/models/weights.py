@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -23,10 +24,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights path {str(file)!r} is a folder; give the path of a PyTorch checkpoint file (.pth)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and permission errors all mean "cannot read"
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {str(file)!r}: {exc.strerror or exc}") from None
+    except Exception as exc:  # pickle and zip errors: not a checkpoint, or one that holds code
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise WeightsError(
+                f"weights file {str(file)!r} holds pickled Python objects ({found.group(1)}), not only tensors, "
+                f"and filterviz never runs code from a file; save model.state_dict() and give that file"
+            ) from None
         raise WeightsError(
-            f"cannot read weights file {str(file)!r}: it is not a readable PyTorch checkpoint ({detail[:160]})"
+            f"cannot read weights file {str(file)!r}: it is not a PyTorch checkpoint; give a file written by "
+            f"torch.save(model.state_dict(), path)"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
