@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import __version__
@@ -45,34 +45,22 @@ def parse_filters(text: str) -> list[range]:
     return ranges
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
+def _int_at_least(minimum: int, label: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``; ``label`` names it in usage errors."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError
+        return value
+
+    parse.__name__ = label  # argparse says "invalid <label> value"
+    return parse
 
 
-_seed.__name__ = "non-negative integer seed"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
-
-
-_positive.__name__ = "positive integer"
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
-
-
-_non_negative.__name__ = "non-negative integer"
+_seed = _int_at_least(0, "non-negative integer seed")
+_positive = _int_at_least(1, "positive integer")
+_non_negative = _int_at_least(0, "non-negative integer")
 
 
 def _warn_dead(render: FilterRender, consequence: str) -> None:

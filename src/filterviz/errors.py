@@ -39,3 +39,9 @@ class WeightsUnavailableError(WeightsError):
 
 class OutputError(FilterVizError):
     """An output path that cannot be written."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first line of text (shortened to ``limit``), to quote in a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -83,18 +83,17 @@ def ascend(
     return pixels, (final if first is None else first), final, alive
 
 
-def check_filters(filters: Iterable[int] | range, channels: int, layer: str, model_name: str) -> None:
+def check_filters(filters: Iterable[int], channels: int, layer: str, model_name: str) -> None:
     """Raise FilterIndexError, naming the valid range, if a filter index is outside ``0..channels-1``.
 
     A ``range`` is checked by its ends, so a huge one is never expanded."""
-    ranges = [filters] if isinstance(filters, range) else [range(f, f + 1) for f in filters]
-    for indices in ranges:
-        for index in (indices.start, indices[-1]) if len(indices) else ():
-            if not 0 <= index < channels:
-                raise FilterIndexError(
-                    f"filter {index} is out of range for layer {layer} of {model_name}, which has "
-                    f"{channels} filters: use 0-{channels - 1}"
-                )
+    indices = (filters[0], filters[-1]) if isinstance(filters, range) and filters else filters
+    for index in indices:
+        if not 0 <= index < channels:
+            raise FilterIndexError(
+                f"filter {index} is out of range for layer {layer} of {model_name}, which has "
+                f"{channels} filters: use 0-{channels - 1}"
+            )
 
 
 def default_batch_size(device: torch.device) -> int:

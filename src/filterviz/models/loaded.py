@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import InputSizeError
+from ..errors import InputSizeError, first_line
 from ..layers import LayerInfo, probe_layers, resolve_layer, truncated_forward
 from .spec import InputSpec
 
@@ -65,7 +65,7 @@ class LoadedModel:
             try:
                 self._probes[size] = probe_layers(self.module, self.spec.to_model_input(pixels))
             except RuntimeError as exc:  # e.g. too small for some layer
-                self._probes[size] = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "RuntimeError"
+                self._probes[size] = first_line(exc)
         return self._probes[size]
 
     def layers(self, size: int | None = None) -> list[LayerInfo]:
@@ -73,9 +73,8 @@ class LoadedModel:
         size = size or self.spec.default_size
         probe = self._probe(size)
         if isinstance(probe, str):
-            reference = self.spec.default_size
-            if size < reference and not isinstance(self._probe(reference), str):
-                smallest = _bisect(lambda side: not isinstance(self._probe(side), str), size, reference)
+            smallest = self._smallest_size(lambda side: not isinstance(self._probe(side), str), size)
+            if smallest is not None:
                 raise InputSizeError(f"{self.name} cannot run at size {size}: it needs {smallest} px or more; "
                                      f"use --size {smallest}")
             raise InputSizeError(f"{self.name} cannot run at size {size} ({probe})")
@@ -103,11 +102,8 @@ class LoadedModel:
         path = self.resolve(layer)
         shape, error = self._shape_at(path, size)
         if shape is None:
-            # Too small, if a larger size works: search up to the model's own size, never beyond it,
-            # so that a model that fails for another reason is never run on huge inputs.
-            reference = self.spec.default_size
-            if size < reference and self._shape_at(path, reference)[0] is not None:
-                smallest = _bisect(lambda side: self._shape_at(path, side)[0] is not None, size, reference)
+            smallest = self._smallest_size(lambda side: self._shape_at(path, side)[0] is not None, size)
+            if smallest is not None:
                 raise InputSizeError(
                     f"size {size} is too small for layer {layer} of {self.name}: it has no spatial output "
                     f"below {smallest} px; use --size {smallest} or more"
@@ -125,10 +121,25 @@ class LoadedModel:
             with torch.no_grad(), self.truncated(path) as run:
                 out = run(pixels)
         except RuntimeError as exc:  # e.g. a kernel larger than its input
-            return None, str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            return None, first_line(exc)
         if out.numel() == 0:
             return None, "its output is empty"
         return tuple(out.shape), ""
+
+    def _smallest_size(self, works: Callable[[int], bool], too_small: int) -> int | None:
+        """The smallest input side above ``too_small`` that ``works``, by bisection; None if even the
+        model's own size fails. The search never goes beyond that size, so a model that fails for
+        another reason is never run on huge inputs."""
+        low, high = too_small, self.spec.default_size
+        if low >= high or not works(high):
+            return None
+        while high - low > 1:
+            middle = (low + high) // 2
+            if works(middle):
+                high = middle
+            else:
+                low = middle
+        return high
 
     # -- forward passes -------------------------------------------------------------------------
 
@@ -147,14 +158,3 @@ class LoadedModel:
         """The full model's output for a batch of RGB 0..255 images (N, 3, H, W)."""
         return self.module(self.spec.to_model_input(pixels))
 
-
-def _bisect(works: Callable[[int], bool], too_small: int, large_enough: int) -> int:
-    """The smallest input side in (too_small, large_enough] that ``works`` (assumed monotone)."""
-    low, high = too_small, large_enough
-    while high - low > 1:
-        middle = (low + high) // 2
-        if works(middle):
-            high = middle
-        else:
-            low = middle
-    return high

@@ -22,16 +22,15 @@ import torch
 import torchvision.models as tv_models
 from tqdm.auto import tqdm
 
-from ..errors import WeightsError, WeightsUnavailableError
+from ..errors import WeightsError, WeightsUnavailableError, first_line
 from .aliases import aliases_for
 from .loaded import LoadedModel
 from .spec import InputSpec
-from .weights import load_weights_file
+from .weights import RANDOM_WEIGHTS, load_weights_file
 
 # The weights a name gets when none are asked for. VGG16's "features" weights are the original VGG
 # weights with the original input standardization, as Keras's VGG16 uses; otherwise torchvision's DEFAULT.
 PREFERRED_WEIGHTS = {"vgg16": "IMAGENET1K_FEATURES"}
-RANDOM_WEIGHTS = "random"
 
 
 def torchvision_model_names() -> list[str]:
@@ -172,7 +171,7 @@ def load_torchvision(
         module = tv_models.get_model(name, weights=enum, progress=progress)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise WeightsError(
-            f"cannot load {enum} from {file} ({str(exc).splitlines()[0][:120]}); delete the file to download it again"
+            f"cannot load {enum} from {file} ({first_line(exc)}); delete the file to download it again"
         ) from None
     categories = tuple(enum.meta.get("categories") or ()) or None
     return LoadedModel(name, module, _spec_of(enum), aliases, categories, source=f"torchvision {enum}")

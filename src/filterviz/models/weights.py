@@ -11,6 +11,8 @@ from torch import nn
 
 from ..errors import WeightsError
 
+RANDOM_WEIGHTS = "random"  # the ``weights`` value that asks for untrained, randomly initialized weights
+
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict from a PyTorch checkpoint file without running any code stored in it.
