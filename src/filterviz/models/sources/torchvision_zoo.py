@@ -22,11 +22,11 @@ import torch
 import torchvision.models as tv_models
 from tqdm.auto import tqdm
 
-from ..errors import WeightsError, WeightsUnavailableError, first_line
-from .aliases import aliases_for
-from .loaded import LoadedModel
-from .spec import InputSpec
-from .weights import RANDOM_WEIGHTS, load_weights_file
+from ...errors import WeightsError, WeightsUnavailableError, first_line
+from ..aliases import aliases_for
+from ..loaded import LoadedModel
+from ..spec import InputSpec
+from ..weights import RANDOM_WEIGHTS, load_weights_file
 
 # The weights a name gets when none are asked for. VGG16's "features" weights are the original VGG
 # weights with the original input standardization, as Keras's VGG16 uses; otherwise torchvision's DEFAULT.

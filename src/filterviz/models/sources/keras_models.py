@@ -1,0 +1,162 @@
+"""Keras 3 models, run on Keras's torch backend, where every Keras layer is a ``torch.nn.Module``.
+
+``keras:VGG16`` builds ``keras.applications.VGG16`` as the book does (``include_top=False``, any input
+size); ``keras:VGG16+top`` keeps the classifier (and its fixed input size). A path to a ``.keras`` or
+``.h5`` file loads a saved model. Layers are addressed by their Keras names; a Keras layer's output
+includes its activation, as in Keras. Keras layers output (N, H, W, C); filterviz reads them as
+(N, C, H, W) like every other model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from ...errors import FilterVizError, ModelFileError, UnknownModelError, WeightsError, WeightsUnavailableError
+from ...errors import first_line
+from ...layers import ModuleGraph, closest_names
+from ..loaded import LoadedModel
+from ..spec import InputSpec, file_spec
+from ..weights import RANDOM_WEIGHTS
+from . import imagenet_categories, require
+
+PREFIX = "keras:"
+TOP = "+top"
+SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _keras() -> ModuleType:
+    # Keras picks its backend once, at import: ask for torch unless the user chose one already.
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = require("keras", "keras", "Keras models")
+    if keras.backend.backend() != "torch":
+        raise FilterVizError(
+            f"Keras runs on its {keras.backend.backend()!r} backend here; filterviz needs the torch backend: "
+            "set KERAS_BACKEND=torch before Keras is first imported"
+        )
+    return keras
+
+
+def application_names() -> list[str]:
+    """The model builders of ``keras.applications`` (VGG16, ResNet50, ...)."""
+    keras = _keras()
+    return sorted(n for n in dir(keras.applications) if n[0].isupper() and callable(getattr(keras.applications, n)))
+
+
+def spec_from_preprocess(preprocess: object, **kwargs: object) -> InputSpec:
+    """Read a Keras ``preprocess_input`` function as an InputSpec by applying it to probe pixels.
+
+    Such functions are per-channel affine maps, possibly with the channels reversed (``caffe`` mode),
+    so a black image and one image per lit channel determine them exactly.
+    """
+    probe = np.zeros((4, 1, 1, 3), dtype=np.float32)
+    for channel in range(3):
+        probe[channel + 1, 0, 0, channel] = 100.0
+    out = np.asarray(preprocess(probe.copy()), dtype=np.float64).reshape(4, 3)
+    offset, lit = out[0], out[1:] - out[0]  # lit[c_in, c_out]
+    sources = np.abs(lit).argmax(axis=0)  # which input channel feeds each output channel
+    if list(sources) == [0, 1, 2]:
+        order = "RGB"
+    elif list(sources) == [2, 1, 0]:
+        order = "BGR"
+    else:
+        raise FilterVizError("the model's preprocess_input is not a per-channel affine map of RGB or BGR")
+    scale = np.array([lit[sources[c], c] / 100.0 for c in range(3)])
+    return InputSpec(mean=tuple(float(v) for v in -offset / scale),  # type: ignore[arg-type]
+                     std=tuple(float(v) for v in 1.0 / scale), channel_order=order, **kwargs)  # type: ignore[arg-type]
+
+
+def _flat_layers(model: object) -> Iterator[object]:
+    """Every layer of a Keras model, descending into nested models."""
+    for layer in model.layers:  # type: ignore[attr-defined]
+        yield layer
+        if hasattr(layer, "layers") and layer.layers:
+            yield from _flat_layers(layer)
+
+
+def _input_geometry(model: object) -> dict[str, object]:
+    """Layout and sizes read off the model's input shape: (None, H, W, 3) or (None, 3, H, W)."""
+    shape = tuple(model.inputs[0].shape)  # type: ignore[attr-defined]
+    if len(shape) != 4:
+        raise ModelFileError(f"filterviz needs a model that takes images (N, H, W, 3); this one takes {shape}")
+    layout = "NCHW" if shape[1] == 3 and shape[3] != 3 else "NHWC"
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if height and width:
+        return {"layout": layout, "default_size": int(height), "fixed_size": (int(height), int(width))}
+    return {"layout": layout}
+
+
+def wrap(model: object, name: str, spec: InputSpec, source: str, categories: tuple[str, ...] | None = None
+         ) -> LoadedModel:
+    """A built Keras model as a LoadedModel, its layers addressed by their Keras names."""
+    layers = {layer.name: layer for layer in _flat_layers(model) if type(layer).__name__ != "InputLayer"}
+    channels_last = frozenset(n for n, layer in layers.items()
+                              if getattr(layer, "data_format", "channels_last") == "channels_last")
+    return LoadedModel(name, model, spec, {}, categories, source=source,  # type: ignore[arg-type]
+                       graph=ModuleGraph(model, layers), channels_last=channels_last)  # type: ignore[arg-type]
+
+
+def _with_socket_timeout(timeout: float, build, *args, **kwargs):  # noqa: ANN001, ANN202
+    # Keras downloads without a timeout; bound it so an unreachable host cannot hang the run.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        return build(*args, **kwargs)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_application(name: str, weights: str | os.PathLike[str] | None, *, download_timeout: float = 5.0
+                     ) -> LoadedModel:
+    """``keras.applications`` model ``name`` (``VGG16``, or ``VGG16+top`` with the classifier)."""
+    keras = _keras()
+    base, top = (name[: -len(TOP)], True) if name.endswith(TOP) else (name, False)
+    known = application_names()
+    if base not in known:
+        hint = closest_names(base, known)
+        raise UnknownModelError(f"unknown Keras application {base!r}" + (f" (closest: {', '.join(hint)})" if hint
+                                else "") + f"; keras.applications has {', '.join(known[:6])}, ...")
+    builder = getattr(keras.applications, base)
+    random = weights is not None and str(weights).lower() == RANDOM_WEIGHTS
+    if weights is not None and not random and not Path(weights).is_file():
+        raise WeightsError(f"weights file {str(weights)!r} does not exist; give a Keras weights file (.h5), "
+                           "'random', or nothing for the ImageNet weights")
+    choice = None if random else ("imagenet" if weights is None else str(weights))
+    try:
+        model = _with_socket_timeout(download_timeout, builder, weights=choice, include_top=top)
+    except Exception as exc:  # Keras reports download and file errors with assorted types
+        if weights is None:
+            raise WeightsUnavailableError(
+                f"the ImageNet weights of keras:{base} are not in the Keras cache (~/.keras/models) and cannot be "
+                f"downloaded ({first_line(exc, 120)}); give a local weights file with --weights PATH"
+            ) from None
+        raise WeightsError(f"cannot load weights {str(weights)!r} into keras:{name}: {first_line(exc)}") from None
+    module = importlib.import_module(builder.__module__)  # where its preprocess_input lives
+    spec = spec_from_preprocess(module.preprocess_input, **_input_geometry(model))
+    categories = imagenet_categories() if top else None
+    source = "random weights" if random else ("Keras ImageNet weights" if weights is None else f"weights {weights}")
+    return wrap(model, f"{PREFIX}{name}", spec, source, categories)
+
+
+def load_file(path: Path, weights: str | os.PathLike[str] | None, spec: InputSpec | None) -> LoadedModel:
+    """A saved Keras model (``.keras``, ``.h5``); ``spec`` gives its preprocessing (default: raw pixels)."""
+    keras = _keras()
+    try:
+        model = keras.saving.load_model(str(path), compile=False)
+    except Exception as exc:  # zip, HDF5 and config errors
+        raise ModelFileError(f"cannot load {str(path)!r} as a Keras model ({first_line(exc, 120)}); "
+                             f"give a file written by model.save() ({', '.join(SUFFIXES)})") from None
+    if weights is not None:
+        try:
+            model.load_weights(str(weights))
+        except Exception as exc:
+            raise WeightsError(f"cannot load weights {str(weights)!r} into {path.name}: {first_line(exc)}") from None
+    geometry = _input_geometry(model)
+    spec = file_spec(spec, **geometry)
+    return wrap(model, path.name, spec, f"Keras file {path}")

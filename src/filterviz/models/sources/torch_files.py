@@ -1,0 +1,176 @@
+"""PyTorch model files: TorchScript archives, pickled whole models, and state dicts.
+
+- A TorchScript file (``torch.jit.save``) loads without running Python code from it. TorchScript
+  modules take no forward hooks, so ``ScriptGraph`` reaches a layer by stepping through the compiled
+  graphs of the modules that lead to it, node by node, and runs every other module compiled.
+- A pickled whole model (``torch.save(model)``) loads only with ``trust_pickle=True``, because
+  unpickling runs code from the file.
+- A state dict needs the architecture it belongs to (``arch``).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_line
+from ...layers import LayerOutput, StopForward, call_name, split_call
+from ..loaded import LoadedModel
+from ..spec import InputSpec, file_spec
+
+SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip file with a ``code/`` folder; a torch.save file has none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+
+
+class ScriptGraph:
+    """A LayerGraph over a TorchScript module: layers are its sub-modules, by path."""
+
+    def __init__(self, root: torch.jit.ScriptModule) -> None:
+        self.root = root
+        self.modules = {name: module for name, module in root.named_modules() if name}
+
+    def names(self) -> list[str]:
+        return list(self.modules)
+
+    def kind(self, name: str) -> str:
+        return self.modules[name].original_name
+
+    def _call(self, module: torch.jit.ScriptModule, path: str, method: str, args: list[object],
+              enter: Callable[[str], bool], seen: Callable[[str, object], None]) -> object:
+        """Run ``module.method(*args)``, stepping through its graph when ``enter(path)``, else compiled."""
+        if not enter(path):
+            out = getattr(module, method)(*args)
+        else:
+            out = self._interpret(module, path, getattr(module, method).graph, args, enter, seen)
+        if path and method == "forward":
+            seen(path, out)
+        return out
+
+    def _interpret(self, module: torch.jit.ScriptModule, path: str, graph: torch.Graph, args: list[object],
+                   enter: Callable[[str], bool], seen: Callable[[str, object], None]) -> object:
+        values: dict[int, object] = {}
+        paths: dict[int, str] = {}
+        graph_inputs = list(graph.inputs())
+        values[graph_inputs[0].unique()] = module
+        paths[graph_inputs[0].unique()] = path
+        for value, arg in zip(graph_inputs[1:], args):
+            values[value.unique()] = arg
+        for node in graph.nodes():
+            kind = node.kind()
+            inputs = [values[v.unique()] for v in node.inputs()]
+            if kind == "prim::Constant":
+                outputs = [node.output().toIValue()]
+            elif kind == "prim::GetAttr":
+                owner = node.input().unique()
+                attribute = node.s("name")
+                outputs = [getattr(inputs[0], attribute)]
+                if owner in paths:
+                    paths[node.output().unique()] = f"{paths[owner]}.{attribute}" if paths[owner] else attribute
+            elif kind == "prim::CallMethod":
+                sub_path = paths.get(node.inputsAt(0).unique(), "")
+                outputs = [self._call(inputs[0], sub_path, node.s("name"), inputs[1:], enter, seen)]
+            elif kind == "prim::ListConstruct":
+                outputs = [list(inputs)]
+            elif kind == "prim::TupleConstruct":
+                outputs = [tuple(inputs)]
+            elif kind in ("prim::TupleUnpack", "prim::ListUnpack"):
+                outputs = list(inputs[0])
+            elif kind == "prim::TupleIndex":
+                outputs = [inputs[0][inputs[1]]]
+            elif kind == "prim::NumToTensor":
+                outputs = [torch.tensor(inputs[0])]
+            elif kind.startswith("aten::"):
+                result = getattr(torch.ops.aten, kind.split("::", 1)[1])(*inputs)
+                outputs = list(result) if node.outputsSize() > 1 else [result]
+            else:
+                raise FilterVizError(
+                    f"cannot step into {path or 'the model'} of this TorchScript file: it uses {kind}; "
+                    "layers inside modules with control flow are not reachable, choose a layer outside them"
+                )
+            for value, output in zip(node.outputs(), outputs):
+                values[value.unique()] = output
+        results = [values[v.unique()] for v in graph.outputs()]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
+        events: list[tuple[str, tuple[int, ...]]] = []
+
+        def seen(path: str, out: object) -> None:
+            events.append((path, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+
+        with torch.no_grad():
+            self._call(self.root, "", "forward", [inputs], lambda _path: True, seen)
+        totals: dict[str, int] = {}
+        for path, _ in events:
+            totals[path] = totals.get(path, 0) + 1
+        counts: dict[str, int] = {}
+        result: dict[str, LayerOutput] = {}
+        for path, shape in events:
+            counts[path] = counts.get(path, 0) + 1
+            kind = self.kind(path) if path in self.modules else "?"
+            result[call_name(path, counts[path])] = LayerOutput(kind, shape, totals[path])
+        return result
+
+    @contextmanager
+    def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        target, call = split_call(layer)
+
+        def enter(path: str) -> bool:  # step only into the modules that contain the target
+            return path == "" or target.startswith(path + ".")
+
+        def run(inputs: torch.Tensor) -> torch.Tensor:
+            calls = [0]
+            captured: list[torch.Tensor] = []
+
+            def seen(path: str, out: object) -> None:
+                if path == target:
+                    calls[0] += 1
+                    if calls[0] == call:
+                        captured.append(out)  # type: ignore[arg-type]
+                        raise StopForward
+
+            try:
+                self._call(self.root, "", "forward", [inputs], enter, seen)
+            except StopForward:
+                return captured[0]
+            raise UnknownLayerError(f"layer {layer!r} is not called by the model's forward pass; "
+                                    "choose a layer that the forward pass uses")
+
+        yield run
+
+
+def load_torchscript(path: Path, spec: InputSpec | None) -> LoadedModel:
+    """A TorchScript file; ``spec`` gives its preprocessing (default: raw RGB 0..255, NCHW)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the format users have
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # RuntimeError and zip errors for damaged archives
+        raise ModelFileError(f"cannot load {str(path)!r} as TorchScript ({first_line(exc, 120)})") from None
+    return LoadedModel(path.name, module, file_spec(spec), source=f"TorchScript file {path}",
+                       graph=ScriptGraph(module))
+
+
+def load_pickled(path: Path, spec: InputSpec | None) -> LoadedModel:
+    """A whole model saved with ``torch.save(model)``: unpickling runs code from the file."""
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the classes it needs may be missing, among others
+        raise ModelFileError(f"cannot unpickle {str(path)!r}: {first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a model (torch.nn.Module); "
+                             f"for a state dict, say its architecture with --arch NAME")
+    return LoadedModel(path.name, model, file_spec(spec), source=f"pickled model {path}")
