@@ -15,6 +15,8 @@ from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError
 from .image import check_writable, make_grid, save_image
 from .models import DEFAULT_MODEL, known_models, load_model
+from .models.registry import is_model_file
+from .models.spec import PRESETS
 from .render import FilterRender, check_filters, render_filters
 
 
@@ -70,17 +72,39 @@ def _warn_dead(render: FilterRender, consequence: str) -> None:
                  f"step, so nothing could be rendered; {consequence}")
 
 
+OTHER_SOURCES = """\
+Other sources:
+  timm:NAME          any timm model, e.g. timm:resnet50 (pip install 'filterviz[timm]')
+  keras:NAME         a keras.applications model as in the book, e.g. keras:VGG16; keras:VGG16+top keeps
+                     the classifier (pip install 'filterviz[keras]')
+  PATH.onnx          an ONNX file (pip install 'filterviz[onnx]')
+  PATH.keras, .h5    a saved Keras model (pip install 'filterviz[keras]')
+  PATH.pt, .pth      TorchScript; a state dict with --arch NAME; a pickled model with --trust-pickle"""
+
+
+def _load(args: argparse.Namespace, weights: str | None = None) -> object:
+    """The model the command line names, with its options."""
+    return load_model(args.model, weights if weights is not None else args.weights, args.device,
+                      preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
+                      progress=not args.quiet)
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     for name in known_models():
         print(name + ("  (embedded default, works offline)" if name == DEFAULT_MODEL else ""))
+    print()
+    print(OTHER_SOURCES)
 
 
 def _cmd_layers(args: argparse.Namespace) -> None:
     # Layer names and shapes do not depend on the weights: list them offline too.
-    model = load_model(args.model, args.weights or "random", args.device)
-    rows = [(info.name, info.kind + (f" (runs {info.calls}x, first call)" if info.calls > 1 else ""),
+    needs_weights = args.weights is not None or is_model_file(args.model)
+    model = _load(args, None if needs_weights else "random")
+    rows = [(info.name, info.kind + (f" (call {info.name.rpartition('#')[2]} of {info.calls})" if "#" in info.name
+                                     else f" (call 1 of {info.calls})" if info.calls > 1 else ""),
              str(info.channels), info.spatial, ", ".join(info.aliases))
             for info in model.layers(args.size)]
+    print(f"input: {model.spec.describe()}")
     header = ("layer", "kind", "channels", f"size@{args.size or model.spec.default_size}", "aliases")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
@@ -89,7 +113,7 @@ def _cmd_layers(args: argparse.Namespace) -> None:
 
 def _cmd_render(args: argparse.Namespace) -> None:
     check_writable(args.output)
-    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    model = _load(args)
     render = render_filters(model, args.layer, [args.filter], size=args.size, steps=args.steps, step=args.step,
                             seed=args.seed, progress=not args.quiet)
     _warn_dead(render, f"{args.output} shows only the start noise")
@@ -102,7 +126,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
 def _cmd_grid(args: argparse.Namespace) -> None:
     check_writable(args.output)
     ranges = parse_filters(args.filters) if args.filters else None
-    model = load_model(args.model, args.weights, args.device, progress=not args.quiet)
+    model = _load(args)
     channels = model.layer_info(args.layer, args.size).channels
     if ranges is None:  # the book's first 64, or all of a smaller layer
         ranges = [range(min(GRID_FILTERS, channels))]
@@ -118,7 +142,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    model = load_model(args.model, args.weights, args.device, progress=not args.quiet) if args.model else None
+    model = _load(args) if args.model else None
     figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
                        progress=not args.quiet, notify=_say)
     for figure in figures:
@@ -138,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     common.add_argument("--weights", help="weights enum name (IMAGENET1K_V1), local checkpoint file, or 'random'")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    common.add_argument("--preprocess", choices=list(PRESETS),
+                        help="the model's input values: raw (RGB 0..255), unit (0..1), tf (-1..1), caffe (BGR minus "
+                             "the mean pixel) or imagenet (mean/std); default: what the model's source says, "
+                             "raw for model files")
+    common.add_argument("--arch", help="architecture of a state-dict model file (a torchvision name or timm:NAME)")
+    common.add_argument("--trust-pickle", action="store_true",
+                        help="allow a pickled whole-model file; unpickling runs code from it")
 
     ascent = _Parser(add_help=False)
     ascent.add_argument("--steps", type=int, default=40, help="ascent steps (default 40)")
@@ -148,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(run=_cmd_models)
 
     layers = commands.add_parser("layers", parents=[common], help="list a model's layers")
-    layers.add_argument("model", help=f"model name, e.g. {DEFAULT_MODEL} or vgg16")
+    layers.add_argument("model", help=f"model name or file, e.g. {DEFAULT_MODEL}, vgg16, timm:resnet50, "
+                                      "keras:VGG16, model.onnx (see `filterviz models`)")
     layers.add_argument("--size", type=_positive, help="input size for the spatial sizes shown")
     layers.set_defaults(run=_cmd_layers)
 
@@ -157,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("layer", help="layer name, e.g. block3_conv1 (see `filterviz layers MODEL`)")
     render.add_argument("filter", type=int, help="filter (channel) index")
     render.add_argument("-o", "--output", required=True, help="image file to write (.png)")
-    render.add_argument("--size", type=_positive, default=150, help="image side in pixels (default 150)")
+    render.add_argument("--size", type=_positive,
+                        help="image side in pixels (default 150, or the model's fixed input size)")
     render.set_defaults(run=_cmd_render)
 
     grid = commands.add_parser("grid", parents=[common, ascent], help="render filters of a layer as a grid")

@@ -106,7 +106,7 @@ def render_filters(
     layer: str,
     filters: Sequence[int],
     *,
-    size: int = 150,
+    size: int | None = None,
     steps: int = 40,
     step: float = 1.0,
     seed: int | None = None,
@@ -117,7 +117,8 @@ def render_filters(
     """Render many filters of one layer with the book's recipe, a batch of images at a time.
 
     ``start`` (N, H, W, 3) replaces the book's noise start; each filter's result equals its
-    one-at-a-time result from the same start image.
+    one-at-a-time result from the same start image. ``size`` defaults to the model's fixed input
+    size if it has one, else the book's 150.
     """
     filters = [int(f) for f in filters]
     if not filters:
@@ -128,6 +129,8 @@ def render_filters(
         if start.ndim != 4 or start.shape[0] != len(filters) or start.shape[3] != 3:
             raise FilterVizError(f"start must have shape ({len(filters)}, H, W, 3), not {start.shape}")
         size = start.shape[1]
+    if size is None:
+        size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
     if size < 1:
         raise FilterVizError(f"size must be at least 1 px, not {size}")
     if not math.isfinite(step):

@@ -36,7 +36,8 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         self.module.eval()
-        self.module.requires_grad_(False)
+        for parameter in self.module.parameters():  # one by one: TorchScript modules lack requires_grad_
+            parameter.requires_grad_(False)
         if self.graph is None:
             self.graph = ModuleGraph(self.module)
 

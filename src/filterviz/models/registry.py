@@ -68,6 +68,14 @@ def _canonical(name: str) -> str:
     return embedded.NAME if lowered.replace("_", "-") == embedded.NAME else lowered
 
 
+def is_model_file(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` names a model file rather than a model by name."""
+    text = os.fspath(model)
+    if text.lower().startswith((TIMM_PREFIX, KERAS_PREFIX)) or _canonical(text) in known_models():
+        return False
+    return _is_file_name(text)
+
+
 def _is_file_name(model: str) -> bool:
     suffix = Path(model).suffix.lower()
     return (Path(model).exists() or "/" in model or os.sep in model

@@ -68,7 +68,7 @@ class InputSpec:
         else:
             values = f"(pixels - [{numbers(self.mean)}]) / [{numbers(self.std)}]"
         size = (f"fixed {self.fixed_size[0]}x{self.fixed_size[1]} (other sizes are resized on the way in)"
-                if self.fixed_size else f"any size (trained at {self.default_size})")
+                if self.fixed_size else f"any size (default {self.default_size})")
         return f"{self.channel_order}, {values}, {self.layout}, {size}"
 
     def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:

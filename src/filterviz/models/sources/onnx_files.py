@@ -29,15 +29,22 @@ _LAYOUT_KEEPING_OPS = {
 }
 
 
-def _name_nodes(graph: object) -> None:
-    """Give every node a unique name (layer names come from node names)."""
-    used: set[str] = set()
+def _name_nodes(graph: object) -> dict[str, str]:
+    """Give every node a unique name that onnx2torch keeps as its module name; returns the names
+    the file gave (or the new name, for nodes it left unnamed) by new name.
+
+    onnx2torch turns dots into slashes and drops a leading slash, so that is done here first.
+    """
+    original: dict[str, str] = {}
     for index, node in enumerate(graph.node):  # type: ignore[attr-defined]
-        name = node.name or f"{node.op_type}_{index}"
-        while name in used:
+        given = node.name or f"{node.op_type}_{index}"
+        name = (f"{node.domain}/" if node.domain else "") + given.replace(".", "/").lstrip("/")
+        name = name or f"{node.op_type}_{index}"
+        while name in original:
             name = f"{name}_{index}"
         node.name = name
-        used.add(name)
+        original[name] = given
+    return original
 
 
 def _input_geometry(graph: object) -> dict[str, object]:
@@ -80,19 +87,29 @@ def channel_axes(graph: object, input_layout: str) -> dict[str, int | None]:
     return by_node
 
 
-def keras_aliases(node_names: list[str]) -> dict[str, str]:
-    """Layer-scope names -> the last node in that scope, from names like ``model/block3_conv1_1/Relu``.
+def scope_aliases(node_names: list[str]) -> dict[str, str]:
+    """Scope names -> the last node inside that scope, from node names such as
+    ``functional_1/block3_conv1_1/Relu`` (Keras) or ``/features/features.0/Conv`` (PyTorch).
 
-    Keras appends ``_1`` (and so on) to layer scopes when it exports; the name without it is an alias
-    too, unless another scope has that name.
+    Exporters name nodes by the layer (scope) they belong to; a layer's last node is its output, after
+    the activation. Keras appends ``_1`` (and so on) to layer scopes when it exports; the name without
+    it is an alias too. A scope name found under two different parents is ambiguous and left out.
     """
     last_in_scope: dict[str, str] = {}
+    parents: dict[str, set[str]] = {}
+    members: dict[str, int] = {}
     for name in node_names:
         parts = name.split("/")
-        if len(parts) >= 2 and parts[-2]:
-            last_in_scope[parts[-2]] = name
-    aliases = dict(last_in_scope)
-    for scope, node in last_in_scope.items():
+        for depth in range(len(parts) - 1):
+            if parts[depth]:
+                last_in_scope[parts[depth]] = name
+                parents.setdefault(parts[depth], set()).add("/".join(parts[:depth]))
+                members[parts[depth]] = members.get(parts[depth], 0) + 1
+    # A scope around every node is the model itself, not a layer.
+    scopes = {scope: node for scope, node in last_in_scope.items()
+              if len(parents[scope]) == 1 and members[scope] < len(node_names)}
+    aliases = dict(scopes)
+    for scope, node in scopes.items():
         plain = re.sub(r"_\d+$", "", scope)
         if plain != scope and plain not in last_in_scope:
             aliases.setdefault(plain, node)
@@ -109,14 +126,16 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
         onnx.checker.check_model(proto)
     except Exception as exc:  # protobuf decode errors and checker errors
         raise ModelFileError(f"{str(path)!r} is not a valid ONNX model ({first_line(exc, 120)})") from None
-    _name_nodes(proto.graph)
+    original = _name_nodes(proto.graph)
     geometry = _input_geometry(proto.graph)
     try:
         module = onnx2torch.convert(proto)
     except Exception as exc:  # an operator onnx2torch cannot convert
         raise ModelFileError(f"cannot convert {path.name} to PyTorch with onnx2torch: {first_line(exc)}") from None
     axes = channel_axes(proto.graph, str(geometry["layout"]))
-    names = [node.name for node in proto.graph.node]
+    by_original = {given: name for name, given in original.items()}
+    aliases = {alias: by_original[node] for alias, node in scope_aliases(list(by_original)).items()
+               if alias not in original}
     spec = file_spec(spec, **geometry)
-    return LoadedModel(path.name, module, spec, keras_aliases(names), source=f"ONNX file {path}",
+    return LoadedModel(path.name, module, spec, aliases, source=f"ONNX file {path}",
                        channels_last=frozenset(n for n, axis in axes.items() if axis == 3))

@@ -93,7 +93,7 @@ class ScriptGraph:
             elif kind == "prim::NumToTensor":
                 outputs = [torch.tensor(inputs[0])]
             elif kind.startswith("aten::"):
-                result = getattr(torch.ops.aten, kind.split("::", 1)[1])(*inputs)
+                result = _call_aten(node, inputs)
                 outputs = list(result) if node.outputsSize() > 1 else [result]
             else:
                 raise FilterVizError(
@@ -150,6 +150,20 @@ class ScriptGraph:
                                     "choose a layer that the forward pass uses")
 
         yield run
+
+
+def _call_aten(node: torch.Node, inputs: list[object]) -> object:
+    """Call the exact overload a TorchScript node names, passing keyword-only arguments by keyword."""
+    schema = torch._C.parse_schema(node.schema())
+    packet = getattr(torch.ops.aten, schema.name.split("::", 1)[1])
+    operator = getattr(packet, schema.overload_name or "default")
+    args, kwargs = [], {}
+    for argument, value in zip(schema.arguments, inputs):
+        if argument.kwarg_only:
+            kwargs[argument.name] = value
+        else:
+            args.append(value)
+    return operator(*args, **kwargs)
 
 
 def load_torchscript(path: Path, spec: InputSpec | None) -> LoadedModel:
