@@ -18,7 +18,8 @@ import torchvision.models as tv_models
 import filterviz
 from filterviz.errors import UnknownLayerError, UnknownModelError, WeightsError, WeightsUnavailableError
 from filterviz.models.sources import embedded
-from filterviz.models.sources.torchvision_zoo import cached_file, download
+from filterviz.models.downloads import download
+from filterviz.models.sources.torchvision_zoo import cached_file
 
 # Keras's VGG16 and VGG19 (keras.applications): conv layers per block and their filter counts.
 KERAS_VGG = {

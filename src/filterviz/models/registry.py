@@ -172,7 +172,7 @@ def load_model(
         if key.startswith(TIMM_PREFIX):
             from .sources.timm_zoo import load_timm
 
-            loaded = load_timm(text.strip()[len(TIMM_PREFIX):], weights)
+            loaded = load_timm(text.strip()[len(TIMM_PREFIX):], weights, download_timeout=download_timeout)
         elif key.startswith(KERAS_PREFIX):
             from .sources.keras_models import load_application
 

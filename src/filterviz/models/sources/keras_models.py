@@ -9,10 +9,12 @@ includes its activation, as in Keras. Keras layers output (N, H, W, C); filtervi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,6 +23,7 @@ import numpy as np
 from ...errors import FilterVizError, ModelFileError, UnknownModelError, WeightsError, WeightsUnavailableError
 from ...errors import first_line
 from ...layers import ModuleGraph, closest_names
+from ..downloads import unreachable_reason
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import RANDOM_WEIGHTS
@@ -102,12 +105,19 @@ def wrap(model: object, name: str, spec: InputSpec, source: str, categories: tup
                        graph=ModuleGraph(model, layers), channels_last=channels_last)  # type: ignore[arg-type]
 
 
-def _with_socket_timeout(timeout: float, build, *args, **kwargs):  # noqa: ANN001, ANN202
-    # Keras downloads without a timeout; bound it so an unreachable host cannot hang the run.
+WEIGHTS_HOST = "https://storage.googleapis.com"  # where keras.applications download their weights from
+
+
+def _build(builder: Callable[..., object], timeout: float, **kwargs: object) -> object:
+    """Call a keras.applications builder. Keras downloads without a timeout, so the socket timeout is
+    bounded meanwhile; when the weights host is unreachable, Keras can only use its cache, and its
+    "Downloading data from" line is kept off the screen since no download follows."""
+    offline = kwargs.get("weights") == "imagenet" and unreachable_reason(WEIGHTS_HOST, timeout) is not None
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
-        return build(*args, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()) if offline else contextlib.nullcontext():
+            return builder(**kwargs)
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -129,7 +139,7 @@ def load_application(name: str, weights: str | os.PathLike[str] | None, *, downl
                            "'random', or nothing for the ImageNet weights")
     choice = None if random else ("imagenet" if weights is None else str(weights))
     try:
-        model = _with_socket_timeout(download_timeout, builder, weights=choice, include_top=top)
+        model = _build(builder, download_timeout, weights=choice, include_top=top)
     except Exception as exc:  # Keras reports download and file errors with assorted types
         if weights is None:
             raise WeightsUnavailableError(

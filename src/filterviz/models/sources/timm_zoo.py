@@ -7,10 +7,12 @@ Pretrained weights come through timm (the Hugging Face hub and its cache); a loc
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 from ...errors import UnknownModelError, WeightsUnavailableError, first_line
 from ...layers import closest_names
 from ..loaded import LoadedModel
+from ..downloads import unreachable_reason
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, load_weights_file
 from . import imagenet_categories, require
@@ -18,7 +20,7 @@ from . import imagenet_categories, require
 PREFIX = "timm:"
 
 
-def _timm():  # noqa: ANN202
+def _timm() -> ModuleType:
     return require("timm", "timm", "timm models")
 
 
@@ -33,7 +35,36 @@ def spec_of(module: object) -> InputSpec:
                                      fixed_size=fixed)
 
 
-def load_timm(name: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
+def _pretrained(timm: ModuleType, name: str, timeout: float) -> object:
+    """The pretrained model, from the hub's cache when the hub cannot be reached (checked first, so an
+    offline machine gets an answer within ``timeout`` instead of the hub's retries)."""
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+    overlay = None
+    from huggingface_hub import constants as hub_constants
+
+    reason = unreachable_reason(hub_constants.ENDPOINT, timeout)
+    if reason and hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(hub_id, file) for file in ("model.safetensors", "pytorch_model.bin")]
+        found = next((path for path in cached if isinstance(path, str)), None)
+        if found is None:
+            raise WeightsUnavailableError(
+                f"pretrained weights of timm:{name} are not in the Hugging Face cache and cannot be downloaded "
+                f"({reason}); give a local checkpoint with --weights PATH, or --weights random"
+            )
+        overlay = {"file": found}
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as exc:  # hub and file errors have many types; all mean the weights are not here
+        raise WeightsUnavailableError(
+            f"cannot load the pretrained weights of timm:{name} ({first_line(exc, 120)}); "
+            "give a local checkpoint with --weights PATH, or --weights random"
+        ) from None
+
+
+def load_timm(name: str, weights: str | os.PathLike[str] | None, *, download_timeout: float = 5.0
+              ) -> LoadedModel:
     """timm model ``name`` (without the ``timm:`` prefix): pretrained (None), a local file, or random."""
     timm = _timm()
     if not timm.is_model(name):
@@ -45,13 +76,7 @@ def load_timm(name: str, weights: str | os.PathLike[str] | None) -> LoadedModel:
         )
     random = weights is not None and str(weights).lower() == RANDOM_WEIGHTS
     if weights is None:
-        try:
-            module = timm.create_model(name, pretrained=True)
-        except Exception as exc:  # hub errors have many types; all mean the weights are not here
-            raise WeightsUnavailableError(
-                f"pretrained weights of timm:{name} are not in the cache and cannot be downloaded "
-                f"({first_line(exc, 120)}); give a local checkpoint with --weights PATH, or --weights random"
-            ) from None
+        module = _pretrained(timm, name, download_timeout)
         source = f"timm {module.pretrained_cfg.get('hf_hub_id') or name} (pretrained)"
     else:
         module = timm.create_model(name, pretrained=False)

@@ -7,23 +7,17 @@ goes silent, this gives up within seconds with a WeightsUnavailableError instead
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import re
-import socket
-import threading
-import urllib.request
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tv_models
-from tqdm.auto import tqdm
-
 from ...errors import WeightsError, WeightsUnavailableError, first_line
 from ..aliases import aliases_for
+from ..downloads import download, unreachable_reason
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, load_weights_file
@@ -69,66 +63,6 @@ def _looks_like_path(weights: str) -> bool:
 def cached_file(weights: Enum) -> Path:
     """Where torch.hub keeps (or would keep) the file of a weights enum."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-
-
-def unreachable_reason(url: str, timeout: float) -> str | None:
-    """None if a TCP connection to the URL's host (or its proxy) opens within ``timeout``; else why not.
-
-    The attempt runs in a daemon thread so that even a name lookup that hangs cannot hold us longer.
-    """
-    parsed = urlparse(url)
-    proxy = urllib.request.getproxies().get(parsed.scheme)
-    target = urlparse(proxy) if proxy else parsed
-    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
-    outcome: dict[str, object] = {}
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome["ok"] = True
-        except OSError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if outcome.get("ok"):
-        return None
-    error = outcome.get("error")
-    if error is None:
-        return f"no answer from {host} within {timeout:g} s"
-    return f"{host} is unreachable: {getattr(error, 'strerror', None) or error}"
-
-
-def download(url: str, file: Path, *, timeout: float, progress: bool = False) -> None:
-    """Download ``url`` into ``file`` atomically, giving up if the server is silent for ``timeout`` s.
-
-    As torch.hub does, a file name of the form ``name-<hex>.pth`` must match the start of the
-    content's SHA-256. Any failure raises WeightsUnavailableError and leaves no file behind.
-    """
-    file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.{os.getpid()}.part")
-    expected = re.search(r"-([a-f0-9]{6,})\.", file.name)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out, tqdm(
-            total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-            desc=f"downloading {file.name}", disable=None if progress else True, leave=False,
-        ) as bar:
-            digest = hashlib.sha256()
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        if expected and not digest.hexdigest().startswith(expected.group(1)):
-            raise WeightsUnavailableError(
-                f"the download of {url} is corrupt (its SHA-256 does not start with {expected.group(1)}); try again"
-            )
-        os.replace(partial, file)
-    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise WeightsUnavailableError(f"cannot download {url}: {reason}") from None
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def load_torchvision(
