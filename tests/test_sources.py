@@ -414,3 +414,21 @@ def test_fixed_size_models_resize_on_the_way_in():
     x = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4)
     assert spec.to_model_input(x).shape == (1, 3, 8, 8)
     assert spec.to_model_input(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def test_keras_model_object_by_keras_names():
+    original = tiny_keras_model()
+    model = filterviz.load_model(original, preprocess="tf", device="cpu")
+    assert model.name == "tiny" and model.spec.layout == "NHWC"
+    x = pixels(16)
+    upto = keras.Model(original.inputs, original.get_layer("block1_conv1").output)
+    expected = torch.as_tensor(np.asarray(upto.predict(x.permute(0, 2, 3, 1).numpy() / 127.5 - 1, verbose=0)))
+    with torch.no_grad():
+        torch.testing.assert_close(model.activations(x, "block1_conv1"), expected.permute(0, 3, 1, 2),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_declared_minimum_size_is_checked():
+    model = filterviz.load_model(TinyNet(), spec=InputSpec(min_size=12, default_size=16), device="cpu")
+    with pytest.raises(FilterVizError, match="takes images of 12 px or more, not 8; use --size 12 or more"):
+        filterviz.render_filters(model, "features.1", [0], size=8, steps=1)

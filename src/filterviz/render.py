@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import FilterIndexError, FilterVizError
+from .errors import FilterIndexError, FilterVizError, InputSizeError
 from .image import deprocess_image
 from .models.loaded import LoadedModel
 from .objectives import ChannelObjective
@@ -133,6 +133,9 @@ def render_filters(
         size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
     if size < 1:
         raise FilterVizError(f"size must be at least 1 px, not {size}")
+    if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
+        raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
+                             f"use --size {model.spec.min_size} or more")
     if not math.isfinite(step):
         raise FilterVizError(f"step must be a finite number, not {step}")
     info = model.layer_info(layer, size)

@@ -159,7 +159,11 @@ def load_model(
     if preprocess is not None:
         InputSpec.preset(preprocess)  # a bad name fails before any loading
     download = {"progress": progress, "download_timeout": download_timeout}
-    if isinstance(model, nn.Module):
+    if isinstance(model, nn.Module) and type(model).__module__.startswith("keras"):
+        from .sources.keras_models import wrap_module
+
+        loaded = wrap_module(model, spec, name)
+    elif isinstance(model, nn.Module):
         if spec is None:
             raise FilterVizError("an nn.Module needs spec=InputSpec(...) to say what input it expects")
         label = name or type(model).__name__

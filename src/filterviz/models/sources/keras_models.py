@@ -154,6 +154,12 @@ def load_application(name: str, weights: str | os.PathLike[str] | None, *, downl
     return wrap(model, f"{PREFIX}{name}", spec, source, categories)
 
 
+def wrap_module(model: object, spec: InputSpec | None, name: str | None) -> LoadedModel:
+    """A Keras model built in Python; ``spec`` gives its preprocessing (default: raw pixels)."""
+    return wrap(model, name or getattr(model, "name", "keras model"), file_spec(spec, **_input_geometry(model)),
+                "Keras model")
+
+
 def load_file(path: Path, weights: str | os.PathLike[str] | None, spec: InputSpec | None) -> LoadedModel:
     """A saved Keras model (``.keras``, ``.h5``); ``spec`` gives its preprocessing (default: raw pixels)."""
     keras = _keras()
@@ -167,6 +173,4 @@ def load_file(path: Path, weights: str | os.PathLike[str] | None, spec: InputSpe
             model.load_weights(str(weights))
         except Exception as exc:
             raise WeightsError(f"cannot load weights {str(weights)!r} into {path.name}: {first_line(exc)}") from None
-    geometry = _input_geometry(model)
-    spec = file_spec(spec, **geometry)
-    return wrap(model, path.name, spec, f"Keras file {path}")
+    return wrap(model, path.name, file_spec(spec, **_input_geometry(model)), f"Keras file {path}")

@@ -31,8 +31,9 @@ def spec_of(module: object) -> InputSpec:
     size = int(config["input_size"][1])
     pretrained = getattr(module, "pretrained_cfg", {}) or {}
     fixed = (size, int(config["input_size"][2])) if pretrained.get("fixed_input_size") else None
+    smallest = pretrained.get("min_input_size")
     return InputSpec.from_unit_range(tuple(config["mean"]), tuple(config["std"]), default_size=size,
-                                     fixed_size=fixed)
+                                     fixed_size=fixed, min_size=int(smallest[1]) if smallest else None)
 
 
 def _pretrained(timm: ModuleType, name: str, timeout: float) -> object:
