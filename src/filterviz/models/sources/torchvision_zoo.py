@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
@@ -73,7 +74,9 @@ def load_torchvision(
     text = None if weights is None or isinstance(weights, os.PathLike) else str(weights)
     if text is not None and text.lower() == RANDOM_WEIGHTS:
         reference = tv_models.get_model_weights(name).DEFAULT
-        module = tv_models.get_model(name, weights=None)
+        with warnings.catch_warnings():  # GoogLeNet and Inception warn about their random initialization
+            warnings.simplefilter("ignore", FutureWarning)
+            module = tv_models.get_model(name, weights=None)
         return LoadedModel(name, module, _spec_of(reference), aliases, None, source="random weights")
     # A weights name wins over a file of the same name; anything else that looks like a path is one.
     enum = _weights_enum(name, text) if weights is None or text is not None else None
