@@ -11,7 +11,7 @@ ONNX graphs), which are always removed when the context ends.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +22,7 @@ from torch import nn
 from .errors import UnknownLayerError
 
 CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
+OUTPUT = "<output>"  # the model's own output (logits), as a layer name for objectives
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ class LayerGraph(Protocol):
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         """Run the whole model once; every layer call's output, keyed by layer name, in forward order."""
 
-    def truncated(self, layer: str) -> AbstractContextManager[Callable[[torch.Tensor], torch.Tensor]]:
-        """A context yielding ``run(inputs) -> layer's output`` that computes nothing after the layer."""
+    def capture(self, layers: Sequence[str]) -> AbstractContextManager[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        """A context yielding ``run(inputs) -> {layer: output}`` for native layer names (with call
+        numbers) and ``OUTPUT``; nothing runs after the last of them."""
 
 
 class ModuleGraph:
@@ -131,37 +133,45 @@ class ModuleGraph:
         return seen
 
     @contextmanager
-    def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-        name, call = split_call(layer)
-        captured: list[torch.Tensor] = []
-        calls = [0]
+    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
+        captured: dict[str, torch.Tensor] = {}
+        calls: dict[str, int] = {}
+        whole = OUTPUT in layers  # the model's own output: no early stop
 
-        def stop_here(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            calls[0] += 1
-            if calls[0] == call:
-                captured.append(output)
-                raise StopForward
+        def hook(name: str) -> Callable[..., None]:
+            def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+                calls[name] = calls.get(name, 0) + 1
+                if (name, calls[name]) in wanted:
+                    captured[call_name(name, calls[name])] = output
+                    if not whole and len(captured) == len(wanted):
+                        raise StopForward
+            return record
 
-        handle = self.modules[name].register_forward_hook(stop_here)
+        handles = [self.modules[name].register_forward_hook(hook(name)) for name in {n for n, _ in wanted}]
 
-        def run(inputs: torch.Tensor) -> torch.Tensor:
+        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
             captured.clear()
-            calls[0] = 0
+            calls.clear()
             try:
-                self.root(inputs)
+                output = self.root(inputs)
             except StopForward:
-                return captured[0]
+                return dict(captured)
             except Exception:
-                if captured:  # our stop, re-raised by a framework as another exception (Keras does)
-                    return captured[0]
+                if captured and len(captured) == len(wanted):  # our stop, re-raised as another type (Keras)
+                    return dict(captured)
                 raise
-            raise UnknownLayerError(f"layer {layer!r} is not called by the model's forward pass "
-                                    f"({calls[0]} call(s)); choose a layer that the forward pass uses")
+            if len(captured) < len(wanted):
+                missing = sorted(call_name(n, c) for n, c in wanted if call_name(n, c) not in captured)
+                raise UnknownLayerError(f"layer {missing[0]!r} is not called by the model's forward pass; "
+                                        "choose a layer that the forward pass uses")
+            return {**captured, OUTPUT: output} if whole else dict(captured)
 
         try:
             yield run
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
 
 def closest_names(name: str, candidates: list[str], n: int = 3) -> list[str]:

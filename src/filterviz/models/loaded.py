@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputSizeError, first_line
-from ..layers import LayerGraph, LayerInfo, LayerOutput, ModuleGraph, resolve_layer, split_call
+from ..layers import OUTPUT, LayerGraph, LayerInfo, LayerOutput, ModuleGraph, resolve_layer, split_call
 from .spec import InputSpec
 
 
@@ -166,9 +166,20 @@ class LoadedModel:
     @contextmanager
     def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
         """Yield ``run(pixels) -> activations of layer``; pixels are RGB 0..255, (N, 3, H, W)."""
-        path = self.resolve(layer)
-        with self.graph.truncated(path) as run:
-            yield lambda pixels: self._to_nchw(path, run(self.spec.to_model_input(pixels)))
+        with self.capture([layer]) as run:
+            yield lambda pixels: next(iter(run(pixels).values()))
+
+    @contextmanager
+    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        """Yield ``run(pixels) -> {layer: activations}`` for several layers (names as given; ``OUTPUT``
+        for the model's output) from one forward pass that ends after the last of them. Pixels are
+        RGB 0..255, (N, 3, H, W); activations are (N, C, ...) whatever the model's layout."""
+        paths = {layer: layer if layer == OUTPUT else self.resolve(layer) for layer in layers}
+        with self.graph.capture(list(set(paths.values()))) as run:
+            def run_pixels(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+                outputs = run(self.spec.to_model_input(pixels))
+                return {layer: self._to_nchw(path, outputs[path]) for layer, path in paths.items()}
+            yield run_pixels
 
     def activations(self, pixels: torch.Tensor, layer: str) -> torch.Tensor:
         """``layer``'s output for a batch of RGB 0..255 images; nothing after the layer runs."""

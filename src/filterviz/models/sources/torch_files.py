@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_line
-from ...layers import LayerOutput, StopForward, call_name, split_call
+from ...layers import OUTPUT, LayerOutput, StopForward, call_name, split_call
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 
@@ -125,29 +125,34 @@ class ScriptGraph:
         return result
 
     @contextmanager
-    def truncated(self, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-        target, call = split_call(layer)
+    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
+        whole = OUTPUT in layers
+        targets = {name for name, _ in wanted}
 
-        def enter(path: str) -> bool:  # step only into the modules that contain the target
-            return path == "" or target.startswith(path + ".")
+        def enter(path: str) -> bool:  # step only into the modules that contain a target
+            return path == "" or any(target.startswith(path + ".") for target in targets)
 
-        def run(inputs: torch.Tensor) -> torch.Tensor:
-            calls = [0]
-            captured: list[torch.Tensor] = []
+        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls: dict[str, int] = {}
+            captured: dict[str, torch.Tensor] = {}
 
             def seen(path: str, out: object) -> None:
-                if path == target:
-                    calls[0] += 1
-                    if calls[0] == call:
-                        captured.append(out)  # type: ignore[arg-type]
-                        raise StopForward
+                if path in targets:
+                    calls[path] = calls.get(path, 0) + 1
+                    if (path, calls[path]) in wanted:
+                        captured[call_name(path, calls[path])] = out  # type: ignore[assignment]
+                        if not whole and len(captured) == len(wanted):
+                            raise StopForward
 
             try:
-                self._call(self.root, "", "forward", [inputs], enter, seen)
+                output = self._call(self.root, "", "forward", [inputs], enter, seen)
             except StopForward:
-                return captured[0]
-            raise UnknownLayerError(f"layer {layer!r} is not called by the model's forward pass; "
-                                    "choose a layer that the forward pass uses")
+                return captured
+            if len(captured) < len(wanted):
+                raise UnknownLayerError("a layer asked for is not called by the model's forward pass; "
+                                        "choose a layer that the forward pass uses")
+            return {**captured, OUTPUT: output} if whole else captured  # type: ignore[dict-item]
 
         yield run
 
