@@ -1,10 +1,38 @@
-"""Image parameterizations: how the optimized image is represented and initialized."""
+"""Image parameterizations: how the optimized image is represented, and where it starts.
+
+Every parameterization is an ``nn.Module`` whose parameters are what the optimizer changes and whose
+``forward()`` returns the images as RGB pixels in 0..255, (N, 3, H, W):
+
+- ``PixelImage``: the pixels themselves (the book's), starting from gray noise;
+- ``FourierImage``: a spectrum scaled by 1/frequency, in decorrelated color, through a sigmoid
+  (Olah et al. 2017; Mordvintsev et al. 2018);
+- ``MacoImage``: only the phase of the spectrum, its magnitude fixed to that of natural photos
+  (Fel et al. 2023, MACO).
+
+Random starts are drawn per image from ``(seed, key)``, so an image starts the same whether it is
+rendered alone or in a batch.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import FilterVizError
+
+# Square root of the color covariance of ImageNet photos (Lucid's published estimate): columns are
+# the decorrelated color axes, scaled so that the largest has norm 1.
+_COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = _COLOR_SQRT / np.linalg.norm(_COLOR_SQRT, axis=0).max()
+
+SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.npz"
 
 
 def classic_start(size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None) -> np.ndarray:
@@ -19,3 +47,175 @@ def classic_start(size: int | tuple[int, int], keys: Sequence[int], seed: int | 
         rng = np.random.default_rng(None if seed is None else [seed, key])
         starts[i] = rng.random((height, width, 3)) * 20 + 128.0
     return starts
+
+
+def _normal(shape: tuple[int, ...], keys: Sequence[int], seed: int | None, salt: int) -> np.ndarray:
+    """Standard normal draws of ``shape`` per key, from ``(seed, key, salt)`` alone."""
+    return np.stack([np.random.default_rng(None if seed is None else [seed, key, salt]).standard_normal(shape)
+                     for key in keys])
+
+
+def _sides(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def decorrelated_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Map (N, 3, H, W) from decorrelated color axes to RGB (before the sigmoid)."""
+    matrix = torch.as_tensor(COLOR_CORRELATION, dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,njhw->nihw", matrix, x)
+
+
+def rgb_to_decorrelated(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``decorrelated_to_rgb``."""
+    matrix = torch.as_tensor(np.linalg.inv(COLOR_CORRELATION), dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,njhw->nihw", matrix, x)
+
+
+def frequency_scale(height: int, width: int, decay: float = 1.0) -> torch.Tensor:
+    """1 / frequency^decay for an rfft2 grid (H, W//2+1), lowest frequency capped, times sqrt(H*W)."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    frequencies = np.sqrt(fy ** 2 + fx ** 2)
+    scale = 1.0 / np.maximum(frequencies, 1.0 / max(height, width)) ** decay
+    return torch.as_tensor(scale * np.sqrt(height * width))
+
+
+class PixelImage(nn.Module):
+    """The pixels are the parameters (the book's parameterization), RGB 0..255."""
+
+    def __init__(self, start: np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        start = torch.as_tensor(start, dtype=torch.float64)  # (N, H, W, 3)
+        self.pixels = nn.Parameter(start.permute(0, 3, 1, 2).contiguous())
+
+    @classmethod
+    def noise(cls, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None) -> "PixelImage":
+        return cls(classic_start(_sides(size), keys, seed))
+
+    def forward(self) -> torch.Tensor:
+        return self.pixels
+
+
+class FourierImage(nn.Module):
+    """A spectrum scaled by 1/frequency, optionally in decorrelated color, through a sigmoid.
+
+    Gradient steps on the spectrum change low frequencies as readily as high ones, which keeps the
+    high-frequency noise of pixel ascent away.
+    """
+
+    def __init__(self, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
+                 std: float = 0.01, decorrelate: bool = True, decay: float = 1.0) -> None:
+        super().__init__()
+        self.height, self.width = _sides(size)
+        self.decorrelate = decorrelate
+        shape = (3, self.height, self.width // 2 + 1, 2)
+        self.spectrum = nn.Parameter(torch.as_tensor(_normal(shape, keys, seed, 1) * std))
+        self.register_buffer("scale", frequency_scale(self.height, self.width, decay))
+
+    def forward(self) -> torch.Tensor:
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale.to(self.spectrum.dtype)
+        x = torch.fft.irfft2(spectrum, s=(self.height, self.width)) / 4.0
+        if self.decorrelate:
+            x = decorrelated_to_rgb(x)
+        return torch.sigmoid(x) * 255.0
+
+    @torch.no_grad()
+    def set_image(self, pixels: torch.Tensor) -> None:
+        """Set the spectrum so that ``forward()`` gives ``pixels`` (N, 3, H, W), strictly inside 0..255."""
+        x = torch.logit(pixels.to(self.spectrum.dtype) / 255.0)
+        if self.decorrelate:
+            x = rgb_to_decorrelated(x)
+        spectrum = torch.fft.rfft2(x * 4.0) / self.scale.to(self.spectrum.dtype)
+        self.spectrum.copy_(torch.view_as_real(spectrum))
+
+
+def estimate_spectrum(images: Sequence[np.ndarray], size: int = 128, crops: int = 8, seed: int = 0) -> np.ndarray:
+    """The mean Fourier magnitude of natural photos, (3, size, size//2+1), in decorrelated color.
+
+    Each photo (H, W, 3) uint8 gives ``crops`` random square crops (at least ``size``, resized to it),
+    standardized before the transform, as MACO's generator standardizes its images.
+    """
+    rng = np.random.default_rng(seed)
+    total = np.zeros((3, size, size // 2 + 1))
+    count = 0
+    for image in images:
+        x = torch.as_tensor(np.asarray(image, dtype=np.float64) / 255.0).permute(2, 0, 1)[None]
+        height, width = x.shape[-2:]
+        if min(height, width) < size:
+            raise FilterVizError(f"an image of {height}x{width} is smaller than the spectrum size {size}")
+        for _ in range(crops):
+            side = int(rng.integers(size, min(height, width) + 1))
+            top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+            crop = F.interpolate(x[..., top:top + side, left:left + side], size=(size, size), mode="bilinear",
+                                 antialias=True, align_corners=False)
+            crop = rgb_to_decorrelated(crop)
+            crop = (crop - crop.mean()) / (crop.std() + 1e-8)
+            total += torch.fft.rfft2(crop)[0].abs().numpy()
+            count += 1
+    if count == 0:
+        raise FilterVizError("no images to estimate a spectrum from")
+    return total / count
+
+
+def load_spectrum(source: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """A magnitude spectrum (3, h, w//2+1): the packaged one (from scikit-image's photos), a ``.npy``/
+    ``.npz`` file, or estimated from a folder of images."""
+    if source is None:
+        return _packaged_spectrum()
+    path = Path(source)
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+        if not files:
+            raise FilterVizError(f"no images (.png, .jpg) in {str(path)!r} to estimate a spectrum from")
+        return estimate_spectrum([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    try:
+        data = np.load(path)
+        spectrum = data["magnitude"] if isinstance(data, np.lib.npyio.NpzFile) else data
+    except (OSError, ValueError, KeyError) as exc:
+        raise FilterVizError(f"cannot read spectrum {str(path)!r} ({exc}); give a .npy file of shape "
+                             "(3, H, W//2+1), or a folder of images") from None
+    if spectrum.ndim != 3 or spectrum.shape[0] != 3:
+        raise FilterVizError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1)")
+    return np.asarray(spectrum, dtype=np.float64)
+
+
+@lru_cache(maxsize=1)
+def _packaged_spectrum() -> np.ndarray:
+    with np.load(SPECTRUM_FILE) as data:
+        return np.asarray(data["magnitude"], dtype=np.float64)
+
+
+def resize_spectrum(magnitude: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Resize a magnitude spectrum (3, h, w//2+1) to (3, height, width//2+1), frequency by frequency."""
+    centered = np.fft.fftshift(magnitude, axes=1)  # rows run -f..f, so resizing keeps them in order
+    resized = F.interpolate(torch.as_tensor(centered)[None], size=(height, width // 2 + 1), mode="bilinear",
+                            align_corners=False, antialias=True)[0]
+    return torch.fft.ifftshift(resized, dim=1)
+
+
+class MacoImage(nn.Module):
+    """Only the phase is optimized; the magnitude is that of natural photos (MACO).
+
+    ``forward()`` standardizes the phase, builds the spectrum, transforms back, standardizes the
+    image, recorrelates its colors and maps it through a sigmoid to 0..255.
+    """
+
+    def __init__(self, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
+                 spectrum: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.height, self.width = _sides(size)
+        magnitude = resize_spectrum(load_spectrum() if spectrum is None else spectrum, self.height, self.width)
+        self.register_buffer("magnitude", magnitude)
+        self.phase = nn.Parameter(torch.as_tensor(_normal(tuple(magnitude.shape), keys, seed, 2)))
+
+    def forward(self) -> torch.Tensor:
+        phase = self.phase
+        flat = phase.flatten(1)
+        phase = (phase - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
+        magnitude = self.magnitude.to(phase.dtype)
+        x = torch.fft.irfft2(torch.polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
+        flat = x.flatten(1)
+        x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
+        return torch.sigmoid(decorrelated_to_rgb(x)) * 255.0

@@ -1,10 +1,15 @@
-"""The ascent loop: gradient ascent on the input image, the book's way, for a batch of filters at once."""
+"""The ascent loop: optimize a batch of images, each for its own objective, with a recipe.
+
+``render`` is the general loop (any objectives, any recipe); ``render_filters`` is the book's job on
+top of it: many filters of one layer, one image each.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,74 +18,63 @@ from tqdm.auto import tqdm
 from .errors import FilterIndexError, FilterVizError, InputSizeError
 from .image import deprocess_image
 from .models.loaded import LoadedModel
-from .objectives import ChannelObjective
-from .params import classic_start
-
-Objective = Callable[[torch.Tensor], torch.Tensor]  # activations -> one score per image
+from .objectives import IMAGE, Objective, Regularizer, batch_scores, channel, parse_objective
+from .params import FourierImage, MacoImage, PixelImage, classic_start, load_spectrum
+from .recipes import Recipe, get_recipe
 
 
 @dataclass
-class FilterRender:
-    """The outcome of rendering filters of one layer.
+class Render:
+    """The outcome of ``render``: one image per objective.
 
-    ``pixels`` are the raw optimized images, (N, H, W, 3) in RGB pixel units; ``images`` their
-    deprocessed uint8 form. ``start_activation`` and ``activation`` are each filter's objective at
-    the start image and at the final image. ``dead[i]`` is true when filter ``i``'s gradient stayed
-    zero at every step, so its image is just the start noise.
+    ``pixels`` are the optimized images, (N, H, W, 3) in RGB pixel units; ``images`` their uint8
+    pictures (by the recipe's ``output``). ``start_score`` and ``score`` are each objective at the
+    start and final image (untransformed). ``dead[i]`` is true when image ``i``'s gradient stayed zero
+    at every step. ``importance`` (MACO) is the accumulated gradient magnitude per pixel, (N, H, W).
     """
 
     model: str
-    layer: str
-    filters: list[int]
+    objectives: list[Objective]
+    recipe: Recipe
     pixels: np.ndarray
-    start_activation: np.ndarray
-    activation: np.ndarray
+    start_score: np.ndarray
+    score: np.ndarray
     dead: np.ndarray
+    importance: np.ndarray | None = None
 
     @property
     def images(self) -> np.ndarray:
-        """The deprocessed images, (N, H, W, 3) uint8, as the book saves them."""
-        return np.stack([deprocess_image(p) for p in self.pixels])
+        """The pictures, (N, H, W, 3) uint8: the book's deprocessing, or the pixels as they are."""
+        if self.recipe.output == "book":
+            return np.stack([deprocess_image(p) for p in self.pixels])
+        return np.clip(np.rint(self.pixels), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class FilterRender(Render):
+    """A ``Render`` of filters of one layer (``render_filters``), with the book's names for scores."""
+
+    layer: str = ""
+    filters: list[int] | None = None
+
+    @property
+    def start_activation(self) -> np.ndarray:
+        return self.start_score
+
+    @property
+    def activation(self) -> np.ndarray:
+        return self.score
 
 
 def objective_gradient(
-    run: Callable[[torch.Tensor], torch.Tensor], objective: Objective, pixels: torch.Tensor
+    run: Callable[[torch.Tensor], torch.Tensor], objective: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image objective values and their gradient with respect to the pixels."""
     pixels = pixels.detach().requires_grad_(True)
     values = objective(run(pixels))
     (grad,) = torch.autograd.grad(values.sum(), pixels)
     return values.detach(), grad
-
-
-def ascend(
-    run: Callable[[torch.Tensor], torch.Tensor],
-    objective: Objective,
-    start: torch.Tensor,
-    steps: int = 40,
-    step: float = 1.0,
-    on_step: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The book's ascent: ``x += step * g / (sqrt(mean(g**2)) + 1e-5)``, ``steps`` times, per image.
-
-    Returns (final pixels, objective at start, objective at the final pixels, alive), where
-    ``alive[i]`` says whether image ``i`` ever had a nonzero gradient (true for all when ``steps`` is 0).
-    """
-    pixels = start.detach().clone()
-    # With no steps taken, nothing can be judged dead.
-    alive = torch.full((pixels.shape[0],), steps == 0, dtype=torch.bool, device=pixels.device)
-    first = None
-    for _ in range(steps):
-        values, grad = objective_gradient(run, objective, pixels)
-        first = values if first is None else first
-        rms = grad.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
-        alive |= rms.flatten() > 0
-        pixels += grad / (rms + 1e-5) * step
-        if on_step is not None:
-            on_step()
-    with torch.no_grad():
-        final = objective(run(pixels))
-    return pixels, (final if first is None else first), final, alive
 
 
 def check_filters(filters: Iterable[int], channels: int, layer: str, model_name: str) -> None:
@@ -97,8 +91,161 @@ def check_filters(filters: Iterable[int], channels: int, layer: str, model_name:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Filters per batch: small on CPUs, where larger batches fall out of cache; large on GPUs."""
+    """Images per batch: small on CPUs, where larger batches fall out of cache; large on GPUs."""
     return 64 if device.type == "cuda" else 8
+
+
+def _generator(seed: int | None, key: int, salt: int) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(np.random.default_rng([seed, key, salt]).integers(2 ** 62)))
+    return generator
+
+
+def _parameterization(recipe: Recipe, size: int, keys: Sequence[int], seed: int | None,
+                      start: np.ndarray | None, spectrum: np.ndarray | None) -> torch.nn.Module:
+    if recipe.parameterization == "pixel":
+        return PixelImage(start if start is not None else classic_start(size, keys, seed))
+    if recipe.parameterization == "fourier":
+        image = FourierImage(size, keys, seed, std=recipe.init_std, decorrelate=recipe.decorrelate)
+        if start is not None:
+            image.set_image(torch.as_tensor(start).permute(0, 3, 1, 2).clamp(0.5, 254.5))
+        return image
+    if start is not None:
+        raise FilterVizError("a MACO image starts from a random phase; start images need pixel or fourier")
+    return MacoImage(size, keys, seed, spectrum)
+
+
+def _optimizer(recipe: Recipe, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=recipe.learning_rate, maximize=True)
+    if recipe.optimizer == "nadam":
+        return torch.optim.NAdam(parameters, lr=recipe.learning_rate, maximize=True)
+    return None  # the book's normalized ascent, done in place
+
+
+def _with_regularizers(objective: Objective, recipe: Recipe) -> Objective:
+    penalties = [(-weight, Regularizer(name)) for name, weight in
+                 (("tv", recipe.tv), ("l1", recipe.l1), ("l2", recipe.l2), ("blur", recipe.blur)) if weight]
+    return objective + Objective(penalties) if penalties else objective
+
+
+def _scores(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: list[Objective],
+            pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
+    data = run(views)
+    data[IMAGE] = pixels
+    return batch_scores(objectives, data, count)
+
+
+def render(
+    model: LoadedModel,
+    objectives: Sequence[Objective | str],
+    recipe: Recipe | str = "classic",
+    *,
+    seed: int | None = None,
+    keys: Sequence[int] | None = None,
+    start: np.ndarray | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> Render:
+    """Optimize one image per objective with ``recipe`` (a preset name or a Recipe).
+
+    ``overrides`` change recipe fields (``steps=128``, ``size=224``...). With a ``seed``, image ``i``'s
+    start and random transforms come from ``(seed, keys[i])`` alone (default key: its position), so an
+    image is the same whether rendered alone or in a batch. ``start`` (N, H, W, 3) replaces the start
+    image (pixel and fourier parameterizations).
+    """
+    recipe = get_recipe(recipe, **overrides)
+    targets = [parse_objective(o) if isinstance(o, str) else o for o in objectives]
+    if not targets:
+        raise FilterVizError("nothing to render; give at least one objective")
+    keys = list(range(len(targets))) if keys is None else [int(k) for k in keys]
+    if len(keys) != len(targets):
+        raise FilterVizError(f"{len(keys)} keys for {len(targets)} objectives")
+    size = recipe.size
+    if start is not None:
+        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != 3:
+            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, 3), not {start.shape}")
+        size = start.shape[1]
+    if size is None:
+        size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
+    if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
+        raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
+                             f"use --size {model.spec.min_size} or more")
+    for objective in targets:  # resolve every layer name before any work
+        for layer in objective.layers - {IMAGE}:
+            if not layer.startswith("<"):
+                model.resolve(layer)
+    targets = [_with_regularizers(objective, recipe) for objective in targets]
+    layers = sorted({layer for objective in targets for layer in objective.layers} - {IMAGE})
+    spectrum = load_spectrum(recipe.spectrum) if recipe.parameterization == "maco" else None
+    transforms = recipe.transforms()
+
+    batch = batch_size or default_batch_size(model.device)
+    chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
+    parts: list[list[torch.Tensor | None]] = []
+    description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
+    with tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}", unit="step",
+              disable=None if progress else True, leave=False) as bar, model.capture(layers) as run:
+        for chunk in chunks:
+            chunk_keys = [keys[i] for i in chunk]
+            parts.append(_render_chunk(model, run, [targets[i] for i in chunk], chunk_keys, recipe, size, seed,
+                                       None if start is None else start[chunk.start:chunk.stop], spectrum,
+                                       transforms, bar.update))
+    pixels, before, after, alive, importance = (
+        torch.cat(column) if column[0] is not None else None for column in zip(*parts))
+    return Render(
+        model=model.name, objectives=targets, recipe=recipe,
+        pixels=pixels.permute(0, 2, 3, 1).double().numpy(),
+        start_score=before.double().numpy(), score=after.double().numpy(), dead=~alive.numpy(),
+        importance=None if importance is None else importance.double().numpy(),
+    )
+
+
+def _render_chunk(model: LoadedModel, run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+                  objectives: list[Objective], keys: list[int], recipe: Recipe, size: int, seed: int | None,
+                  start: np.ndarray | None, spectrum: np.ndarray | None, transforms: torch.nn.Module,
+                  on_step: Callable[[], None]) -> list[torch.Tensor | None]:
+    image = _parameterization(recipe, size, keys, seed, start, spectrum).to(model.device, model.dtype)
+    parameters = list(image.parameters())
+    optimizer = _optimizer(recipe, parameters)
+    generators = [_generator(seed, key, 3) for key in keys for _ in range(recipe.views)]
+    count = len(objectives)
+    alive = torch.full((count,), recipe.steps == 0, dtype=torch.bool)
+    importance = torch.zeros(count, size, size, dtype=torch.float64) if recipe.parameterization == "maco" else None
+    first = None
+    if recipe.has_transforms:
+        with torch.no_grad():
+            pixels = image()
+            first = _scores(run, objectives, pixels, pixels, 1).detach().cpu()
+    for _ in range(recipe.steps):
+        pixels = image()
+        views = pixels.repeat_interleave(recipe.views, dim=0) if recipe.views > 1 else pixels
+        scores = _scores(run, objectives, pixels, transforms(views, generators), recipe.views)
+        first = scores.detach().cpu() if first is None else first
+        wanted = [*parameters, pixels] if importance is not None else parameters
+        grads = torch.autograd.grad(scores.sum(), wanted)
+        if importance is not None:
+            importance += grads[-1].detach().abs().sum(dim=1).double().cpu()
+        with torch.no_grad():
+            for parameter, grad in zip(parameters, grads):
+                rms = grad.square().flatten(1).mean(dim=1).sqrt()
+                alive |= (rms > 0).cpu()
+                if optimizer is None:  # the book: x += step * g / (sqrt(mean(g**2)) + 1e-5), per image
+                    parameter += grad / (rms.view(-1, *[1] * (grad.ndim - 1)) + 1e-5) * recipe.learning_rate
+                else:
+                    parameter.grad = grad
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        on_step()
+    with torch.no_grad():
+        pixels = image()
+        final = _scores(run, objectives, pixels, pixels, 1).detach().cpu()
+    return [pixels.detach().cpu(), final if first is None else first, final, alive, importance]
 
 
 def render_filters(
@@ -107,60 +254,35 @@ def render_filters(
     filters: Sequence[int],
     *,
     size: int | None = None,
-    steps: int = 40,
-    step: float = 1.0,
+    steps: int | None = None,
+    step: float | None = None,
     seed: int | None = None,
     start: np.ndarray | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    recipe: Recipe | str = "classic",
+    **overrides: Any,
 ) -> FilterRender:
-    """Render many filters of one layer with the book's recipe, a batch of images at a time.
+    """Render many filters of one layer, a batch of images at a time (by default the book's recipe).
 
     ``start`` (N, H, W, 3) replaces the book's noise start; each filter's result equals its
     one-at-a-time result from the same start image. ``size`` defaults to the model's fixed input
-    size if it has one, else the book's 150.
+    size if it has one, else the book's 150; ``step`` is the book's name for the learning rate.
     """
     filters = [int(f) for f in filters]
     if not filters:
         raise FilterVizError("no filters to render; give at least one filter index")
-    if steps < 0:
+    if steps is not None and steps < 0:
         raise FilterVizError(f"steps must be 0 or more, not {steps}")
-    if start is not None:
-        if start.ndim != 4 or start.shape[0] != len(filters) or start.shape[3] != 3:
-            raise FilterVizError(f"start must have shape ({len(filters)}, H, W, 3), not {start.shape}")
-        size = start.shape[1]
-    if size is None:
-        size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
-    if size < 1:
-        raise FilterVizError(f"size must be at least 1 px, not {size}")
-    if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
-        raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
-                             f"use --size {model.spec.min_size} or more")
-    if not math.isfinite(step):
+    if step is not None and not math.isfinite(step):
         raise FilterVizError(f"step must be a finite number, not {step}")
-    info = model.layer_info(layer, size)
+    chosen = get_recipe(recipe, steps=steps, learning_rate=step, size=size, **overrides)
+    side = start.shape[1] if start is not None else chosen.size or (
+        model.spec.fixed_size[0] if model.spec.fixed_size else 150)
+    if side < 1:
+        raise FilterVizError(f"size must be at least 1 px, not {side}")
+    info = model.layer_info(layer, side)
     check_filters(filters, info.channels, layer, model.name)
-    if start is None:
-        start = classic_start(size, filters, seed)
-
-    batch = batch_size or default_batch_size(model.device)
-    results = []
-    with tqdm(total=steps * -(-len(filters) // batch), desc=f"{model.name} {layer}", unit="step",
-              disable=None if progress else True, leave=False) as bar, model.truncated(info.name) as run:
-        for first in range(0, len(filters), batch):
-            chunk = filters[first:first + batch]
-            pixels = torch.as_tensor(start[first:first + batch], dtype=model.dtype, device=model.device)
-            out = ascend(run, ChannelObjective(layer, chunk), pixels.permute(0, 3, 1, 2), steps, step,
-                         on_step=bar.update)
-            results.append([t.detach().cpu() for t in out])
-    pixels, before, after, alive = (torch.cat(parts) for parts in zip(*results))
-    return FilterRender(
-        model=model.name,
-        layer=layer,
-        filters=filters,
-        pixels=pixels.permute(0, 2, 3, 1).double().numpy(),
-        start_activation=before.double().numpy(),
-        activation=after.double().numpy(),
-        dead=~alive.numpy(),
-    )
-
+    result = render(model, [channel(layer, f) for f in filters], chosen.replace(size=side), seed=seed,
+                    keys=filters, start=start, batch_size=batch_size, progress=progress)
+    return FilterRender(**vars(result), layer=layer, filters=filters)

@@ -1,0 +1,136 @@
+"""Recipes: every choice of a rendering method as plain data, with named presets.
+
+A ``Recipe`` says how the image is represented (parameterization), how it is changed at each step
+(transforms), what else is penalized (regularizers), how it is optimized, and how it is turned into
+a picture. Presets: ``classic`` (the book, unchanged), ``lucid`` (Olah et al. 2017's defaults) and
+``maco`` (Fel et al. 2023). Every field can be overridden: ``RECIPES["lucid"].replace(steps=256)``,
+or ``--recipe lucid --steps 256`` on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from .errors import FilterVizError
+from .transforms import Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale, Resize
+
+Parameterization = Literal["pixel", "fourier", "maco"]
+Optimizer = Literal["ascent", "adam", "nadam"]
+Output = Literal["book", "direct"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to render: see the field comments; ``transforms()`` builds the per-step transforms.
+
+    The transforms run in this order: pad, jitter, scale, rotate, crop, flip, final jitter, noise,
+    resize to ``view_size``. ``views`` transformed copies of each image are scored per step, and their
+    mean score is what is maximized.
+    """
+
+    name: str = "custom"
+    parameterization: Parameterization = "pixel"  # pixel (the book's) | fourier | maco
+    decorrelate: bool = True  # fourier: optimize in decorrelated color
+    init_std: float = 0.01  # fourier: std of the start spectrum
+    spectrum: str | None = None  # maco: magnitude from a .npy or a folder of images (default: packaged)
+    size: int | None = None  # image side in px (default: 150, or the model's fixed input size)
+    steps: int = 40
+    optimizer: Optimizer = "ascent"  # ascent: the book's x += lr * g / rms(g) | adam | nadam
+    learning_rate: float = 1.0
+    views: int = 1  # transformed copies of each image per step
+    pad: int = 0  # px of mid-gray around the image
+    jitter: int = 0  # random shift of 0..jitter px
+    scales: tuple[float, ...] = ()  # zoom factors to draw from
+    angles: tuple[float, ...] = ()  # rotations in degrees to draw from
+    crop: tuple[float, float] | None = None  # random square box, as a fraction of the side (low, high)
+    flip: bool = False  # random left-right mirror
+    final_jitter: int = 0  # a second, last random shift
+    noise: float = 0.0  # Gaussian noise std in pixel units
+    view_size: int | None = None  # resize each view to this side before the model
+    tv: float = 0.0  # penalties on the image (0..1 units): total variation, L1, L2, blur
+    l1: float = 0.0
+    l2: float = 0.0
+    blur: float = 0.0
+    output: Output = "book"  # book: deprocess_image | direct: the pixels as they are
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.parameterization in ("pixel", "fourier", "maco"), "parameterization must be pixel, fourier or maco"),
+            (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
+            (self.output in ("book", "direct"), "output must be book or direct"),
+            (self.steps >= 0, "steps must be 0 or more"),
+            (self.views >= 1, "views must be 1 or more"),
+            (self.learning_rate == self.learning_rate and abs(self.learning_rate) != float("inf"),
+             "learning_rate must be a finite number"),
+            (min(self.pad, self.jitter, self.final_jitter) >= 0, "pad and jitter must be 0 or more"),
+            (self.size is None or self.size >= 1, "size must be at least 1 px"),
+            (self.view_size is None or self.view_size >= 1, "view_size must be at least 1 px"),
+            (self.crop is None or 0 < self.crop[0] <= self.crop[1] <= 1, "crop must be 0 < low <= high <= 1"),
+            (all(s > 0 for s in self.scales), "scales must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FilterVizError(f"recipe {self.name}: {message}")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with some fields changed (unknown names are an error, not ignored)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise FilterVizError(f"unknown recipe field(s) {', '.join(unknown)}; fields: {', '.join(sorted(known))}")
+        return replace(self, **changes)
+
+    @property
+    def has_transforms(self) -> bool:
+        return bool(self.views > 1 or self.pad or self.jitter or self.scales or self.angles or self.crop
+                    or self.flip or self.final_jitter or self.noise or self.view_size)
+
+    def transforms(self) -> Compose:
+        """The per-step transforms, in the documented order."""
+        steps = [Pad(self.pad), Jitter(self.jitter), RandomScale(self.scales), RandomRotate(self.angles)]
+        if self.crop is not None:
+            steps.append(RandomCrop(self.crop))
+        if self.flip:
+            steps.append(RandomFlip())
+        steps += [Jitter(self.final_jitter), Noise(self.noise)]
+        if self.view_size:
+            steps.append(Resize(self.view_size))
+        return Compose(steps)
+
+    def describe(self) -> str:
+        """Every field, one ``name = value`` per line."""
+        return "\n".join(f"{name} = {value!r}" for name, value in asdict(self).items())
+
+
+LUCID_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))  # 0.9 ... 1.1
+LUCID_ANGLES = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
+
+RECIPES: dict[str, Recipe] = {
+    # The book: gray noise, 40 RMS-normalized steps of 1 on the pixels, deprocessed for display.
+    "classic": Recipe(name="classic"),
+    # Lucid's defaults: a 1/f Fourier image in decorrelated color through a sigmoid, its standard
+    # transforms (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4) and Adam at 0.05.
+    "lucid": Recipe(name="lucid", parameterization="fourier", size=128, steps=512, optimizer="adam",
+                    learning_rate=0.05, pad=12, jitter=8, scales=LUCID_SCALES, angles=LUCID_ANGLES,
+                    final_jitter=4, output="direct"),
+    # MACO: only the phase is optimized, the magnitude is natural photos'; random crops with noise,
+    # NAdam at 1.0.
+    "maco": Recipe(name="maco", parameterization="maco", size=224, steps=256, optimizer="nadam",
+                   learning_rate=1.0, views=2, crop=(0.5, 1.0), noise=0.05 * 255 / 4, view_size=None,
+                   output="direct"),
+}
+
+
+def get_recipe(recipe: "Recipe | str", **overrides: Any) -> Recipe:
+    """A preset by name (or a Recipe as is), with fields overridden (``None`` values are skipped)."""
+    if isinstance(recipe, str):
+        try:
+            recipe = RECIPES[recipe]
+        except KeyError:
+            raise FilterVizError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}") from None
+    changes = {name: value for name, value in overrides.items() if value is not None}
+    return recipe.replace(**changes) if changes else recipe
+
+
+__all__ = ["RECIPES", "Recipe", "get_recipe"]

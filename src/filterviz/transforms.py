@@ -1,0 +1,167 @@
+"""Robustness transforms: random changes to the image at every step, so that the picture must work
+under small shifts, zooms and turns, not only at one exact alignment.
+
+Each transform is an ``nn.Module`` called as ``transform(x, generators)`` on a batch of views
+(M, 3, H, W) in RGB 0..255 pixels. ``generators[i]`` is row ``i``'s own ``torch.Generator``, so every
+image's random draws depend on its own seed alone, never on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GRAY = 127.5
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _choice(generator: torch.Generator, options: Sequence[float]) -> float:
+    return float(options[int(torch.randint(len(options), (), generator=generator))])
+
+
+def affine(x: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] | None = None,
+           padding: str = "reflection") -> torch.Tensor:
+    """Resample each row of ``x`` through its 2x3 matrix in normalized coordinates (output -> input),
+    bilinear, to ``size`` (default: x's own)."""
+    height, width = size or tuple(x.shape[-2:])
+    grid = F.affine_grid(matrices.to(x.dtype), [x.shape[0], x.shape[1], height, width], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+class Pad(nn.Module):
+    """Pad every side by ``pixels`` with a constant (mid-gray), as Lucid does before jittering."""
+
+    def __init__(self, pixels: int, value: float = GRAY) -> None:
+        super().__init__()
+        self.pixels, self.value = int(pixels), float(value)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return F.pad(x, (self.pixels,) * 4, value=self.value) if self.pixels else x
+
+
+class Jitter(nn.Module):
+    """A random crop ``pixels`` smaller in each direction: a shift of 0..pixels px."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.pixels = int(pixels)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if not self.pixels:
+            return x
+        height, width = x.shape[-2] - self.pixels, x.shape[-1] - self.pixels
+        rows = []
+        for row, generator in zip(x, generators):
+            dy, dx = (int(v) for v in torch.randint(self.pixels + 1, (2,), generator=generator))
+            rows.append(row[:, dy:dy + height, dx:dx + width])
+        return torch.stack(rows)
+
+
+class RandomScale(nn.Module):
+    """Zoom about the center by a factor drawn from ``factors`` (>1 zooms in); the size is kept."""
+
+    def __init__(self, factors: Sequence[float]) -> None:
+        super().__init__()
+        self.factors = tuple(float(f) for f in factors)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if not self.factors:
+            return x
+        scales = torch.tensor([1.0 / _choice(g, self.factors) for g in generators], dtype=torch.float64)
+        matrices = torch.zeros(len(generators), 2, 3, dtype=torch.float64)
+        matrices[:, 0, 0] = matrices[:, 1, 1] = scales
+        return affine(x, matrices.to(x.device))
+
+
+class RandomRotate(nn.Module):
+    """Turn about the center by an angle in degrees drawn from ``degrees``; the size is kept."""
+
+    def __init__(self, degrees: Sequence[float]) -> None:
+        super().__init__()
+        self.degrees = tuple(float(d) for d in degrees)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if not self.degrees:
+            return x
+        angles = torch.tensor([math.radians(_choice(g, self.degrees)) for g in generators], dtype=torch.float64)
+        cos, sin = angles.cos(), angles.sin()
+        aspect = x.shape[-1] / x.shape[-2]  # normalized coordinates stretch a non-square image
+        matrices = torch.stack([torch.stack([cos, -sin * aspect, torch.zeros_like(cos)], 1),
+                                torch.stack([sin / aspect, cos, torch.zeros_like(cos)], 1)], 1)
+        return affine(x, matrices.to(x.device))
+
+
+class RandomCrop(nn.Module):
+    """A random square box (a ``box`` fraction of the side, centered near the middle, as MACO draws
+    them) resized to ``size`` px: lets a large canvas be optimized through model-sized views."""
+
+    def __init__(self, box: tuple[float, float], size: int | None = None, spread: float = 0.15) -> None:
+        super().__init__()
+        self.box, self.size, self.spread = (float(box[0]), float(box[1])), size, float(spread)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        matrices = torch.zeros(len(generators), 2, 3, dtype=torch.float64)
+        for i, generator in enumerate(generators):
+            side = _uniform(generator, *self.box)
+            limit = 1.0 - side  # keep the box inside the image
+            centers = torch.randn(2, generator=generator, dtype=torch.float64) * self.spread * 2
+            matrices[i, 0, 0] = matrices[i, 1, 1] = side
+            matrices[i, :, 2] = centers.clamp(-limit, limit)
+        size = (self.size, self.size) if self.size else None
+        return affine(x, matrices.to(x.device), size)
+
+
+class RandomFlip(nn.Module):
+    """Mirror left-right with probability one half."""
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        flips = torch.tensor([bool(torch.rand((), generator=g) < 0.5) for g in generators], device=x.device)
+        return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class Noise(nn.Module):
+    """Add Gaussian noise of ``std`` pixel units (0..255)."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if not self.std:
+            return x
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generators])
+        return x + noise.to(x.device) * self.std
+
+
+class Resize(nn.Module):
+    """Resize to ``size`` x ``size`` (bilinear, antialiased when shrinking)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=self.size < x.shape[-1])
+
+
+class Compose(nn.Module):
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        for transform in self.transforms:
+            x = transform(x, generators)
+        return x
