@@ -12,7 +12,7 @@ from filterviz import render_filters
 from filterviz.errors import FilterIndexError, FilterVizError, InputSizeError
 from filterviz.objectives import ChannelObjective
 from filterviz.params import classic_start
-from filterviz.render import objective_gradient
+from filterviz.ascent import objective_gradient
 
 
 def test_gradient_matches_finite_differences():

@@ -7,12 +7,15 @@ Synthesizes the input images that most excite a model's filters, by gradient asc
 >>> image = filterviz.generate_pattern(model, "blocks.3.depthwise.act", 0, seed=0)  # (150, 150, 3) uint8
 """
 
+from . import objectives
 from .book import book_layers, generate_pattern, run_demo
 from .errors import FilterVizError
 from .image import deprocess_image, make_grid, save_image
 from .layers import LayerInfo
 from .models import DEFAULT_MODEL, InputSpec, LoadedModel, known_models, load_model
-from .render import FilterRender, render_filters
+from .objectives import Objective, parse_objective
+from .recipes import RECIPES, Recipe, get_recipe
+from .ascent import FilterRender, Render, render, render_filters
 
 __version__ = "0.1.0"
 
@@ -20,6 +23,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "FilterRender",
     "FilterVizError",
+    "Objective",
+    "RECIPES",
+    "Recipe",
+    "Render",
     "InputSpec",
     "LayerInfo",
     "LoadedModel",
@@ -28,7 +35,11 @@ __all__ = [
     "generate_pattern",
     "known_models",
     "load_model",
+    "get_recipe",
     "make_grid",
+    "objectives",
+    "parse_objective",
+    "render",
     "render_filters",
     "run_demo",
     "save_image",

@@ -18,7 +18,7 @@ from .errors import OutputError, WeightsUnavailableError
 from .image import deprocess_image, make_grid, save_image
 from .layers import LayerInfo, split_call
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .render import FilterRender, render_filters
+from .ascent import FilterRender, render_filters
 
 __all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "run_demo"]
 

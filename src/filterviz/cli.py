@@ -6,8 +6,12 @@ Every user error is a FilterVizError, printed here as one line on stderr with ex
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
@@ -17,7 +21,9 @@ from .image import check_writable, make_grid, save_image
 from .models import DEFAULT_MODEL, known_models, load_model
 from .models.registry import is_model_file
 from .models.spec import PRESETS
-from .render import FilterRender, check_filters, render_filters
+from .ascent import FilterRender, Render, check_filters, render, render_filters
+from .objectives import Objective, channel, diversity, parse_objective
+from .recipes import RECIPES, Recipe, get_recipe
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +69,66 @@ def _int_at_least(minimum: int, label: str) -> Callable[[str], int]:
 _seed = _int_at_least(0, "non-negative integer seed")
 _positive = _int_at_least(1, "positive integer")
 _non_negative = _int_at_least(0, "non-negative integer")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError
+    return value
+
+
+_finite.__name__ = "finite number"
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    return tuple(_finite(part) for part in text.split(",") if part.strip())
+
+
+_numbers.__name__ = "comma-separated list of numbers"
+
+
+def _pair(text: str) -> tuple[float, float]:
+    values = _numbers(text)
+    if len(values) != 2:
+        raise ValueError
+    return values  # type: ignore[return-value]
+
+
+_pair.__name__ = "pair of numbers LOW,HIGH"
+
+# How each recipe field is read from the command line, by its annotation.
+_FIELD_TYPES: dict[str, Callable[[str], object]] = {
+    "int": _non_negative, "int | None": _positive, "float": _finite, "str | None": str,
+    "tuple[float, ...]": _numbers, "tuple[float, float] | None": _pair,
+}
+# Fields with options of their own: --steps, --size, and --step (the book's name for the learning rate).
+_OWN_OPTIONS = {"name", "steps", "size", "learning_rate"}
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe", "a preset, and any of its fields to override "
+                                      "(`filterviz recipes` shows them all)")
+    group.add_argument("--recipe", choices=list(RECIPES), default="classic", help="preset (default classic, the book)")
+    for item in fields(Recipe):
+        if item.name in _OWN_OPTIONS:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = item.metadata.get("help", "")
+        if item.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        choices = typing.get_args(getattr(sys.modules["filterviz.recipes"], str(item.type), None))
+        if choices:
+            group.add_argument(flag, choices=choices, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=_FIELD_TYPES[str(item.type)], default=None, help=help_text)
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    overrides = {item.name: getattr(args, item.name, None) for item in fields(Recipe) if item.name != "name"}
+    overrides["learning_rate"] = args.step
+    return get_recipe(args.recipe, **overrides)
 
 
 def _warn_dead(render: FilterRender, consequence: str) -> None:
@@ -111,16 +177,78 @@ def _cmd_layers(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+def _objectives(args: argparse.Namespace) -> list[Objective]:
+    if args.objective:
+        if args.layer is not None:
+            raise FilterVizError("give either LAYER FILTER or --objective, not both")
+        chosen = [parse_objective(text) for text in args.objective]
+    elif args.layer is None or args.filter is None:
+        raise FilterVizError("say what to render: LAYER FILTER, or --objective (e.g. channel:LAYER:K or class:207)")
+    else:
+        chosen = [channel(args.layer, args.filter)]
+    if args.diversity:
+        chosen = [objective + args.diversity_weight * diversity(args.diversity) for objective in chosen]
+    return [objective for objective in chosen for _ in range(args.copies)]
+
+
 def _cmd_render(args: argparse.Namespace) -> None:
-    check_writable(args.output)
+    objectives = _objectives(args)
+    recipe = _recipe(args)
+    per_file = "{name}" in args.output
+    outputs = [args.output.replace("{name}", o.slug + (f"_{i % args.copies}" if args.copies > 1 else ""))
+               for i, o in enumerate(objectives)] if per_file else [args.output]
+    for output in outputs:
+        check_writable(output)
+    if args.importance:
+        check_writable(args.importance)
     model = _load(args)
-    render = render_filters(model, args.layer, [args.filter], size=args.size, steps=args.steps, step=args.step,
-                            seed=args.seed, progress=not args.quiet)
-    _warn_dead(render, f"{args.output} shows only the start noise")
-    save_image(render.images[0], args.output)
-    if not args.quiet:
+    if args.layer is not None and not args.objective:  # the book's command: check the filter index first
+        check_filters([args.filter], model.layer_info(args.layer, recipe.size or args.size or
+                                                      (model.spec.fixed_size or (150,))[0]).channels,
+                      args.layer, model.name)
+    result = render(model, objectives, recipe, size=args.size, seed=args.seed,
+                    keys=[args.filter] if args.layer is not None and not args.objective else None,
+                    progress=not args.quiet)
+    book = args.layer is not None and not args.objective
+    for objective, dead in zip(result.objectives, result.dead):
+        if dead:
+            what = f"filter {args.filter} of {args.layer}" if book else objective.name
+            _say(f"warning: {what} is dead: its gradient stayed zero at every step, so nothing could be rendered; "
+                 f"{outputs[0] if book else 'its picture'} shows only the start noise")
+    images = result.images
+    if per_file:
+        for image, output in zip(images, outputs):
+            save_image(image, output)
+    else:
+        save_image(images[0] if len(images) == 1 else make_grid(images, per_row=min(len(images), 8)), args.output)
+    if args.importance and result.importance is not None:
+        save_image(_importance_image(result), args.importance)
+    if not args.quiet and book:
         _say(f"wrote {args.output} (filter {args.filter} of {args.layer}: mean activation "
-             f"{render.start_activation[0]:.3g} -> {render.activation[0]:.3g})")
+             f"{result.start_score[0]:.3g} -> {result.score[0]:.3g})")
+    elif not args.quiet:
+        scores = ", ".join(f"{o.name}: {a:.3g} -> {b:.3g}" for o, a, b in
+                           zip(result.objectives[:4], result.start_score, result.score))
+        more = f" and {len(objectives) - 4} more" if len(objectives) > 4 else ""
+        _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''} ({scores}{more})")
+
+
+def _importance_image(result: Render) -> object:
+    """MACO's importance maps as gray pictures (brighter: more important), one tile per image."""
+    import numpy as np
+
+    maps = result.importance
+    scaled = maps / (maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1) + 1e-12)
+    tiles = (np.repeat(scaled[..., None], 3, axis=3) * 255).astype(np.uint8)
+    return tiles[0] if len(tiles) == 1 else make_grid(tiles, per_row=min(len(tiles), 8))
+
+
+def _cmd_recipes(args: argparse.Namespace) -> None:
+    for index, (name, recipe) in enumerate(RECIPES.items()):
+        if args.name and name != args.name:
+            continue
+        print(("\n" if index and not args.name else "") + f"[{name}]")
+        print(recipe.describe())
 
 
 def _cmd_grid(args: argparse.Namespace) -> None:
@@ -134,7 +262,8 @@ def _cmd_grid(args: argparse.Namespace) -> None:
         check_filters(indices, channels, args.layer, model.name)
     filters = [index for indices in ranges for index in indices]
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
-                            seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                            seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                            recipe=_recipe(args))
     _warn_dead(render, "its tile is crossed out")
     save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.dead), args.output)
     if not args.quiet:
@@ -171,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a pickled whole-model file; unpickling runs code from it")
 
     ascent = _Parser(add_help=False)
-    ascent.add_argument("--steps", type=int, default=40, help="ascent steps (default 40)")
-    ascent.add_argument("--step", type=float, default=1.0, help="step size (default 1.0)")
+    ascent.add_argument("--steps", type=int, help="ascent steps (default: the recipe's; 40 for classic)")
+    ascent.add_argument("--step", "--learning-rate", "--lr", type=_finite, dest="step",
+                        help="step size or learning rate (default: the recipe's; 1.0 for classic)")
     ascent.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
 
     models = commands.add_parser("models", help="list the known model names")
@@ -184,14 +314,32 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=_positive, help="input size for the spatial sizes shown")
     layers.set_defaults(run=_cmd_layers)
 
-    render = commands.add_parser("render", parents=[common, ascent], help="render one filter")
+    render = commands.add_parser(
+        "render", parents=[common, ascent], help="render a filter, or any objectives",
+        description="Render one filter (the book's command) or any objectives, with any recipe.",
+        epilog="objectives: channel:LAYER:K, neuron:LAYER:K[:Y:X], layer:LAYER, class:K, logprob:K, "
+               "direction:LAYER:FILE.npy, diversity:LAYER, tv, l1, l2, blur; combine with + and - and "
+               "weights, e.g. \"channel:block4_conv1:17 - 0.3*channel:block4_conv1:5\"")
     render.add_argument("model")
-    render.add_argument("layer", help="layer name, e.g. block3_conv1 (see `filterviz layers MODEL`)")
-    render.add_argument("filter", type=int, help="filter (channel) index")
-    render.add_argument("-o", "--output", required=True, help="image file to write (.png)")
+    render.add_argument("layer", nargs="?", help="layer name, e.g. block3_conv1 (see `filterviz layers MODEL`)")
+    render.add_argument("filter", nargs="?", type=int, help="filter (channel) index")
+    render.add_argument("--objective", action="append", metavar="EXPR",
+                        help="what to maximize instead of LAYER FILTER (repeatable: one image each)")
+    render.add_argument("--copies", type=_positive, default=1, help="images per objective (default 1)")
+    render.add_argument("--diversity", metavar="LAYER", help="add a diversity term at LAYER (with --copies)")
+    render.add_argument("--diversity-weight", type=_finite, default=1.0, help="its weight (default 1)")
+    render.add_argument("-o", "--output", required=True,
+                        help="image file to write (.png); several images are tiled, unless the name holds "
+                             "{name}, which becomes each objective's name")
     render.add_argument("--size", type=_positive,
-                        help="image side in pixels (default 150, or the model's fixed input size)")
+                        help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
+    render.add_argument("--importance", metavar="PNG", help="maco: also write the importance map here")
+    _add_recipe_options(render)
     render.set_defaults(run=_cmd_render)
+
+    recipes = commands.add_parser("recipes", help="show the recipe presets and all their fields")
+    recipes.add_argument("name", nargs="?", choices=list(RECIPES))
+    recipes.set_defaults(run=_cmd_recipes)
 
     grid = commands.add_parser("grid", parents=[common, ascent], help="render filters of a layer as a grid")
     grid.add_argument("model")
@@ -202,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--per-row", type=_positive, default=8, help="tiles per row (default 8)")
     grid.add_argument("--margin", type=_non_negative, default=5, help="pixels between tiles (default 5)")
     grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
+    _add_recipe_options(grid)
     grid.set_defaults(run=_cmd_grid)
 
     demo = commands.add_parser("demo", parents=[common], help="the book's figures: vggconv1..4.png and a grid")

@@ -9,7 +9,7 @@ or ``--recipe lucid --steps 256`` on the command line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .errors import FilterVizError
@@ -17,48 +17,54 @@ from .transforms import Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, Ran
 
 Parameterization = Literal["pixel", "fourier", "maco"]
 Optimizer = Literal["ascent", "adam", "nadam"]
-Output = Literal["book", "direct"]
+Deprocess = Literal["book", "none"]
+
+
+def _field(default: Any, help: str) -> Any:  # noqa: A002 - "help" as argparse calls it
+    """A dataclass field with its help text (shown by ``filterviz render --help``)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to render: see the field comments; ``transforms()`` builds the per-step transforms.
+    """How to render; each field's help says what it does. ``transforms()`` builds the per-step transforms.
 
     The transforms run in this order: pad, jitter, scale, rotate, crop, flip, final jitter, noise,
     resize to ``view_size``. ``views`` transformed copies of each image are scored per step, and their
     mean score is what is maximized.
     """
 
-    name: str = "custom"
-    parameterization: Parameterization = "pixel"  # pixel (the book's) | fourier | maco
-    decorrelate: bool = True  # fourier: optimize in decorrelated color
-    init_std: float = 0.01  # fourier: std of the start spectrum
-    spectrum: str | None = None  # maco: magnitude from a .npy or a folder of images (default: packaged)
-    size: int | None = None  # image side in px (default: 150, or the model's fixed input size)
-    steps: int = 40
-    optimizer: Optimizer = "ascent"  # ascent: the book's x += lr * g / rms(g) | adam | nadam
-    learning_rate: float = 1.0
-    views: int = 1  # transformed copies of each image per step
-    pad: int = 0  # px of mid-gray around the image
-    jitter: int = 0  # random shift of 0..jitter px
-    scales: tuple[float, ...] = ()  # zoom factors to draw from
-    angles: tuple[float, ...] = ()  # rotations in degrees to draw from
-    crop: tuple[float, float] | None = None  # random square box, as a fraction of the side (low, high)
-    flip: bool = False  # random left-right mirror
-    final_jitter: int = 0  # a second, last random shift
-    noise: float = 0.0  # Gaussian noise std in pixel units
-    view_size: int | None = None  # resize each view to this side before the model
-    tv: float = 0.0  # penalties on the image (0..1 units): total variation, L1, L2, blur
-    l1: float = 0.0
-    l2: float = 0.0
-    blur: float = 0.0
-    output: Output = "book"  # book: deprocess_image | direct: the pixels as they are
+    name: str = _field("custom", "the preset's name")
+    parameterization: Parameterization = _field("pixel", "pixel (the book's) | fourier | maco")
+    decorrelate: bool = _field(True, "fourier: optimize in decorrelated color")
+    init_std: float = _field(0.01, "fourier: std of the start spectrum")
+    spectrum: str | None = _field(None, "maco: magnitude from a .npy or a folder of images (default: packaged)")
+    size: int | None = _field(None, "image side in px (default: 150, or the model's fixed input size)")
+    steps: int = _field(40, "optimization steps")
+    optimizer: Optimizer = _field("ascent", "ascent: the book's x += lr * g / rms(g) | adam | nadam")
+    learning_rate: float = _field(1.0, "step size (the book's step) or the optimizer's learning rate")
+    views: int = _field(1, "transformed copies of each image per step")
+    pad: int = _field(0, "px of mid-gray around the image")
+    jitter: int = _field(0, "random shift of 0..jitter px")
+    scales: tuple[float, ...] = _field((), "zoom factors to draw from")
+    angles: tuple[float, ...] = _field((), "rotations in degrees to draw from")
+    crop: tuple[float, float] | None = _field(None, "random square box, as a fraction of the side (low, high)")
+    flip: bool = _field(False, "random left-right mirror")
+    final_jitter: int = _field(0, "a second, last random shift")
+    noise: float = _field(0.0, "Gaussian noise std in pixel units")
+    view_size: int | None = _field(None, "resize each view to this side before the model")
+    tv: float = _field(0.0, "weight of the total-variation penalty (image in 0..1 units)")
+    l1: float = _field(0.0, "weight of the L1 penalty (distance from mid-gray)")
+    l2: float = _field(0.0, "weight of the L2 penalty (distance from mid-gray)")
+    blur: float = _field(0.0, "weight of the blur penalty (difference from a blurred self)")
+    deprocess: Deprocess = _field("book", "the picture: book (deprocess_image) | none (the pixels as they are)")
+
 
     def __post_init__(self) -> None:
         checks = [
             (self.parameterization in ("pixel", "fourier", "maco"), "parameterization must be pixel, fourier or maco"),
             (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
-            (self.output in ("book", "direct"), "output must be book or direct"),
+            (self.deprocess in ("book", "none"), "deprocess must be book or none"),
             (self.steps >= 0, "steps must be 0 or more"),
             (self.views >= 1, "views must be 1 or more"),
             (self.learning_rate == self.learning_rate and abs(self.learning_rate) != float("inf"),
@@ -113,12 +119,12 @@ RECIPES: dict[str, Recipe] = {
     # transforms (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4) and Adam at 0.05.
     "lucid": Recipe(name="lucid", parameterization="fourier", size=128, steps=512, optimizer="adam",
                     learning_rate=0.05, pad=12, jitter=8, scales=LUCID_SCALES, angles=LUCID_ANGLES,
-                    final_jitter=4, output="direct"),
+                    final_jitter=4, deprocess="none"),
     # MACO: only the phase is optimized, the magnitude is natural photos'; random crops with noise,
     # NAdam at 1.0.
     "maco": Recipe(name="maco", parameterization="maco", size=224, steps=256, optimizer="nadam",
                    learning_rate=1.0, views=2, crop=(0.5, 1.0), noise=0.05 * 255 / 4, view_size=None,
-                   output="direct"),
+                   deprocess="none"),
 }
 
 

