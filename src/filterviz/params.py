@@ -211,11 +211,14 @@ class MacoImage(nn.Module):
         self.phase = nn.Parameter(torch.as_tensor(_normal(tuple(magnitude.shape), keys, seed, 2)))
 
     def forward(self) -> torch.Tensor:
+        return torch.sigmoid(decorrelated_to_rgb(self.forward_decorrelated())) * 255.0
+
+    def forward_decorrelated(self) -> torch.Tensor:
+        """The standardized image in decorrelated color, before the colors and the sigmoid."""
         phase = self.phase
         flat = phase.flatten(1)
         phase = (phase - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
         magnitude = self.magnitude.to(phase.dtype)
         x = torch.fft.irfft2(torch.polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
         flat = x.flatten(1)
-        x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
-        return torch.sigmoid(decorrelated_to_rgb(x)) * 255.0
+        return (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
