@@ -153,3 +153,55 @@ def test_grid_default_takes_first_64_or_the_whole_smaller_layer(capsys, tmp_path
     assert run(capsys, "grid", EMBEDDED, "stem.act", "--size", "8", "--steps", "1", "--margin", "0", "-o", str(path),
                "-q")[0] == 0
     assert np.array(Image.open(path)).shape == (4 * 8, 8 * 8, 3)
+
+
+def test_render_objectives_with_a_recipe_and_overrides(capsys, tmp_path):
+    path = tmp_path / "pair.png"
+    code, _, err = run(capsys, "render", EMBEDDED, "--objective", "channel:stem.act:3 - 0.3*channel:stem.act:5",
+                       "--objective", "class:207", "--recipe", "lucid", "--steps", "2", "--size", "24",
+                       "--jitter", "2", "--no-decorrelate", "--seed", "0", "-o", str(path))
+    assert code == 0, err
+    assert "channel(stem.act,3) - 0.3*channel(stem.act,5): " in err and "class(207): " in err
+    assert np.array(Image.open(path)).shape == (24, 2 * 24 + 5, 3)  # two images, tiled in a row
+
+
+def test_render_one_file_per_objective_and_importance(capsys, tmp_path):
+    pattern = str(tmp_path / "{name}.png")
+    code, _, err = run(capsys, "render", EMBEDDED, "--objective", "class:207", "--objective", "neuron:stem.act:1",
+                       "--recipe", "maco", "--steps", "2", "--size", "32", "--importance",
+                       str(tmp_path / "importance.png"), "-o", pattern, "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class_207.png", "importance.png", "neuron_stem.act_1.png"]
+
+
+def test_grid_with_a_recipe_and_copies_with_diversity(capsys, tmp_path):
+    assert run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-3", "--recipe", "lucid", "--steps", "1",
+               "--size", "16", "--margin", "0", "-o", str(tmp_path / "g.png"), "-q")[0] == 0
+    assert np.array(Image.open(tmp_path / "g.png")).shape == (16, 64, 3)
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "2", "--copies", "3", "--diversity", "stem.act",
+                       "--steps", "1", "--size", "16", "-o", str(tmp_path / "d.png"), "-q")
+    assert code == 0 and np.array(Image.open(tmp_path / "d.png")).shape == (16, 3 * 16 + 2 * 5, 3)
+
+
+def test_recipes_command_shows_every_field(capsys):
+    code, out, _ = run(capsys, "recipes", "lucid")
+    assert code == 0 and out.splitlines()[0] == "[lucid]"
+    assert "optimizer = 'adam'" in out and "learning_rate = 0.05" in out and "parameterization = 'fourier'" in out
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["stem.act", "1", "--crop", "0.9,0.1"], "recipe classic: crop must be 0 < low <= high <= 1"),
+    (["--crop", "0.5"], "argument --crop: invalid pair of numbers LOW,HIGH value"),
+    (["--objective", "fourier:3"], "cannot read objective term 'fourier:3'"),
+    (["stem.act", "1", "--objective", "class:1"], "give either LAYER FILTER or --objective, not both"),
+    ([], "say what to render: LAYER FILTER, or --objective"),
+    (["--objective", "class:1000"], "class 1000 is out of range: the model has 1000 classes, 0-999"),
+    (["--objective", "channel:stem.act:99"], "channel 99 is out of range for layer stem.act of efficientnet-lite0, "
+                                              "which has 32 channels: use 0-31"),
+])
+def test_bad_recipe_or_objective_is_one_line(capsys, tmp_path, argv, expected):
+    out = tmp_path / "x.png"
+    code, _, err = run(capsys, "render", EMBEDDED, *argv, "--steps", "1", "--size", "16", "-o", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(expected, err), err
+    assert not out.exists()

@@ -139,6 +139,22 @@ def _scores(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: 
     return batch_scores(objectives, data, count)
 
 
+def _check_layers_and_channels(model: LoadedModel, objectives: list[Objective], size: int) -> None:
+    """Resolve every layer name and check every channel index before any work, with one-line errors."""
+    channels: dict[str, int] = {}
+    for objective in objectives:
+        for _, term in objective.terms:
+            if term.layer.startswith("<"):  # the image or the model's output
+                continue
+            if term.layer not in channels:
+                channels[term.layer] = model.layer_info(term.layer, size).channels
+            index = getattr(term, "channel", None)
+            if index is not None and not 0 <= index < channels[term.layer]:
+                raise FilterIndexError(
+                    f"channel {index} is out of range for layer {term.layer} of {model.name}, which has "
+                    f"{channels[term.layer]} channels: use 0-{channels[term.layer] - 1}")
+
+
 def render(
     model: LoadedModel,
     objectives: Sequence[Objective | str],
@@ -175,10 +191,7 @@ def render(
     if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
         raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
                              f"use --size {model.spec.min_size} or more")
-    for objective in targets:  # resolve every layer name before any work
-        for layer in objective.layers - {IMAGE}:
-            if not layer.startswith("<"):
-                model.resolve(layer)
+    _check_layers_and_channels(model, targets, size)
     targets = [_with_regularizers(objective, recipe) for objective in targets]
     layers = sorted({layer for objective in targets for layer in objective.layers} - {IMAGE})
     spectrum = load_spectrum(recipe.spectrum) if recipe.parameterization == "maco" else None

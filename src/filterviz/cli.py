@@ -207,7 +207,9 @@ def _cmd_render(args: argparse.Namespace) -> None:
                                                       (model.spec.fixed_size or (150,))[0]).channels,
                       args.layer, model.name)
     result = render(model, objectives, recipe, size=args.size, seed=args.seed,
-                    keys=[args.filter] if args.layer is not None and not args.objective else None,
+                    # The book's command keeps filter k's start noise; copies get starts of their own.
+                    keys=[args.filter + copy * 2 ** 32 for copy in range(args.copies)]
+                    if args.layer is not None and not args.objective else None,
                     progress=not args.quiet)
     book = args.layer is not None and not args.objective
     for objective, dead in zip(result.objectives, result.dead):

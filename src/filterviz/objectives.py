@@ -415,6 +415,7 @@ def parse_objective(text: str) -> Objective:
     body = text.strip()
     pieces = _SPLIT.split(body if body[:1] in "+-" and body else " + " + body)  # ["", sign, term, ...]
     if pieces[0].strip() or len(pieces) < 3:
+        _parse_term(pieces[0].strip().lstrip("+").strip() or text)  # raises, listing what is accepted
         raise FilterVizError(f"cannot read objective {text!r}; e.g. channel:block4_conv1:17 or class:207")
     total = None
     for sign, term in zip(pieces[1::2], pieces[2::2]):
