@@ -156,7 +156,7 @@ def test_same_seed_same_bytes_and_batching_does_not_matter(tiny):
     again = filterviz.render(tiny, objectives, "lucid", steps=3, size=12, seed=5)
     assert first.images.tobytes() == again.images.tobytes()
     alone = filterviz.render(tiny, objectives[1:2], "lucid", steps=3, size=12, seed=5, keys=[1])
-    np.testing.assert_allclose(alone.pixels[0], first.pixels[1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(alone.pixels[0], first.pixels[1], rtol=0, atol=1e-6)  # batched convs round apart
     other = filterviz.render(tiny, objectives, "lucid", steps=3, size=12, seed=6)
     assert other.images.tobytes() != first.images.tobytes()
 

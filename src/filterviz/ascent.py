@@ -6,6 +6,7 @@ top of it: many filters of one layer, one image each.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
 from .errors import FilterIndexError, FilterVizError, InputSizeError
+from .execution import auto_batch_size, autocast, autocast_dtype
 from .image import deprocess_image
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, Regularizer, batch_scores, channel, parse_objective
@@ -90,11 +93,6 @@ def check_filters(filters: Iterable[int], channels: int, layer: str, model_name:
             )
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per batch: small on CPUs, where larger batches fall out of cache; large on GPUs."""
-    return 64 if device.type == "cuda" else 8
-
-
 def _generator(seed: int | None, key: int, salt: int) -> torch.Generator:
     generator = torch.Generator()
     if seed is None:
@@ -132,11 +130,24 @@ def _with_regularizers(objective: Objective, recipe: Recipe) -> Objective:
     return objective + Objective(penalties) if penalties else objective
 
 
-def _scores(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: list[Objective],
-            pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
-    data = run(views)
-    data[IMAGE] = pixels
-    return batch_scores(objectives, data, count)
+Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (images, views, views per image) -> (N,)
+
+
+def _scorer(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: list[Objective]) -> Scorer:
+    def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
+        data = run(views)
+        data[IMAGE] = pixels
+        return batch_scores(objectives, data, count).float()
+    return score
+
+
+def _selected_scorer(run: Callable[[torch.Tensor], torch.Tensor], conv_tail: ConvTail, channels: torch.Tensor
+                     ) -> Scorer:
+    """Scores of single-channel objectives from the selected channels alone (see ``channels``)."""
+    def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
+        picked = selected_channels(conv_tail, run(views), channels.repeat_interleave(count))
+        return picked.flatten(1).float().mean(dim=1).view(-1, count).mean(dim=1)
+    return score
 
 
 def _check_layers_and_channels(model: LoadedModel, objectives: list[Objective], size: int) -> None:
@@ -165,6 +176,9 @@ def render(
     start: np.ndarray | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
+    max_memory: int | None = None,
+    select_channels: bool = True,
     **overrides: Any,
 ) -> Render:
     """Optimize one image per objective with ``recipe`` (a preset name or a Recipe).
@@ -173,6 +187,12 @@ def render(
     start and random transforms come from ``(seed, keys[i])`` alone (default key: its position), so an
     image is the same whether rendered alone or in a batch. ``start`` (N, H, W, 3) replaces the start
     image (pixel and fourier parameterizations).
+
+    How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
+    ``bf16``, ``fp16`` or ``auto``; see ``execution.autocast_dtype``), ``batch_size`` (default: the
+    device's, capped so a batch fits in ``max_memory`` bytes, default a safe share of free memory),
+    and ``select_channels`` (when every image is scored on one channel of a convolution layer, compute
+    only those channels).
     """
     recipe = get_recipe(recipe, **overrides)
     targets = [parse_objective(o) if isinstance(o, str) else o for o in objectives]
@@ -197,17 +217,31 @@ def render(
     spectrum = load_spectrum(recipe.spectrum) if recipe.parameterization == "maco" else None
     transforms = recipe.transforms()
 
-    batch = batch_size or default_batch_size(model.device)
+    dtype = autocast_dtype(precision, model.device)
+    selection = single_channels(targets) if select_channels else None
+    conv_tail = find_conv_tail(model, selection[0]) if selection else None
+    batch = batch_size or auto_batch_size(model, layers, size, recipe.views, max_memory, dtype)
     chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
     parts: list[list[torch.Tensor | None]] = []
     description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
     with tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}", unit="step",
-              disable=None if progress else True, leave=False) as bar, model.capture(layers) as run:
+              disable=None if progress else True, leave=False) as bar, contextlib.ExitStack() as stack:
+        if conv_tail is not None:
+            conv_run = stack.enter_context(conv_input(model, conv_tail.conv))
+        else:
+            run = stack.enter_context(model.capture(layers))
         for chunk in chunks:
+            chunk_objectives = [targets[i] for i in chunk]
+            if conv_tail is not None:
+                picked = torch.tensor([selection[1][i] for i in chunk], device=model.device)
+                score = _selected_scorer(conv_run, conv_tail, picked)
+            else:
+                score = _scorer(run, chunk_objectives)
             chunk_keys = [keys[i] for i in chunk]
-            parts.append(_render_chunk(model, run, [targets[i] for i in chunk], chunk_keys, recipe, size, seed,
-                                       None if start is None else start[chunk.start:chunk.stop], spectrum,
-                                       transforms, bar.update))
+            with autocast(model.device, dtype):
+                parts.append(_render_chunk(model, score, chunk_keys, recipe, size, seed,
+                                           None if start is None else start[chunk.start:chunk.stop], spectrum,
+                                           transforms, bar.update))
     pixels, before, after, alive, importance = (
         torch.cat(column) if column[0] is not None else None for column in zip(*parts))
     return Render(
@@ -218,26 +252,25 @@ def render(
     )
 
 
-def _render_chunk(model: LoadedModel, run: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                  objectives: list[Objective], keys: list[int], recipe: Recipe, size: int, seed: int | None,
-                  start: np.ndarray | None, spectrum: np.ndarray | None, transforms: torch.nn.Module,
-                  on_step: Callable[[], None]) -> list[torch.Tensor | None]:
+def _render_chunk(model: LoadedModel, score: Scorer, keys: list[int], recipe: Recipe, size: int,
+                  seed: int | None, start: np.ndarray | None, spectrum: np.ndarray | None,
+                  transforms: torch.nn.Module, on_step: Callable[[], None]) -> list[torch.Tensor | None]:
     image = _parameterization(recipe, size, keys, seed, start, spectrum).to(model.device, model.dtype)
     parameters = list(image.parameters())
     optimizer = _optimizer(recipe, parameters)
     generators = [_generator(seed, key, 3) for key in keys for _ in range(recipe.views)]
-    count = len(objectives)
+    count = len(keys)
     alive = torch.full((count,), recipe.steps == 0, dtype=torch.bool)
     importance = torch.zeros(count, size, size, dtype=torch.float64) if recipe.parameterization == "maco" else None
     first = None
     if recipe.has_transforms:
         with torch.no_grad():
             pixels = image()
-            first = _scores(run, objectives, pixels, pixels, 1).detach().cpu()
+            first = score(pixels, pixels, 1).detach().cpu()
     for _ in range(recipe.steps):
         pixels = image()
         views = pixels.repeat_interleave(recipe.views, dim=0) if recipe.views > 1 else pixels
-        scores = _scores(run, objectives, pixels, transforms(views, generators), recipe.views)
+        scores = score(pixels, transforms(views, generators), recipe.views)
         first = scores.detach().cpu() if first is None else first
         wanted = [*parameters, pixels] if importance is not None else parameters
         grads = torch.autograd.grad(scores.sum(), wanted)
@@ -257,7 +290,7 @@ def _render_chunk(model: LoadedModel, run: Callable[[torch.Tensor], dict[str, to
         on_step()
     with torch.no_grad():
         pixels = image()
-        final = _scores(run, objectives, pixels, pixels, 1).detach().cpu()
+        final = score(pixels, pixels, 1).detach().cpu()
     return [pixels.detach().cpu(), final if first is None else first, final, alive, importance]
 
 
@@ -274,6 +307,9 @@ def render_filters(
     batch_size: int | None = None,
     progress: bool = False,
     recipe: Recipe | str = "classic",
+    precision: str = "fp32",
+    max_memory: int | None = None,
+    select_channels: bool = True,
     **overrides: Any,
 ) -> FilterRender:
     """Render many filters of one layer, a batch of images at a time (by default the book's recipe).
@@ -297,5 +333,6 @@ def render_filters(
     info = model.layer_info(layer, side)
     check_filters(filters, info.channels, layer, model.name)
     result = render(model, [channel(layer, f) for f in filters], chosen.replace(size=side), seed=seed,
-                    keys=filters, start=start, batch_size=batch_size, progress=progress)
+                    keys=filters, start=start, batch_size=batch_size, progress=progress, precision=precision,
+                    max_memory=max_memory, select_channels=select_channels)
     return FilterRender(**vars(result), layer=layer, filters=filters)
