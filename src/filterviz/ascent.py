@@ -130,6 +130,11 @@ def _with_regularizers(objective: Objective, recipe: Recipe) -> Objective:
     return objective + Objective(penalties) if penalties else objective
 
 
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Scores leave an autocast region in fp32 (and a float64 model's stay float64)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (images, views, views per image) -> (N,)
 
 
@@ -137,7 +142,7 @@ def _scorer(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: 
     def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
         data = run(views)
         data[IMAGE] = pixels
-        return batch_scores(objectives, data, count).float()
+        return _full_precision(batch_scores(objectives, data, count))
     return score
 
 
@@ -146,7 +151,7 @@ def _selected_scorer(run: Callable[[torch.Tensor], torch.Tensor], conv_tail: Con
     """Scores of single-channel objectives from the selected channels alone (see ``channels``)."""
     def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
         picked = selected_channels(conv_tail, run(views), channels.repeat_interleave(count))
-        return picked.flatten(1).float().mean(dim=1).view(-1, count).mean(dim=1)
+        return _full_precision(picked.flatten(1)).mean(dim=1).view(-1, count).mean(dim=1)
     return score
 
 
@@ -220,26 +225,27 @@ def render(
     dtype = autocast_dtype(precision, model.device)
     selection = single_channels(targets) if select_channels else None
     conv_tail = find_conv_tail(model, selection[0]) if selection else None
-    batch = batch_size or auto_batch_size(model, layers, size, recipe.views, max_memory, dtype)
-    chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
     parts: list[list[torch.Tensor | None]] = []
-    description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
-    with tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}", unit="step",
-              disable=None if progress else True, leave=False) as bar, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         if conv_tail is not None:
             conv_run = stack.enter_context(conv_input(model, conv_tail.conv))
+            forward: Callable[[torch.Tensor], object] = conv_run
         else:
             run = stack.enter_context(model.capture(layers))
+            forward = run
+        batch = batch_size or auto_batch_size(model, forward, size, recipe.views, max_memory, dtype)
+        chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
+        description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
+        bar = stack.enter_context(tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}",
+                                       unit="step", disable=None if progress else True, leave=False))
         for chunk in chunks:
-            chunk_objectives = [targets[i] for i in chunk]
             if conv_tail is not None:
                 picked = torch.tensor([selection[1][i] for i in chunk], device=model.device)
                 score = _selected_scorer(conv_run, conv_tail, picked)
             else:
-                score = _scorer(run, chunk_objectives)
-            chunk_keys = [keys[i] for i in chunk]
+                score = _scorer(run, [targets[i] for i in chunk])
             with autocast(model.device, dtype):
-                parts.append(_render_chunk(model, score, chunk_keys, recipe, size, seed,
+                parts.append(_render_chunk(model, score, [keys[i] for i in chunk], recipe, size, seed,
                                            None if start is None else start[chunk.start:chunk.stop], spectrum,
                                            transforms, bar.update))
     pixels, before, after, alive, importance = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -77,8 +77,9 @@ def free_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def saved_bytes_per_image(model: LoadedModel, layers: Sequence[str], size: int, dtype: torch.dtype | None) -> int:
-    """Bytes that one image's forward pass up to ``layers`` keeps for the backward pass (measured)."""
+def saved_bytes_per_image(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int,
+                          dtype: torch.dtype | None) -> int:
+    """Bytes that one image's ``forward(pixels)`` keeps for the backward pass (measured)."""
     total = [0]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -87,19 +88,18 @@ def saved_bytes_per_image(model: LoadedModel, layers: Sequence[str], size: int, 
 
     pixels = torch.full((1, 3, size, size), 128.0, dtype=model.dtype, device=model.device, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(model.device, dtype):
-        with model.capture([layer for layer in layers if not layer.startswith("<image")]) as run:
-            run(pixels)
+        forward(pixels)
     return total[0]
 
 
-def auto_batch_size(model: LoadedModel, layers: Sequence[str], size: int, views: int, max_memory: int | None,
-                    dtype: torch.dtype | None) -> int:
+def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int, views: int,
+                    max_memory: int | None, dtype: torch.dtype | None) -> int:
     """Images per batch: the device's batch, capped so that a batch's saved activations (times 1.5 for
     what the backward pass holds besides) fit in ``max_memory`` bytes (default: a share of free memory)."""
     kind = model.device.type
     cap = DEVICE_BATCH.get(kind, 8)
     budget = max_memory if max_memory is not None else int(free_memory(model.device) * MEMORY_SHARE.get(kind, 0.25))
-    per_image = 1.5 * views * max(saved_bytes_per_image(model, layers, size, dtype), 1)
+    per_image = 1.5 * views * max(saved_bytes_per_image(model, forward, size, dtype), 1)
     fits = int(budget // per_image)
     if fits < 1:
         raise FilterVizError(f"one image needs about {per_image / 2 ** 20:.0f} MiB, more than the memory budget of "

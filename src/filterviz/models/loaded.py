@@ -33,6 +33,7 @@ class LoadedModel:
     graph: LayerGraph | None = field(default=None, repr=False)
     channels_last: frozenset[str] = frozenset()
     _probes: dict[int, dict[str, LayerOutput] | str] = field(default_factory=dict, repr=False)
+    _shapes: dict[tuple[str, int], tuple[tuple[int, ...] | None, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -135,7 +136,12 @@ class LoadedModel:
         return self.graph.kind(split_call(self.resolve(layer))[0])
 
     def _shape_at(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
-        """``path``'s output shape for one image of side ``size``, or None and why not."""
+        """``path``'s output shape for one image of side ``size``, or None and why not (cached)."""
+        if (path, size) not in self._shapes:
+            self._shapes[path, size] = self._measure_shape(path, size)
+        return self._shapes[path, size]
+
+    def _measure_shape(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
         pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
         try:
             with torch.no_grad(), self.truncated(path) as run:
