@@ -23,6 +23,7 @@ from .models.registry import is_model_file
 from .models.spec import PRESETS
 from .ascent import FilterRender, Render, check_filters, render, render_filters
 from .objectives import Objective, channel, diversity, parse_objective
+from .execution import PRECISIONS
 from .recipes import RECIPES, Recipe, get_recipe
 
 
@@ -96,6 +97,19 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 _pair.__name__ = "pair of numbers LOW,HIGH"
+
+
+def _bytes(text: str) -> int:
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(text[-1:], 1)
+    value = float(text[:-1] if text[-1:] in units else text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError
+    return int(value * factor)
+
+
+_bytes.__name__ = "memory size (such as 2G or 512M)"
 
 # How each recipe field is read from the command line, by its annotation.
 _FIELD_TYPES: dict[str, Callable[[str], object]] = {
@@ -206,7 +220,8 @@ def _cmd_render(args: argparse.Namespace) -> None:
         check_filters([args.filter], model.layer_info(args.layer, recipe.size or args.size or
                                                       (model.spec.fixed_size or (150,))[0]).channels,
                       args.layer, model.name)
-    result = render(model, objectives, recipe, size=args.size, seed=args.seed,
+    result = render(model, objectives, recipe, size=args.size, seed=args.seed, precision=args.precision,
+                    max_memory=args.max_memory,
                     # The book's command keeps filter k's start noise; copies get starts of their own.
                     keys=[args.filter + copy * 2 ** 32 for copy in range(args.copies)]
                     if args.layer is not None and not args.objective else None,
@@ -265,7 +280,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     filters = [index for indices in ranges for index in indices]
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                            recipe=_recipe(args))
+                            recipe=_recipe(args), precision=args.precision, max_memory=args.max_memory)
     _warn_dead(render, "its tile is crossed out")
     save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.dead), args.output)
     if not args.quiet:
@@ -306,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     ascent.add_argument("--step", "--learning-rate", "--lr", type=_finite, dest="step",
                         help="step size or learning rate (default: the recipe's; 1.0 for classic)")
     ascent.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
+    ascent.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
+                             "or auto (bf16 or fp16 where the device has it)")
+    ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                        help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
 
     models = commands.add_parser("models", help="list the known model names")
     models.set_defaults(run=_cmd_models)

@@ -92,6 +92,14 @@ def saved_bytes_per_image(model: LoadedModel, forward: Callable[[torch.Tensor], 
     return total[0]
 
 
+def _readable(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int, views: int,
                     max_memory: int | None, dtype: torch.dtype | None) -> int:
     """Images per batch: the device's batch, capped so that a batch's saved activations (times 1.5 for
@@ -102,6 +110,6 @@ def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object
     per_image = 1.5 * views * max(saved_bytes_per_image(model, forward, size, dtype), 1)
     fits = int(budget // per_image)
     if fits < 1:
-        raise FilterVizError(f"one image needs about {per_image / 2 ** 20:.0f} MiB, more than the memory budget of "
-                             f"{budget / 2 ** 20:.0f} MiB; use a smaller --size or a larger --max-memory")
+        raise FilterVizError(f"one image needs about {_readable(per_image)}, more than the memory budget of "
+                             f"{_readable(budget)}; use a smaller --size or a larger --max-memory")
     return min(cap, fits)
