@@ -100,7 +100,7 @@ def test_bf16_reaches_95_percent_of_fp32(embedded):
 def test_precision_choices():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else None)
+    assert autocast_dtype("auto", cpu) is None  # measured slower on CPUs; see execution.autocast_dtype
     with pytest.raises(FilterVizError, match="fp16 is for GPUs"):
         autocast_dtype("fp16", cpu)
     with pytest.raises(FilterVizError, match="unknown precision 'int8'"):
@@ -145,8 +145,9 @@ def test_automatic_batch_size_keeps_within_its_budget(embedded):
     def forward(pixels):
         return embedded.activations(pixels, layer)
 
-    one_image = auto_batch_size(embedded, forward, size, 1, 10 ** 12, None)
-    assert one_image == 4  # the CPU's own cap
+    unlimited = auto_batch_size(embedded, forward, size, 1, 10 ** 12, None)
+    per_image = filterviz.execution.saved_bytes_per_image(embedded, forward, size, None)
+    assert unlimited == min(64, filterviz.execution.CPU_WORKING_SET // per_image)  # the CPU's own cap
     small = 2 * 1.5 * filterviz.execution.saved_bytes_per_image(embedded, forward, size, None)
     assert measure(int(small)) == 2 and peak[0] <= small
     with pytest.raises(FilterVizError, match="more than the memory budget"):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
 from .errors import FilterIndexError, FilterVizError, InputSizeError
-from .execution import auto_batch_size, autocast, autocast_dtype
+from .execution import auto_batch_size, autocast, autocast_dtype, channels_last
 from .image import deprocess_image
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, Regularizer, batch_scores, channel, parse_objective
@@ -138,19 +138,24 @@ def _full_precision(x: torch.Tensor) -> torch.Tensor:
 Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (images, views, views per image) -> (N,)
 
 
-def _scorer(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: list[Objective]) -> Scorer:
+def _layout(views: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    return views.contiguous(memory_format=torch.channels_last) if nhwc and views.ndim == 4 else views
+
+
+def _scorer(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], objectives: list[Objective], nhwc: bool
+            ) -> Scorer:
     def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
-        data = run(views)
+        data = run(_layout(views, nhwc))
         data[IMAGE] = pixels
         return _full_precision(batch_scores(objectives, data, count))
     return score
 
 
-def _selected_scorer(run: Callable[[torch.Tensor], torch.Tensor], conv_tail: ConvTail, channels: torch.Tensor
-                     ) -> Scorer:
+def _selected_scorer(run: Callable[[torch.Tensor], torch.Tensor], conv_tail: ConvTail, channels: torch.Tensor,
+                     nhwc: bool) -> Scorer:
     """Scores of single-channel objectives from the selected channels alone (see ``channels``)."""
     def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
-        picked = selected_channels(conv_tail, run(views), channels.repeat_interleave(count))
+        picked = selected_channels(conv_tail, run(_layout(views, nhwc)), channels.repeat_interleave(count))
         return _full_precision(picked.flatten(1)).mean(dim=1).view(-1, count).mean(dim=1)
     return score
 
@@ -184,6 +189,7 @@ def render(
     precision: str = "fp32",
     max_memory: int | None = None,
     select_channels: bool = True,
+    memory_format: str = "channels_last",
     **overrides: Any,
 ) -> Render:
     """Optimize one image per objective with ``recipe`` (a preset name or a Recipe).
@@ -196,8 +202,8 @@ def render(
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
     ``bf16``, ``fp16`` or ``auto``; see ``execution.autocast_dtype``), ``batch_size`` (default: the
     device's, capped so a batch fits in ``max_memory`` bytes, default a safe share of free memory),
-    and ``select_channels`` (when every image is scored on one channel of a convolution layer, compute
-    only those channels).
+    ``select_channels`` (when every image is scored on one channel of a convolution layer, compute
+    only those channels), and ``memory_format`` (``channels_last`` or ``contiguous``).
     """
     recipe = get_recipe(recipe, **overrides)
     targets = [parse_objective(o) if isinstance(o, str) else o for o in objectives]
@@ -226,7 +232,10 @@ def render(
     selection = single_channels(targets) if select_channels else None
     conv_tail = find_conv_tail(model, selection[0]) if selection else None
     parts: list[list[torch.Tensor | None]] = []
+    if memory_format not in ("channels_last", "contiguous"):
+        raise FilterVizError(f"memory_format must be channels_last or contiguous, not {memory_format!r}")
     with contextlib.ExitStack() as stack:
+        nhwc = stack.enter_context(channels_last(model.module, memory_format == "channels_last"))
         if conv_tail is not None:
             conv_run = stack.enter_context(conv_input(model, conv_tail.conv))
             forward: Callable[[torch.Tensor], object] = conv_run
@@ -241,9 +250,9 @@ def render(
         for chunk in chunks:
             if conv_tail is not None:
                 picked = torch.tensor([selection[1][i] for i in chunk], device=model.device)
-                score = _selected_scorer(conv_run, conv_tail, picked)
+                score = _selected_scorer(conv_run, conv_tail, picked, nhwc)
             else:
-                score = _scorer(run, [targets[i] for i in chunk])
+                score = _scorer(run, [targets[i] for i in chunk], nhwc)
             with autocast(model.device, dtype):
                 parts.append(_render_chunk(model, score, [keys[i] for i in chunk], recipe, size, seed,
                                            None if start is None else start[chunk.start:chunk.stop], spectrum,
@@ -316,6 +325,7 @@ def render_filters(
     precision: str = "fp32",
     max_memory: int | None = None,
     select_channels: bool = True,
+    memory_format: str = "channels_last",
     **overrides: Any,
 ) -> FilterRender:
     """Render many filters of one layer, a batch of images at a time (by default the book's recipe).
@@ -340,5 +350,5 @@ def render_filters(
     check_filters(filters, info.channels, layer, model.name)
     result = render(model, [channel(layer, f) for f in filters], chosen.replace(size=side), seed=seed,
                     keys=filters, start=start, batch_size=batch_size, progress=progress, precision=precision,
-                    max_memory=max_memory, select_channels=select_channels)
+                    max_memory=max_memory, select_channels=select_channels, memory_format=memory_format)
     return FilterRender(**vars(result), layer=layer, filters=filters)
