@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for quality.json/.md/.png")
     parser.add_argument("--recipes", default="classic,lucid,maco")
     parser.add_argument("--budget", type=int, default=256, help="steps of the equal-budget runs")
+    parser.add_argument("--budget-size", type=int, default=224, help="image side of the equal-budget runs")
     parser.add_argument("--classes", type=int, default=len(CLASSES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=4)
@@ -183,8 +184,9 @@ def main() -> None:
     for name in args.recipes.split(","):
         preset = filterviz.get_recipe(name, **overrides)
         runs = [] if args.only_budget else [(f"{name} (own defaults)", preset)]
-        if preset.steps != args.budget or args.only_budget:
-            runs.append((f"{name} ({args.budget} steps)", preset.replace(steps=args.budget)))
+        budget = preset.replace(steps=args.budget, size=args.budget_size)
+        if budget != preset or args.only_budget:
+            runs.append((f"{name} ({args.budget} steps, {args.budget_size} px)", budget))
         for label, recipe in runs:
             objective = args.objective if args.objective != "auto" else ("logprob" if name == "maco" else "logit")
             row = evaluate(model, judge, label, recipe, units, maxima, classes, objective, args.seed, args.batch)
