@@ -205,3 +205,15 @@ def test_bad_recipe_or_objective_is_one_line(capsys, tmp_path, argv, expected):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(expected, err), err
     assert not out.exists()
+
+
+def test_precision_and_memory_options(capsys, tmp_path):
+    out = str(tmp_path / "p.png")
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "1", "--precision", "fp16", "-o", out)
+    assert code == 2 and "fp16 is for GPUs" in err and not os.path.exists(out)
+    code, _, err = run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-1", "--max-memory", "2K",
+                       "--size", "32", "-o", out)
+    assert code == 2 and "more than the memory budget of 2.0 KiB" in err and not os.path.exists(out)
+    code, _, err = run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-1", "--max-memory", "64M",
+                       "--precision", "auto", "--size", "16", "--steps", "1", "-o", out, "-q")
+    assert code == 0 and os.path.exists(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -74,14 +75,21 @@ class InputSpec:
     def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Convert a batch of RGB 0..255 images (N, 3, H, W) to the model's input."""
         x = pixels.flip(1) if self.channel_order == "BGR" else pixels
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        mean, std = _constants(self.mean, self.std, x.dtype, x.device)
         x = (x - mean) / std
         if self.fixed_size is not None and tuple(x.shape[2:]) != tuple(self.fixed_size):
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         if self.layout == "NHWC":
             x = x.permute(0, 2, 3, 1)
         return x
+
+
+@lru_cache(maxsize=64)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors, made once per type and device rather than at every step."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1))
 
 
 def file_spec(values: InputSpec | None, **geometry: object) -> InputSpec:
