@@ -147,6 +147,8 @@ def evaluate(model: LoadedModel, judge: LoadedModel, label: str, recipe: filterv
         "activation_ratio_q3": float(np.percentile(ratios, 75)),
         "recognized_by_itself": float(own.mean()), "recognized_independently": float(independent.mean()),
         "seconds_per_picture": class_seconds, "contrast_median": float(np.median(contrast(pictures))),
+        "per_picture": [{"class": c, "recognized_by_itself": float(a), "recognized_independently": float(b),
+                         "contrast": float(k)} for c, a, b, k in zip(classes, own, independent, contrast(pictures))],
         "ratio_text": quartiles(ratios),
     }
     return row | {"_pictures": pictures, "_units": unit_images}
@@ -196,6 +198,7 @@ def main() -> None:
                   f"contrast {row['contrast_median']:.3f}", flush=True)
     public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
     (out / "quality.json").write_text(json.dumps(public, indent=2))
+    np.savez_compressed(out / "quality_pictures.npz", **{row["label"]: row["_pictures"] for row in rows})
     lines = ["| recipe | steps | activation / natural max, median (quartiles) | top-5, itself | top-5, Lite1 "
              "| s / picture | contrast |", "|---|---|---|---|---|---|---|"]
     for row in public:

@@ -169,3 +169,14 @@ def test_each_recipe_raises_its_objective_on_the_embedded_model(embedded, name):
     assert result.images.shape == (2, 128, 128, 3) and result.images.dtype == np.uint8
     if name == "maco":
         assert result.importance.shape == (2, 128, 128) and (result.importance > 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("architecture", ["vgg11", "resnet18"])
+def test_presets_run_unchanged_on_vgg_and_resnet_like_models(architecture):
+    # No preset field depends on the model: the same presets raise a mid-layer channel of each.
+    model = filterviz.load_model(architecture, weights="random", device="cpu")
+    layer = "features.12" if architecture == "vgg11" else "layer2.0.relu#2"
+    for name in RECIPES:
+        result = filterviz.render(model, [f"channel:{layer}:{c}" for c in (1, 2)], name, steps=6, size=64,
+                                  seed=0, views=1)
+        assert (result.score > result.start_score).all(), (name, result.start_score, result.score)
