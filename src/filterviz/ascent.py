@@ -242,7 +242,8 @@ def render(
         else:
             run = stack.enter_context(model.capture(layers))
             forward = run
-        batch = batch_size or auto_batch_size(model, forward, size, recipe.views, max_memory, dtype)
+        view_side = recipe.view_size or size + 2 * recipe.pad  # what the model sees at each step
+        batch = batch_size or auto_batch_size(model, forward, view_side, recipe.views, max_memory, dtype)
         chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
         description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
         bar = stack.enter_context(tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}",
