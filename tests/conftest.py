@@ -62,3 +62,10 @@ def tiny():
 @pytest.fixture(scope="session")
 def embedded():
     return filterviz.load_model("efficientnet-lite0", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch():
+    """Every test starts from the same torch random state, so models with random weights are the same
+    in every run."""
+    torch.manual_seed(0)
