@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ascent.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
     ascent.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
-                             "or auto (bf16 or fp16 where the device has it)")
+                             "or auto (bf16 or fp16 on GPUs; fp32 on CPUs, where bf16 measured slower)")
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                         help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
 
