@@ -63,3 +63,13 @@ def test_save_image_refuses_bad_paths(tmp_path, name):
     with pytest.raises(OutputError, match="cannot write"):
         save_image(np.zeros((2, 2, 3), np.uint8), tmp_path / name)
     assert not (tmp_path / "missing").exists() and os.listdir(tmp_path) == []
+
+
+def test_stretch_maps_percentiles_to_the_full_range():
+    from filterviz.image import stretch_image
+
+    x = np.linspace(50, 150, 101 * 3).reshape(101, 3, 1)
+    out = stretch_image(x)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    expected = np.clip(np.rint((x - np.percentile(x, 1)) / (np.percentile(x, 99) - np.percentile(x, 1)) * 255), 0, 255)
+    np.testing.assert_array_equal(out, expected)

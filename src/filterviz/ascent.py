@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
 from .errors import FilterIndexError, FilterVizError, InputSizeError
 from .execution import auto_batch_size, autocast, autocast_dtype, channels_last
-from .image import deprocess_image
+from .image import deprocess_image, stretch_image
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, Regularizer, batch_scores, channel, parse_objective
 from .params import FourierImage, MacoImage, PixelImage, classic_start, load_spectrum
@@ -50,6 +50,8 @@ class Render:
         """The pictures, (N, H, W, 3) uint8: the book's deprocessing, or the pixels as they are."""
         if self.recipe.deprocess == "book":
             return np.stack([deprocess_image(p) for p in self.pixels])
+        if self.recipe.deprocess == "stretch":
+            return np.stack([stretch_image(p) for p in self.pixels])
         return np.clip(np.rint(self.pixels), 0, 255).astype(np.uint8)
 
 

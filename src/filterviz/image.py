@@ -28,6 +28,14 @@ def deprocess_image(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 255).astype("uint8")
 
 
+def stretch_image(x: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Stretch an image's ``low``-``high`` percentile range to 0..255 (clipping the rest), to uint8."""
+    x = np.asarray(x, dtype=np.float64)
+    bottom, top = np.percentile(x, [low, high])
+    scaled = (x - bottom) / max(top - bottom, 1e-12)
+    return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+
+
 def make_grid(
     images: Sequence[np.ndarray] | np.ndarray,
     per_row: int = 8,

@@ -17,7 +17,7 @@ from .transforms import Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, Ran
 
 Parameterization = Literal["pixel", "fourier", "maco"]
 Optimizer = Literal["ascent", "adam", "nadam"]
-Deprocess = Literal["book", "none"]
+Deprocess = Literal["book", "none", "stretch"]
 
 
 def _field(default: Any, help: str) -> Any:  # noqa: A002 - "help" as argparse calls it
@@ -57,14 +57,15 @@ class Recipe:
     l1: float = _field(0.0, "weight of the L1 penalty (distance from mid-gray)")
     l2: float = _field(0.0, "weight of the L2 penalty (distance from mid-gray)")
     blur: float = _field(0.0, "weight of the blur penalty (difference from a blurred self)")
-    deprocess: Deprocess = _field("book", "the picture: book (deprocess_image) | none (the pixels as they are)")
+    deprocess: Deprocess = _field("book", "the picture: book (deprocess_image) | none (the pixels as they are) "
+                                          "| stretch (1st-99th percentile to 0..255, as MACO shows its images)")
 
 
     def __post_init__(self) -> None:
         checks = [
             (self.parameterization in ("pixel", "fourier", "maco"), "parameterization must be pixel, fourier or maco"),
             (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
-            (self.deprocess in ("book", "none"), "deprocess must be book or none"),
+            (self.deprocess in ("book", "none", "stretch"), "deprocess must be book, none or stretch"),
             (self.steps >= 0, "steps must be 0 or more"),
             (self.views >= 1, "views must be 1 or more"),
             (self.learning_rate == self.learning_rate and abs(self.learning_rate) != float("inf"),
