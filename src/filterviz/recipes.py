@@ -122,10 +122,11 @@ RECIPES: dict[str, Recipe] = {
                     learning_rate=0.05, pad=12, jitter=8, scales=LUCID_SCALES, angles=LUCID_ANGLES,
                     final_jitter=4, deprocess="none"),
     # MACO: only the phase is optimized, the magnitude is natural photos'; each step scores two random
-    # crops (half to all of the side, flipped at random, with noise) seen at 160 px; NAdam at 1.0.
+    # crops (half to all of the side, flipped at random, with noise) seen at 160 px; NAdam at 1.0;
+    # shown with its 1st-99th percentiles stretched to the full range, as MACO shows its images.
     "maco": Recipe(name="maco", parameterization="maco", size=224, steps=256, optimizer="nadam",
                    learning_rate=1.0, views=2, crop=(0.5, 1.0), flip=True, noise=3.2, view_size=160,
-                   deprocess="none"),
+                   deprocess="stretch"),
 }
 
 
