@@ -99,7 +99,7 @@ def main() -> None:
     peaks = {"fp32": conv_peak(torch.float32)}
     if "bf16" in precisions:
         peaks["bf16"] = conv_peak(torch.bfloat16)
-    print(f"conv peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    print("conv peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
     rows = []
     for layer in args.layers.split(","):
         index = int(model.resolve(layer).split(".")[1])

@@ -10,17 +10,20 @@ from torch import nn
 from conftest import TINY_SPEC, tiny_model
 from filterviz import render_filters
 from filterviz.errors import FilterIndexError, FilterVizError, InputSizeError
-from filterviz.objectives import ChannelObjective
+from filterviz.objectives import batch_scores, channel
 from filterviz.params import classic_start
-from filterviz.ascent import objective_gradient
 
 
 def test_gradient_matches_finite_differences():
     model = tiny_model(nn.Softplus)  # smooth, so central differences are accurate
     pixels = torch.as_tensor(classic_start(12, [0, 1], seed=3)).permute(0, 3, 1, 2).contiguous()
-    objective = ChannelObjective("features.5", [2, 5])
+    def objective(activations: torch.Tensor) -> torch.Tensor:  # image i is scored on its own channel
+        return batch_scores([channel("features.5", 2), channel("features.5", 5)], {"features.5": activations}, 1)
+
     with model.truncated("features.5") as run:
-        values, grad = objective_gradient(run, objective, pixels)
+        leaf = pixels.detach().requires_grad_(True)
+        values = objective(run(leaf))
+        (grad,) = torch.autograd.grad(values.sum(), leaf)
         rng = np.random.default_rng(0)
         for _ in range(12):
             n, c, y, x = (int(rng.integers(s)) for s in pixels.shape)

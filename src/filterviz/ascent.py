@@ -71,17 +71,6 @@ class FilterRender(Render):
         return self.score
 
 
-def objective_gradient(
-    run: Callable[[torch.Tensor], torch.Tensor], objective: Callable[[torch.Tensor], torch.Tensor],
-    pixels: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image objective values and their gradient with respect to the pixels."""
-    pixels = pixels.detach().requires_grad_(True)
-    values = objective(run(pixels))
-    (grad,) = torch.autograd.grad(values.sum(), pixels)
-    return values.detach(), grad
-
-
 def check_filters(filters: Iterable[int], channels: int, layer: str, model_name: str) -> None:
     """Raise FilterIndexError, naming the valid range, if a filter index is outside ``0..channels-1``.
 

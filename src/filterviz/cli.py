@@ -11,7 +11,6 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from pathlib import Path
 from typing import NoReturn
 
 from . import __version__

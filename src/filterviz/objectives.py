@@ -423,22 +423,3 @@ def parse_objective(text: str) -> Objective:
         part = -1.0 * part if sign == "-" else part
         total = part if total is None else total + part
     return total  # type: ignore[return-value]
-
-
-# The book's objective for a batch of filters, kept as the fast path of render_filters.
-@dataclass(frozen=True)
-class ChannelObjective:
-    """Mean activation of one channel (filter) per image: image ``i`` is scored on ``channels[i]``.
-
-    This is the book's loss, ``mean(layer_output[:, :, :, filter_index])``, for a whole batch at once;
-    each image's score depends only on that image, so batched and one-at-a-time ascents agree.
-    """
-
-    layer: str
-    channels: Sequence[int]
-
-    def __call__(self, activations: torch.Tensor) -> torch.Tensor:
-        index = torch.as_tensor(list(self.channels), device=activations.device)
-        rows = torch.arange(activations.shape[0], device=activations.device)
-        picked = activations[rows, index]  # (N, H, W) for conv layers, (N,) for linear ones
-        return picked.reshape(picked.shape[0], -1).mean(dim=1)
