@@ -11,6 +11,7 @@ ONNX graphs), which are always removed when the context ends.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -71,6 +72,18 @@ def call_name(name: str, call: int) -> str:
     return name if call == 1 else f"{name}{CALL_MARK}{call}"
 
 
+def outputs_by_call(events: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict[str, LayerOutput]:
+    """Probe events (name, kind, output shape), in the order the calls ended, as layers: one per
+    call (``name``, ``name#2``...), each knowing how often its module ran."""
+    totals = Counter(name for name, _, _ in events)
+    counts: Counter[str] = Counter()
+    layers: dict[str, LayerOutput] = {}
+    for name, kind, shape in events:
+        counts[name] += 1
+        layers[call_name(name, counts[name])] = LayerOutput(kind, shape, totals[name])
+    return layers
+
+
 class LayerGraph(Protocol):
     """How filterviz reaches inside a model: list its layers, probe their outputs, run up to one."""
 
@@ -122,15 +135,7 @@ class ModuleGraph:
         finally:
             for handle in handles:
                 handle.remove()
-        totals: dict[str, int] = {}
-        for name, _, _ in events:
-            totals[name] = totals.get(name, 0) + 1
-        seen: dict[str, LayerOutput] = {}
-        counts: dict[str, int] = {}
-        for name, kind, shape in events:
-            counts[name] = counts.get(name, 0) + 1
-            seen[call_name(name, counts[name])] = LayerOutput(kind, shape, totals[name])
-        return seen
+        return outputs_by_call(events)
 
     @contextmanager
     def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:

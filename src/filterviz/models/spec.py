@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -90,6 +91,18 @@ def _constants(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dty
     """Mean and std as (1, 3, 1, 1) tensors, made once per type and device rather than at every step."""
     return (torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1),
             torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1))
+
+
+def input_geometry(shape: Sequence[int | None], ambiguous_layout: str) -> dict[str, object]:
+    """Layout and sizes of an image input of shape (N, 3, H, W) or (N, H, W, 3), unknown sizes as None:
+    ``layout``, and ``default_size``/``fixed_size`` when H and W are known. ``ambiguous_layout`` decides
+    when axes 1 and 3 both, or neither, hold 3."""
+    first, last = shape[1] == 3, shape[3] == 3
+    layout = ambiguous_layout if first == last else ("NCHW" if first else "NHWC")
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if height and width:
+        return {"layout": layout, "default_size": int(height), "fixed_size": (int(height), int(width))}
+    return {"layout": layout}
 
 
 def file_spec(values: InputSpec | None, **geometry: object) -> InputSpec:

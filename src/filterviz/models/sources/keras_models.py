@@ -25,7 +25,7 @@ from ...errors import first_line
 from ...layers import ModuleGraph, closest_names
 from ..downloads import unreachable_reason
 from ..loaded import LoadedModel
-from ..spec import InputSpec, file_spec
+from ..spec import InputSpec, file_spec, input_geometry
 from ..weights import RANDOM_WEIGHTS
 from . import imagenet_categories, require
 
@@ -88,11 +88,7 @@ def _input_geometry(model: object) -> dict[str, object]:
     shape = tuple(model.inputs[0].shape)  # type: ignore[attr-defined]
     if len(shape) != 4:
         raise ModelFileError(f"filterviz needs a model that takes images (N, H, W, 3); this one takes {shape}")
-    layout = "NCHW" if shape[1] == 3 and shape[3] != 3 else "NHWC"
-    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    if height and width:
-        return {"layout": layout, "default_size": int(height), "fixed_size": (int(height), int(width))}
-    return {"layout": layout}
+    return input_geometry(shape, ambiguous_layout="NHWC")  # Keras's own default
 
 
 def wrap(model: object, name: str, spec: InputSpec, source: str, categories: tuple[str, ...] | None = None

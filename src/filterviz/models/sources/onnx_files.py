@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...errors import ModelFileError, first_line
 from ..loaded import LoadedModel
-from ..spec import InputSpec, file_spec
+from ..spec import InputSpec, file_spec, input_geometry
 from . import require
 
 # ONNX operators whose outputs are (N, C, H, W) whatever their input layout.
@@ -56,12 +56,7 @@ def _input_geometry(graph: object) -> dict[str, object]:
     if len(dims) != 4 or 3 not in (dims[1], dims[3]):
         raise ModelFileError(f"filterviz needs a model whose input is an image batch (N, 3, H, W) or (N, H, W, 3); "
                              f"this one takes {dims}")
-    layout = "NHWC" if dims[3] == 3 and dims[1] != 3 else "NCHW"
-    height, width = (dims[1], dims[2]) if layout == "NHWC" else (dims[2], dims[3])
-    geometry: dict[str, object] = {"layout": layout}
-    if height and width:
-        geometry.update(default_size=int(height), fixed_size=(int(height), int(width)))
-    return geometry
+    return input_geometry(dims, ambiguous_layout="NCHW")  # ONNX's own convolution layout
 
 
 def channel_axes(graph: object, input_layout: str) -> dict[str, int | None]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_line
-from ...layers import OUTPUT, LayerOutput, StopForward, call_name, split_call
+from ...layers import OUTPUT, LayerOutput, StopForward, call_name, outputs_by_call, split_call
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 
@@ -106,23 +106,15 @@ class ScriptGraph:
         return results[0] if len(results) == 1 else tuple(results)
 
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
-        events: list[tuple[str, tuple[int, ...]]] = []
+        events: list[tuple[str, str, tuple[int, ...]]] = []
 
         def seen(path: str, out: object) -> None:
-            events.append((path, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+            kind = self.kind(path) if path in self.modules else "?"
+            events.append((path, kind, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
 
         with torch.no_grad():
             self._call(self.root, "", "forward", [inputs], lambda _path: True, seen)
-        totals: dict[str, int] = {}
-        for path, _ in events:
-            totals[path] = totals.get(path, 0) + 1
-        counts: dict[str, int] = {}
-        result: dict[str, LayerOutput] = {}
-        for path, shape in events:
-            counts[path] = counts.get(path, 0) + 1
-            kind = self.kind(path) if path in self.modules else "?"
-            result[call_name(path, counts[path])] = LayerOutput(kind, shape, totals[path])
-        return result
+        return outputs_by_call(events)
 
     @contextmanager
     def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
