@@ -16,13 +16,11 @@ import numpy as np
 
 from .errors import OutputError, WeightsUnavailableError
 from .image import deprocess_image, make_grid, save_image
-from .layers import LayerInfo, split_call
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .ascent import FilterRender, render_filters
 
 __all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "run_demo"]
 
-ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish", "Sigmoid", "Tanh"}
 GRID_FILTERS = 64
 GRID_TILE = 64
 
@@ -42,15 +40,6 @@ def generate_pattern(
     return render.images[0]
 
 
-def _is_activation(model: LoadedModel, info: LayerInfo) -> bool:
-    """An activation layer, or a layer that ends in one (a Keras ``Conv2D(..., activation="relu")``)."""
-    if info.kind in ACTIVATIONS:
-        return True
-    module = getattr(model.graph, "modules", {}).get(split_call(info.name)[0])
-    activation = getattr(module, "activation", None)
-    return callable(activation) and getattr(activation, "__name__", "linear") != "linear"
-
-
 def book_layers(model: LoadedModel, count: int = 4) -> list[str]:
     """Layers comparable to the book's ``block1_conv1`` ... ``block4_conv1``: the first activation
     layer at each of the model's first ``count`` output strides (for VGG16, exactly those four).
@@ -58,7 +47,7 @@ def book_layers(model: LoadedModel, count: int = 4) -> list[str]:
     size = model.spec.default_size
     chosen: dict[int, str] = {}
     for info in model.layers(size):
-        if _is_activation(model, info) and info.height and size // info.height not in chosen:
+        if model.is_activation(info.name) and info.height and size // info.height not in chosen:
             chosen[size // info.height] = info.aliases[0] if info.aliases else info.name
     return [chosen[stride] for stride in sorted(chosen)][:count]
 

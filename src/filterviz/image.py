@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -90,16 +91,26 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an (H, W, 3) uint8 image atomically: a temporary file in the same folder, then a rename,
-    so an interrupted run never leaves a half-written file."""
-    target = check_writable(path)
-    pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+def png_bytes(image: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG file bytes (the same image always gives the same bytes)."""
+    stream = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(stream, format="PNG")
+    return stream.getvalue()
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then a rename, so an
+    interrupted run never leaves a half-written file. Text is written as UTF-8."""
+    target = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 is meant for secrets, not pictures
         with os.fdopen(fd, "wb") as stream:
-            pil.save(stream, format=Image.registered_extensions()[target.suffix.lower()])
+            stream.write(payload)
         os.replace(temp, target)
     except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
@@ -107,3 +118,12 @@ def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
             raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
         raise
     return target
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write an (H, W, 3) uint8 image atomically (see ``write_atomic``), in the format its suffix names."""
+    target = check_writable(path)
+    stream = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(
+        stream, format=Image.registered_extensions()[target.suffix.lower()])
+    return write_atomic(target, stream.getvalue())

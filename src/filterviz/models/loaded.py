@@ -14,6 +14,9 @@ from ..layers import OUTPUT, LayerGraph, LayerInfo, LayerOutput, ModuleGraph, re
 from .spec import InputSpec
 
 
+ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish", "Sigmoid", "Tanh"}
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """A network ready for feature visualization.
@@ -21,7 +24,7 @@ class LoadedModel:
     ``module`` is in eval mode with weights that never take gradients; ``spec`` converts RGB 0..255
     pixels to its input; ``aliases`` maps extra layer names (such as Keras's ``block3_conv1``) to
     module paths; ``categories`` names its output classes, when known; ``source`` says where the
-    weights came from.
+    weights came from; ``origin``, when set, loads the same model again (in another process).
     """
 
     name: str
@@ -32,6 +35,7 @@ class LoadedModel:
     source: str = ""
     graph: LayerGraph | None = field(default=None, repr=False)
     channels_last: frozenset[str] = frozenset()
+    origin: Callable[[], "LoadedModel"] | None = field(default=None, repr=False)
     _probes: dict[int, dict[str, LayerOutput] | str] = field(default_factory=dict, repr=False)
     _shapes: dict[tuple[str, int], tuple[tuple[int, ...] | None, str]] = field(default_factory=dict, repr=False)
 
@@ -134,6 +138,14 @@ class LoadedModel:
     def layer_kind(self, layer: str) -> str:
         """The class name of the module behind ``layer``."""
         return self.graph.kind(split_call(self.resolve(layer))[0])
+
+    def is_activation(self, layer: str) -> bool:
+        """Whether ``layer`` is an activation, or ends in one (a Keras ``Conv2D(..., activation="relu")``)."""
+        if self.layer_kind(layer) in ACTIVATIONS:
+            return True
+        module = getattr(self.graph, "modules", {}).get(split_call(self.resolve(layer))[0])
+        activation = getattr(module, "activation", None)
+        return callable(activation) and getattr(activation, "__name__", "linear") != "linear"
 
     def _shape_at(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
         """``path``'s output shape for one image of side ``size``, or None and why not (cached)."""

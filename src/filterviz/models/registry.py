@@ -10,6 +10,7 @@ A model is named by one of:
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -199,6 +200,10 @@ def load_model(
             loaded.spec = spec
         if name is not None:
             loaded.name = name
+        # How another process (a Ray worker) loads the same model: from the same name or file.
+        loaded.origin = functools.partial(
+            load_model, text, weights, "auto", spec=spec, preprocess=preprocess, name=name, arch=arch,
+            trust_pickle=trust_pickle, download_timeout=download_timeout)
     if preprocess is not None:
         loaded.spec = loaded.spec.with_preset(preprocess)
     loaded.module.to(target)
