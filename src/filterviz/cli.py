@@ -286,6 +286,29 @@ def _cmd_grid(args: argparse.Namespace) -> None:
         _say(f"wrote {args.output} ({len(filters)} filters of {args.layer})")
 
 
+def _cmd_atlas(args: argparse.Namespace) -> None:
+    from .atlas import LocalExecutor, RayExecutor, build_atlas
+
+    if args.executor != "ray" and (args.address or args.gpus_per_task):
+        raise FilterVizError("--address and --gpus-per-task go with --executor ray")
+    recipe = _recipe(args)
+    layers = [name.strip() for text in args.layers or [] for name in text.split(",") if name.strip()]
+    filters = [index for indices in parse_filters(args.filters) for index in indices] if args.filters else None
+    executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
+                else LocalExecutor())
+    if args.executor == "ray":
+        from .models.sources import require
+
+        require("ray", "ray", "atlases with --executor ray")  # before the model is loaded
+    model = _load(args)
+    summary = build_atlas(model, args.out, layers=layers or None, filters=filters, recipe=recipe,
+                          seed=0 if args.seed is None else args.seed, images=args.images, top_k=args.top_k,
+                          executor=executor, chunk_size=args.chunk_size, precision=args.precision,
+                          progress=not args.quiet, size=args.size)
+    if not args.quiet:
+        _say(str(summary))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     model = _load(args) if args.model else None
     figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
@@ -315,14 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled whole-model file; unpickling runs code from it")
 
-    ascent = _Parser(add_help=False)
-    ascent.add_argument("--steps", type=int, help="ascent steps (default: the recipe's; 40 for classic)")
-    ascent.add_argument("--step", "--learning-rate", "--lr", type=_finite, dest="step",
+    optimize = _Parser(add_help=False)  # what every rendering command takes
+    optimize.add_argument("--steps", type=int, help="ascent steps (default: the recipe's; 40 for classic)")
+    optimize.add_argument("--step", "--learning-rate", "--lr", type=_finite, dest="step",
                         help="step size or learning rate (default: the recipe's; 1.0 for classic)")
-    ascent.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
-    ascent.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    optimize.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
+    optimize.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
                              "or auto (bf16 or fp16 on GPUs; fp32 on CPUs, where bf16 measured slower)")
+    ascent = _Parser(add_help=False, parents=[optimize])
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                         help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
 
@@ -373,6 +397,30 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
     _add_recipe_options(grid)
     grid.set_defaults(run=_cmd_grid)
+
+    atlas = commands.add_parser(
+        "atlas", parents=[common, optimize], help="a browsable site of every filter of a model",
+        description="Render every filter of a model's layers into a static site (index, a page per layer and per "
+                    "filter), with the dataset images that excite each filter most. Running the same command "
+                    "again continues an interrupted atlas; a changed option redoes only what it changes.")
+    atlas.add_argument("model")
+    atlas.add_argument("-o", "--out", required=True, help="folder to write the site into")
+    atlas.add_argument("--layers", action="append", metavar="NAMES",
+                       help="comma-separated layers (default: every conv layer, or every block's output)")
+    atlas.add_argument("--filters", help="only these filters of each layer, e.g. 0-15 (default: all)")
+    atlas.add_argument("--size", type=_positive,
+                       help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
+    atlas.add_argument("--images", metavar="FOLDER", help="show each filter's top images from this folder")
+    atlas.add_argument("--top-k", type=_positive, default=8, help="dataset examples per filter (default 8)")
+    atlas.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="where renders run: here (default) or on a Ray cluster (pip install 'filterviz[ray]')")
+    atlas.add_argument("--address", help="with --executor ray: the cluster's address, e.g. auto or "
+                                         "ray://HOST:10001 (default: start Ray on this machine)")
+    atlas.add_argument("--gpus-per-task", type=float, default=0, help="with --executor ray: GPUs per render task")
+    atlas.add_argument("--chunk-size", type=_positive, default=16,
+                       help="filters rendered together as one task and batch (default 16)")
+    _add_recipe_options(atlas)
+    atlas.set_defaults(run=_cmd_atlas)
 
     demo = commands.add_parser("demo", parents=[common], help="the book's figures: vggconv1..4.png and a grid")
     demo.add_argument("-o", "--output", default="out", help="folder to write into (default out)")

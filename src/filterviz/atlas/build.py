@@ -1,0 +1,311 @@
+"""Building an atlas: render every chosen filter, find dataset examples, write the site; resumable.
+
+Work is done in steps whose results are recorded in the manifest only after their files are complete,
+so a run killed at any moment and started again does only what is missing, and ends with the same
+files as an uninterrupted run. What each step depends on (model weights, recipe, seed, precision, the
+image folder) is fingerprinted; a change redoes exactly the steps that depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import FilterVizError, OutputError
+from ..image import png_bytes, write_atomic
+from ..models.loaded import LoadedModel
+from ..recipes import Recipe, get_recipe
+from .examples import TopK, crop_box, folder_fingerprint, list_images, load_square, pack, receptive_field, scan_images, unpack
+from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
+from .manifest import Example, Manifest, Unit
+from .selection import AtlasLayer, atlas_layers, default_layers
+from .site import SiteInfo, SiteLayer, source_image, unit_image, write_site
+
+MANIFEST = "manifest.sqlite"
+CHECKPOINT_SECONDS = 30.0  # how often a dataset scan in progress is saved
+MIN_CROP = 16  # px: smaller receptive fields are shown with some context around them
+
+
+@dataclass(frozen=True)
+class AtlasSummary:
+    """What ``build_atlas`` did."""
+
+    out: Path
+    model: str
+    layers: int
+    units: int
+    rendered: int  # in this run; the rest were already done
+    dead: int
+    images: int  # dataset images scanned in this run
+    examples: int  # dataset examples in the atlas
+    seconds: float
+
+    def __str__(self) -> str:
+        minutes, seconds = divmod(round(self.seconds), 60)
+        reused = self.units - self.rendered
+        return (f"atlas of {self.model}: {self.units} filters in {self.layers} layers ({self.rendered} rendered now, "
+                f"{reused} already done), {self.dead} dead; "
+                + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
+                + f"{minutes}m{seconds:02d}s; open {self.out / 'index.html'}")
+
+
+def model_fingerprint(model: LoadedModel) -> str:
+    """Changes with the architecture, the weights or the input spec (not with the model's name)."""
+    digest = hashlib.sha256(repr(model.module).encode())
+    digest.update(repr(model.spec).encode())
+    for name, tensor in model.module.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _recipe_fields(recipe: Recipe) -> dict[str, Any]:
+    fields = asdict(recipe)
+    fields.pop("name")  # a name changes no pixel
+    return fields
+
+
+def _chunks(filters: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:
+    """Filters grouped by ``index // chunk_size``: a filter's batch never depends on what is done."""
+    groups: dict[int, list[int]] = {}
+    for index in filters:
+        groups.setdefault(index // chunk_size, []).append(index)
+    return [tuple(group) for _, group in sorted(groups.items())]
+
+
+def _is_done(out: Path, unit: Unit | None, fingerprint: str) -> bool:
+    if unit is None or unit.fingerprint != fingerprint:
+        return False
+    path = out / unit.file
+    return path.is_file() and path.stat().st_size == unit.bytes
+
+
+def build_atlas(
+    model: LoadedModel,
+    out: str | os.PathLike[str],
+    *,
+    layers: Sequence[str] | None = None,
+    filters: Sequence[int] | None = None,
+    recipe: Recipe | str = "classic",
+    seed: int = 0,
+    images: str | os.PathLike[str] | None = None,
+    top_k: int = 8,
+    executor: Executor | None = None,
+    chunk_size: int = 16,
+    precision: str = "fp32",
+    scan_batch_size: int = 16,
+    progress: bool = False,
+    **overrides: Any,
+) -> AtlasSummary:
+    """Render every filter of ``layers`` (default: ``default_layers``) into a static site in ``out``.
+
+    ``filters`` limits each layer to those indices (beyond a layer's channels they are skipped).
+    ``images``: a folder whose ``top_k`` most exciting images per filter are shown beside it.
+    ``executor``: where the renders run (default ``LocalExecutor``; ``RayExecutor`` for a cluster);
+    tasks are ``chunk_size`` filters of one layer, each rendered as one batch. ``overrides`` change
+    recipe fields (``size=``, ``steps=``...). Running again with the same arguments continues an
+    interrupted atlas; with other arguments, it redoes only what they change.
+    """
+    started = time.monotonic()
+    chosen = get_recipe(recipe, **overrides)
+    side = chosen.size or (model.spec.fixed_size[0] if model.spec.fixed_size else 150)
+    chosen = chosen.replace(size=side)
+    if chunk_size < 1 or top_k < 1 or scan_batch_size < 1:
+        raise FilterVizError("chunk size, top-k and scan batch size must be 1 or more")
+    names = list(layers) if layers else default_layers(model, side)
+    if not names:
+        raise FilterVizError(f"{model.name} has no convolution layers to show; name layers with --layers")
+    atlas = atlas_layers(model, names, side)
+    wanted = {layer.name: [k for k in (filters if filters is not None else range(layer.channels))
+                           if 0 <= k < layer.channels] for layer in atlas}
+    empty = [name for name, chosen_filters in wanted.items() if not chosen_filters]
+    if empty:
+        raise FilterVizError(f"no filters to show in layer {empty[0]} ({model.layer_info(empty[0], side).channels} "
+                             "channels); choose filters that it has")
+    files = list_images(images) if images is not None else []
+    root = Path(out)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
+    if not os.access(root, os.W_OK):
+        raise OutputError(f"cannot write into folder {str(root)!r}")
+
+    manifest = Manifest(root / MANIFEST)
+    try:
+        fingerprint = model_fingerprint(model)
+        settings = RenderSettings(chosen, seed, precision)
+        rendered = _render_units(model, root, manifest, atlas, wanted, fingerprint, settings,
+                                 executor or LocalExecutor(), chunk_size, progress)
+        scanned = 0
+        if images is not None:
+            scanned = _dataset_examples(model, root, manifest, atlas, Path(images), files, fingerprint, side,
+                                        top_k, scan_batch_size, progress)
+        manifest.keep_only({(layer.name, k) for layer in atlas for k in wanted[layer.name]},
+                           {layer.name for layer in atlas} if images is not None else set())
+        units = manifest.units()
+        site_layers = []
+        for layer in atlas:
+            examples: dict[int, list[Example]] = {}
+            for example in manifest.examples(layer.name) if images is not None else []:
+                examples.setdefault(example.filter, []).append(example)
+            site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in wanted[layer.name]}, examples))
+        info = SiteInfo(model.name, chosen, seed, side, Path(images).name if images is not None else None,
+                        len(files), top_k)
+        pages = write_site(root, info, site_layers)
+        keep = pages | {unit.file for layer in site_layers for unit in layer.units.values()}
+        for layer in site_layers:
+            for examples in layer.examples.values():
+                keep |= {e.file for e in examples} | {source_image(e.image) for e in examples}
+        _prune(root, keep)
+        all_units = [unit for layer in site_layers for unit in layer.units.values()]
+        return AtlasSummary(root, model.name, len(atlas), len(all_units), rendered, sum(u.dead for u in all_units),
+                            scanned, sum(len(e) for layer in site_layers for e in layer.examples.values()),
+                            time.monotonic() - started)
+    finally:
+        manifest.close()
+
+
+def _render_units(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer],
+                  wanted: dict[str, list[int]], fingerprint: str, settings: RenderSettings, executor: Executor,
+                  chunk_size: int, progress: bool) -> int:
+    """Render what is missing or stale; returns how many filters were rendered."""
+    done = manifest.units()
+    recipe = _recipe_fields(settings.recipe)
+    tasks: list[RenderTask] = []
+    by_path = {layer.path: layer for layer in atlas}
+    layer_fingerprints = {}
+    total = 0
+    for layer in atlas:
+        layer_fingerprints[layer.path] = _hash(fingerprint, recipe, settings.seed, settings.precision, layer.path)
+        for chunk in _chunks(wanted[layer.name], chunk_size):
+            total += len(chunk)
+            if not all(_is_done(root, done.get((layer.name, k)), layer_fingerprints[layer.path]) for k in chunk):
+                tasks.append(RenderTask(layer.path, chunk))
+    pending = sum(len(task.filters) for task in tasks)
+    bar = tqdm(total=total, initial=total - pending, desc=f"atlas {model.name}", unit="filter", smoothing=0.1,
+               disable=None if progress else True)
+    with bar:
+        for result in executor.run(model, tasks, settings):
+            _store(root, manifest, by_path[result.task.layer], result, layer_fingerprints[result.task.layer])
+            bar.update(len(result.task.filters))
+    return pending
+
+
+def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult, fingerprint: str) -> None:
+    """Write a task's images, then (and only then) record them."""
+    (root / "img" / layer.slug).mkdir(parents=True, exist_ok=True)
+    units = []
+    for k, data, start, score, dead in zip(result.task.filters, result.pngs, result.start_scores, result.scores,
+                                           result.dead):
+        relative = unit_image(layer, k)
+        write_atomic(root / relative, data)
+        units.append(Unit(layer.name, k, fingerprint, relative, len(data), hashlib.sha256(data).hexdigest(),
+                          start, score, dead))
+    manifest.put_units(units)
+
+
+def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer], folder: Path,
+                      files: list[Path], fingerprint: str, side: int, top_k: int, batch_size: int,
+                      progress: bool) -> int:
+    """Find the top-k dataset examples of every filter of the layers whose examples are missing or
+    stale, in one pass over ``files``; returns how many images were scanned."""
+    contents = folder_fingerprint(folder, files)
+    wanted = {layer.path: _hash(fingerprint, contents, side, top_k, batch_size, layer.path) for layer in atlas}
+    stored = manifest.example_fingerprints()
+    todo = [layer for layer in atlas if stored.get(layer.name) != wanted[layer.path]]
+    if not todo:
+        return 0
+    scan = _hash(sorted(wanted[layer.path] for layer in todo))
+    saved = manifest.scan_checkpoint(scan)
+    state = (saved[0], unpack(saved[1])) if saved else None
+    first = state[0] if state else 0
+    last_save = time.monotonic()
+
+    def checkpoint(next_image: int, tops: dict[str, TopK]) -> None:
+        nonlocal last_save
+        bar.update(next_image - bar.n)
+        if next_image == len(files) or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+            manifest.put_scan_checkpoint(scan, next_image, pack(tops))
+            last_save = time.monotonic()
+
+    with tqdm(total=len(files), initial=first, desc="dataset examples", unit="image",
+              disable=None if progress else True) as bar:
+        tops = scan_images(model, [layer.path for layer in todo], files, side, top_k, batch_size=batch_size,
+                           state=state, on_batch=checkpoint)
+    examples = _write_examples(model, root, folder, files, todo, tops, side)
+    manifest.put_examples({layer.name: wanted[layer.path] for layer in todo}, examples, scan)
+    return len(files) - first
+
+
+def _write_examples(model: LoadedModel, root: Path, folder: Path, files: list[Path], layers: list[AtlasLayer],
+                    tops: dict[str, TopK], side: int) -> list[Example]:
+    """Cut each example's crop, and write a small copy of every image used; returns the examples."""
+    boxes: dict[int, list[tuple[AtlasLayer, int, int, float, tuple[int, int, int]]]] = {}
+    for layer in layers:
+        top = tops[layer.path]
+        field = max(receptive_field(model, layer.path, side), min(MIN_CROP, side))
+        grid = (layer.height, layer.width) if layer.height is not None else None
+        for k in range(layer.channels):
+            for rank in range(top.k):
+                image = int(top.images[k, rank])
+                if image < 0:
+                    continue
+                box = crop_box(int(top.ys[k, rank]), int(top.xs[k, rank]), grid, field, side)
+                boxes.setdefault(image, []).append((layer, k, rank, float(top.values[k, rank]), box))
+    examples = []
+    for image, uses in sorted(boxes.items()):
+        pixels = load_square(files[image], side)
+        name = files[image].relative_to(folder).as_posix()
+        copy = root / source_image(name)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        stream = _jpeg(pixels)
+        write_atomic(copy, stream)
+        for layer, k, rank, value, (top_px, left, crop) in uses:
+            relative = f"examples/{layer.slug}/{k}-{rank}.png"
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(root / relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
+            examples.append(Example(layer.name, k, rank, name, value, top_px, left, crop, relative))
+    return examples
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    import io
+
+    stream = io.BytesIO()
+    Image.fromarray(pixels).save(stream, format="JPEG", quality=90)
+    return stream.getvalue()
+
+
+def _prune(root: Path, keep: set[str]) -> None:
+    """Remove files the atlas no longer shows (other layers, filters or images) and temporary files
+    left by a killed run, so that the folder holds what a clean run would write."""
+    for folder in ("img", "layers", "filters", "examples"):
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*"), reverse=True):  # files before their folders
+            if path.is_file() and path.relative_to(root).as_posix() not in keep:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    for path in root.glob(".*.part"):
+        path.unlink()
+
+

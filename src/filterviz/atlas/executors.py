@@ -1,0 +1,147 @@
+"""Executors: where an atlas's render tasks run. ``LocalExecutor`` runs them here, one after another;
+``RayExecutor`` spreads them over a Ray cluster. Either way a task is a chunk of filters of one layer,
+rendered as one batch, and comes back as PNG bytes: only the caller writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..ascent import render_filters
+from ..errors import FilterVizError, first_line
+from ..image import png_bytes
+from ..models.loaded import LoadedModel
+from ..recipes import Recipe
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """Filters of one layer (its path) to render as one batch."""
+
+    layer: str
+    filters: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What every task renders with. The batch of a task is always the task's filters, so a result
+    never depends on where it ran or what else was running."""
+
+    recipe: Recipe
+    seed: int
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: RenderTask
+    pngs: tuple[bytes, ...]
+    start_scores: tuple[float, ...]
+    scores: tuple[float, ...]
+    dead: tuple[bool, ...]
+
+
+def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> TaskResult:
+    """Render one task's filters (keys are the filter indices, so each image depends on its seed and
+    filter alone)."""
+    result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
+                            precision=settings.precision, batch_size=len(task.filters))
+    return TaskResult(task, tuple(png_bytes(image) for image in result.images),
+                      tuple(float(s) for s in result.start_score), tuple(float(s) for s in result.score),
+                      tuple(bool(d) for d in result.dead))
+
+
+class Executor(Protocol):
+    """Runs render tasks and yields their results as they finish (in any order)."""
+
+    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+        ...
+
+
+class LocalExecutor:
+    """Runs the tasks in this process, in order."""
+
+    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+        for task in tasks:
+            yield run_task(model, task, settings)
+
+
+# A Ray worker keeps the models it was sent, by object id, for the tasks that follow.
+_worker_models: dict[str, LoadedModel] = {}
+
+
+def _ray_run_task(boxed_model: list[Any], task: RenderTask, settings: RenderSettings) -> TaskResult:
+    import ray
+
+    from ..models.registry import resolve_device
+
+    reference = boxed_model[0]  # boxed, so that Ray hands over the reference, not a fresh copy per task
+    key = reference.hex()
+    if key not in _worker_models:
+        shipped = ray.get(reference)
+        model = shipped if isinstance(shipped, LoadedModel) else shipped()
+        model.module.to(resolve_device("auto"))
+        _worker_models.clear()
+        _worker_models[key] = model
+    return run_task(_worker_models[key], task, settings)
+
+
+class RayExecutor:
+    """Runs tasks on a Ray cluster: ``address`` of a running cluster (``"auto"``, ``"ray://host:10001"``),
+    or None to start Ray on this machine. A task whose worker dies is run again, up to ``max_retries``
+    times. The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
+    each worker from its name or file instead, which must then be reachable from every node.
+    """
+
+    def __init__(self, address: str | None = None, *, max_retries: int = 3, cpus_per_task: float = 1,
+                 gpus_per_task: float = 0, init_options: dict[str, Any] | None = None) -> None:
+        self.address = address
+        self.max_retries = max_retries
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.init_options = init_options or {}
+
+    def _ship(self, ray: Any, model: LoadedModel) -> Any:
+        try:
+            return ray.put(model)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            if model.origin is None:
+                raise FilterVizError(f"model {model.name} cannot be sent to Ray workers ({first_line(exc)}); "
+                                     "load it from a name or a file so that workers can load it too") from None
+            return ray.put(model.origin)
+
+    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+        from ..models.sources import require
+
+        ray = require("ray", "ray", "atlases with --executor ray")
+        started = not ray.is_initialized()
+        if started:
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
+                         log_to_driver=False, **self.init_options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise FilterVizError(f"cannot reach the Ray cluster at {self.address}: {first_line(exc)}; "
+                                     "start one with `ray start --head`") from None
+        pending: dict[Any, RenderTask] = {}
+        try:
+            remote = ray.remote(max_retries=self.max_retries, num_cpus=self.cpus_per_task,
+                                num_gpus=self.gpus_per_task)(_ray_run_task)
+            boxed = [self._ship(ray, model)]
+            pending = {remote.remote(boxed, task, settings): task for task in tasks}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for reference in done:
+                    task = pending.pop(reference)
+                    try:
+                        yield ray.get(reference)
+                    except ray.exceptions.RayError as exc:
+                        raise FilterVizError(
+                            f"rendering filters {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray "
+                            f"after {self.max_retries} retries: {first_line(exc)}") from None
+        finally:
+            for reference in pending:  # left over when the caller stopped early
+                ray.cancel(reference, force=True)
+            if started:
+                ray.shutdown()

@@ -1,0 +1,131 @@
+"""The atlas manifest: what has been rendered and computed, in SQLite, one transaction per step.
+
+A row is written only after the files it names are complete on disk, so after a crash at any moment
+the manifest never claims a file that is missing or stale. Every row carries the fingerprint of what
+produced it (model, recipe, seed...); a row with another fingerprint is work to redo.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    layer TEXT NOT NULL, filter INTEGER NOT NULL, fingerprint TEXT NOT NULL, file TEXT NOT NULL,
+    bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, start_score REAL NOT NULL, score REAL NOT NULL,
+    dead INTEGER NOT NULL, PRIMARY KEY (layer, filter));
+CREATE TABLE IF NOT EXISTS examples (
+    layer TEXT NOT NULL, filter INTEGER NOT NULL, rank INTEGER NOT NULL, image TEXT NOT NULL,
+    value REAL NOT NULL, top INTEGER NOT NULL, left INTEGER NOT NULL, side INTEGER NOT NULL,
+    file TEXT NOT NULL, PRIMARY KEY (layer, filter, rank));
+CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One rendered filter, as the manifest records it."""
+
+    layer: str
+    filter: int
+    fingerprint: str
+    file: str
+    bytes: int
+    sha256: str
+    start_score: float
+    score: float
+    dead: bool
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dataset example of a filter: the ``rank``-th most exciting image, its activation ``value``
+    and the square crop (``top``, ``left``, ``side`` in the image's pixels) around where it peaked."""
+
+    layer: str
+    filter: int
+    rank: int
+    image: str
+    value: float
+    top: int
+    left: int
+    side: int
+    file: str
+
+
+class Manifest:
+    """The SQLite manifest of one atlas folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.connection = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All statements inside happen together or, after a crash, not at all."""
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    def units(self) -> dict[tuple[str, int], Unit]:
+        rows = self.connection.execute("SELECT * FROM units")
+        return {(row[0], row[1]): Unit(*row[:8], bool(row[8])) for row in rows}
+
+    def put_units(self, units: Iterable[Unit]) -> None:
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(u.layer, u.filter, u.fingerprint, u.file, u.bytes, u.sha256, u.start_score,
+                              u.score, int(u.dead)) for u in units])
+
+    def examples(self, layer: str | None = None) -> list[Example]:
+        query = "SELECT * FROM examples" + (" WHERE layer = ?" if layer else "") + " ORDER BY layer, filter, rank"
+        return [Example(*row) for row in self.connection.execute(query, (layer,) if layer else ())]
+
+    def example_fingerprints(self) -> dict[str, str]:
+        return dict(self.connection.execute("SELECT layer, fingerprint FROM example_layers"))
+
+    def put_examples(self, fingerprints: dict[str, str], examples: Sequence[Example], scan: str) -> None:
+        """Replace the examples of the given layers, and drop the finished scan's checkpoint."""
+        with self.transaction() as sql:
+            for layer, fingerprint in fingerprints.items():
+                sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                sql.execute("INSERT OR REPLACE INTO example_layers VALUES (?, ?)", (layer, fingerprint))
+            sql.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(e.layer, e.filter, e.rank, e.image, e.value, e.top, e.left, e.side, e.file)
+                             for e in examples])
+            sql.execute("DELETE FROM scan WHERE fingerprint = ?", (scan,))
+
+    def scan_checkpoint(self, fingerprint: str) -> tuple[int, bytes] | None:
+        row = self.connection.execute("SELECT next_image, state FROM scan WHERE fingerprint = ?",
+                                      (fingerprint,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put_scan_checkpoint(self, fingerprint: str, next_image: int, state: bytes) -> None:
+        with self.transaction() as sql:
+            sql.execute("DELETE FROM scan")  # only the scan in progress is worth resuming
+            sql.execute("INSERT INTO scan VALUES (?, ?, ?)", (fingerprint, next_image, state))
+
+    def keep_only(self, units: set[tuple[str, int]], example_layers: set[str]) -> None:
+        """Forget units and examples outside the atlas as now chosen."""
+        with self.transaction() as sql:
+            stale = [key for key in sql.execute("SELECT layer, filter FROM units") if tuple(key) not in units]
+            sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", stale)
+            for (layer,) in list(sql.execute("SELECT layer FROM example_layers")):
+                if layer not in example_layers:
+                    sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                    sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))

@@ -1,0 +1,84 @@
+"""Which layers an atlas shows by default, and the names and file names it shows them by."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..layers import LayerInfo, split_call
+from ..models.loaded import ACTIVATIONS, LoadedModel
+
+# Layers that finish a convolution: its norm and activation.
+_FOLLOWERS = {"BatchNorm2d", "BatchNormalization", "GroupNorm", "LayerNorm2d", "InstanceNorm2d", *ACTIVATIONS}
+
+
+@dataclass(frozen=True)
+class AtlasLayer:
+    """A layer in an atlas: shown by ``name`` (its alias when it has one), run by ``path``, its files
+    under ``slug`` (safe in file names and URLs)."""
+
+    name: str
+    path: str
+    kind: str
+    channels: int
+    height: int | None
+    width: int | None
+    slug: str
+
+
+def _is_conv(info: LayerInfo, module: nn.Module | None) -> bool:
+    leaf = module is None or next(module.children(), None) is None
+    return leaf and info.height is not None and "conv" in info.kind.lower()
+
+
+def _blocks(modules: dict[str, nn.Module]) -> list[str]:
+    """Items of a Sequential or ModuleList that contain convolutions, innermost only (ResNet's
+    ``layer1.0``, EfficientNet's ``blocks.3``, ConvNeXt's ``stages.0.blocks.1``)."""
+    found = []
+    for name, module in modules.items():
+        parent_name, _, item = name.rpartition(".")
+        parent = modules.get(parent_name) if parent_name else None
+        if (item.isdigit() and isinstance(parent, (nn.Sequential, nn.ModuleList))
+                and next(module.children(), None) is not None
+                and any("conv" in type(m).__name__.lower() for m in module.modules())):
+            found.append(name)
+    return [name for name in found if not any(other.startswith(name + ".") for other in found)]
+
+
+def default_layers(model: LoadedModel, size: int) -> list[str]:
+    """Every convolution layer (each seen after its norm and activation, as Keras's ``Conv2D(...,
+    activation=...)`` is), or for models built of blocks, every block's output plus the convolutions
+    outside blocks (a stem, a head). Names are aliases where the model has them."""
+    infos = model.layers(size)
+    modules: dict[str, nn.Module] = getattr(model.graph, "modules", {}) or {}
+    blocks = set(_blocks(modules)) if all(isinstance(m, nn.Module) for m in modules.values()) else set()
+    chosen: list[LayerInfo] = []
+    for index, info in enumerate(infos):
+        base, call = split_call(info.name)
+        if call > 1 or info.height is None:
+            continue
+        if base in blocks:
+            chosen.append(info)
+        elif _is_conv(info, modules.get(base)) and not any(base.startswith(b + ".") for b in blocks):
+            follow = index  # the conv's norm and activation, when they come right after it
+            while (follow + 1 < len(infos) and infos[follow + 1].kind in _FOLLOWERS
+                   and (infos[follow + 1].height, infos[follow + 1].channels) == (info.height, info.channels)):
+                follow += 1
+            chosen.append(infos[follow])
+    return [info.aliases[0] if info.aliases else info.name for info in chosen]
+
+
+def atlas_layers(model: LoadedModel, names: list[str], size: int) -> list[AtlasLayer]:
+    """The named layers (aliases or paths) as AtlasLayers, in the order given, with distinct slugs."""
+    layers, slugs = [], set()
+    for name in names:
+        info = model.layer_info(name, size)
+        slug = base = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "layer"
+        number = 2
+        while slug.lower() in slugs:  # case-insensitive file systems too
+            slug, number = f"{base}-{number}", number + 1
+        slugs.add(slug.lower())
+        layers.append(AtlasLayer(name, info.name, info.kind, info.channels, info.height, info.width, slug))
+    return layers

@@ -1,0 +1,217 @@
+"""The atlas as a static site: an index of layers, a page per layer, a page per filter.
+
+Plain HTML and one style sheet with relative links, so it works opened from disk (file://) and from
+any static web server. Images below the fold load lazily, with their sizes given up front so that a
+512-filter grid lays out at once. Pages hold nothing that changes from run to run (no times), so the
+same atlas always has the same bytes.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..image import write_atomic
+from ..recipes import Recipe
+from .manifest import Example, Unit
+from .selection import AtlasLayer
+
+STYLE = """\
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem;
+       color: #1d1d1f; background: #fafafa; }
+a { color: #0b57d0; text-decoration: none; }
+a:hover { text-decoration: underline; }
+nav { font-size: 0.9rem; margin-bottom: 0.5rem; }
+h1 { font-size: 1.5rem; margin: 0.3rem 0 0.5rem; }
+h2 { font-size: 1.1rem; margin: 1.5rem 0 0.5rem; }
+.meta { color: #555; }
+table.layers { border-collapse: collapse; width: 100%; }
+table.layers td, table.layers th { padding: 6px 8px; border-bottom: 1px solid #e3e3e3; text-align: left;
+                                   vertical-align: middle; }
+.strip img { width: 48px; height: 48px; margin-right: 2px; }
+.grid { display: flex; flex-wrap: wrap; gap: 8px; }
+.grid figure { margin: 0; text-align: center; font-size: 0.8rem; color: #555; }
+.grid img { width: 96px; height: 96px; display: block; }
+.dead img { opacity: 0.35; }
+.dead figcaption { color: #b3261e; }
+.unit { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
+.unit > img { width: min(448px, 90vw); height: auto; image-rendering: pixelated; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 0; }
+dt { color: #555; }
+dd { margin: 0; }
+.examples { display: flex; flex-wrap: wrap; gap: 14px; }
+.examples figure { margin: 0; width: 128px; font-size: 0.78rem; color: #444; }
+.examples .crop { width: 128px; height: 128px; image-rendering: pixelated; display: block; }
+.where { position: relative; width: 64px; height: 64px; margin-top: 4px; }
+.where img { width: 64px; height: 64px; display: block; }
+.where span { position: absolute; border: 2px solid #e8710a; box-sizing: border-box; }
+table.recipe td { padding: 0 10px 0 0; font-family: ui-monospace, monospace; font-size: 0.8rem; }
+"""
+
+
+@dataclass
+class SiteLayer:
+    """One layer's content: its rendered units by filter, and dataset examples by filter."""
+
+    layer: AtlasLayer
+    units: dict[int, Unit]
+    examples: dict[int, list[Example]] = field(default_factory=dict)
+
+
+@dataclass
+class SiteInfo:
+    """What the whole atlas shows, for the pages' headers."""
+
+    model: str
+    recipe: Recipe
+    seed: int
+    size: int
+    images: str | None = None  # the dataset folder's name, when there are examples
+    image_count: int = 0
+    top_k: int = 0
+
+
+def layer_page(layer: AtlasLayer) -> str:
+    return f"layers/{layer.slug}.html"
+
+
+def filter_page(layer: AtlasLayer, index: int) -> str:
+    return f"filters/{layer.slug}/{index}.html"
+
+
+def unit_image(layer: AtlasLayer, index: int) -> str:
+    return f"img/{layer.slug}/{index}.png"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _page(title: str, depth: int, body: str) -> str:
+    up = "../" * depth
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{_e(title)}</title>\n<link rel=\"stylesheet\" href=\"{up}style.css\">\n</head>\n"
+            f"<body>\n{body}</body>\n</html>\n")
+
+
+def _score(unit: Unit) -> str:
+    return f"{unit.start_score:.4g} → {unit.score:.4g}"
+
+
+def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
+    rows = []
+    for site_layer in layers:
+        layer = site_layer.layer
+        strip = "".join(
+            f'<a href="{_e(filter_page(layer, k))}"><img loading="lazy" src="{_e(unit_image(layer, k))}" '
+            f'width="48" height="48" alt="filter {k}"></a>' for k in sorted(site_layer.units)[:8])
+        dead = sum(unit.dead for unit in site_layer.units.values())
+        spatial = "-" if layer.height is None else f"{layer.height}×{layer.width}"
+        rows.append(f'<tr><td><a href="{_e(layer_page(layer))}">{_e(layer.name)}</a></td><td>{_e(layer.kind)}</td>'
+                    f"<td>{layer.channels}</td><td>{spatial}</td><td>{dead}</td>"
+                    f'<td class="strip">{strip}</td></tr>')
+    units = sum(len(site_layer.units) for site_layer in layers)
+    body = (f"<h1>{_e(info.model)}</h1>\n<p class=\"meta\">{len(layers)} layers, {units} filters, recipe "
+            f"{_e(info.recipe.name)} at {info.size} px, seed {info.seed}"
+            + (f"; dataset examples: the top {info.top_k} of {info.image_count} images in {_e(info.images)}"
+               if info.images else "") + "</p>\n"
+            "<table class=\"layers\">\n<tr><th>layer</th><th>kind</th><th>channels</th><th>size</th>"
+            "<th>dead</th><th>filters</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
+    return _page(f"{info.model}: atlas", 0, body)
+
+
+def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
+    layer = site_layer.layer
+    cells = []
+    for k, unit in sorted(site_layer.units.items()):
+        mark = ' class="dead"' if unit.dead else ""
+        cells.append(f'<figure{mark}><a href="../{_e(filter_page(layer, k))}">'
+                     f'<img loading="lazy" decoding="async" src="../{_e(unit_image(layer, k))}" width="96" '
+                     f'height="96" alt="filter {k}"></a><figcaption>{k}{" (dead)" if unit.dead else ""}'
+                     "</figcaption></figure>")
+    body = (f'<nav><a href="../index.html">{_e(info.model)}</a> › {_e(layer.name)}</nav>\n'
+            f"<h1>{_e(layer.name)}</h1>\n<p class=\"meta\">{_e(layer.kind)}, {layer.channels} channels"
+            + ("" if layer.height is None else f", {layer.height}×{layer.width} at {info.size} px")
+            + (f" (module {_e(layer.path)})" if layer.path != layer.name else "") + "</p>\n"
+            "<div class=\"grid\">\n" + "\n".join(cells) + "\n</div>\n")
+    return _page(f"{layer.name} · {info.model}", 1, body)
+
+
+def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
+    if not examples:
+        return ""
+    figures = []
+    for example in examples:
+        box = (f"top:{100 * example.top / info.size:.2f}%;left:{100 * example.left / info.size:.2f}%;"
+               f"width:{100 * example.side / info.size:.2f}%;height:{100 * example.side / info.size:.2f}%")
+        figures.append(
+            f'<figure><img class="crop" loading="lazy" src="../../{_e(example.file)}" width="128" height="128" '
+            f'alt="crop of {_e(example.image)}"><figcaption>{example.value:.4g} in {_e(example.image)}, '
+            f"x {example.left}–{example.left + example.side}, y {example.top}–{example.top + example.side}"
+            f'<div class="where"><img loading="lazy" src="../../{_e(source_image(example.image))}" width="64" '
+            f'height="64" alt="{_e(example.image)}"><span style="{box}"></span></div></figcaption></figure>')
+    return (f"<h2>Dataset examples</h2>\n<p class=\"meta\">The {len(examples)} images of {_e(info.images)} "
+            f"that excite this filter most (its highest activation in each, and the region that unit sees), "
+            f"at {info.size} px.</p>\n<div class=\"examples\">\n" + "\n".join(figures) + "\n</div>\n")
+
+
+def source_image(relative: str) -> str:
+    """Where a dataset image's small copy is, by its path in the dataset folder."""
+    import hashlib
+
+    return f"examples/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
+
+
+def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> str:
+    layer, unit = site_layer.layer, site_layer.units[k]
+    position = order.index(k)
+    nearby = order[max(0, position - 4):position] + order[position + 1:position + 5]
+    links = []
+    if position > 0:
+        links.append(f'<a href="{order[position - 1]}.html">← filter {order[position - 1]}</a>')
+    if position + 1 < len(order):
+        links.append(f'<a href="{order[position + 1]}.html">filter {order[position + 1]} →</a>')
+    neighbours = "".join(
+        f'<figure><a href="{n}.html"><img loading="lazy" src="../../{_e(unit_image(layer, n))}" width="96" '
+        f'height="96" alt="filter {n}"></a><figcaption>{n}</figcaption></figure>' for n in nearby)
+    recipe = "".join(f"<tr><td>{_e(name)}</td><td>{_e(repr(value))}</td></tr>"
+                     for name, value in asdict(info.recipe).items())
+    dead = ("<dt>dead</dt><dd>its gradient stayed zero at every step: the picture is only the start image</dd>"
+            if unit.dead else "")
+    body = (f'<nav><a href="../../index.html">{_e(info.model)}</a> › <a href="../../{_e(layer_page(layer))}">'
+            f"{_e(layer.name)}</a> › filter {k} &nbsp; {' · '.join(links)}</nav>\n"
+            f"<h1>{_e(layer.name)}, filter {k}</h1>\n<div class=\"unit\">\n"
+            f'<img src="../../{_e(unit_image(layer, k))}" width="{info.size}" height="{info.size}" '
+            f'alt="{_e(layer.name)} filter {k}">\n<div>\n<dl><dt>model</dt><dd>{_e(info.model)}</dd>'
+            f"<dt>layer</dt><dd>{_e(layer.name)} ({_e(layer.kind)})</dd><dt>filter</dt><dd>{k} of "
+            f"{layer.channels}</dd><dt>mean activation</dt><dd>{_score(unit)}</dd>{dead}"
+            f"<dt>seed</dt><dd>{info.seed}</dd></dl>\n<h2>Recipe {_e(info.recipe.name)}</h2>\n"
+            f"<table class=\"recipe\">{recipe}</table>\n</div>\n</div>\n"
+            + (f"<h2>Neighbours</h2>\n<div class=\"grid\">{neighbours}</div>\n" if nearby else "")
+            + _examples(site_layer.examples.get(k, []), info))
+    return _page(f"{layer.name} filter {k} · {info.model}", 2, body)
+
+
+def _write(out: Path, relative: str, text: str, written: set[str]) -> None:
+    target = out / relative
+    written.add(relative)
+    if target.is_file() and target.read_bytes() == text.encode("utf-8"):
+        return  # unchanged: a resumed atlas rewrites only what changed
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text)
+
+
+def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer]) -> set[str]:
+    """Write every page (index, layers, filters) and the style sheet; returns their paths under ``out``."""
+    written: set[str] = set()
+    _write(out, "style.css", STYLE, written)
+    _write(out, "index.html", _index(info, layers), written)
+    for site_layer in layers:
+        _write(out, layer_page(site_layer.layer), _layer(info, site_layer), written)
+        order = sorted(site_layer.units)
+        for k in order:
+            _write(out, filter_page(site_layer.layer, k), _filter(info, site_layer, k, order), written)
+    return written
