@@ -88,6 +88,12 @@ def _ray_run_task(boxed_model: list[Any], task: RenderTask, settings: RenderSett
     return run_task(_worker_models[key], task, settings)
 
 
+def _last_line(exc: BaseException) -> str:
+    """A Ray error's last line: the original exception, not Ray's header."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(exc).__name__
+
+
 class RayExecutor:
     """Runs tasks on a Ray cluster: ``address`` of a running cluster (``"auto"``, ``"ray://host:10001"``),
     or None to start Ray on this machine. A task whose worker dies is run again, up to ``max_retries``
@@ -102,6 +108,10 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
         self.init_options = init_options or {}
+
+    def task_function(self) -> Any:
+        """What runs a task on a worker: ``(boxed model reference, task, settings) -> TaskResult``."""
+        return _ray_run_task
 
     def _ship(self, ray: Any, model: LoadedModel) -> Any:
         try:
@@ -127,7 +137,7 @@ class RayExecutor:
         pending: dict[Any, RenderTask] = {}
         try:
             remote = ray.remote(max_retries=self.max_retries, num_cpus=self.cpus_per_task,
-                                num_gpus=self.gpus_per_task)(_ray_run_task)
+                                num_gpus=self.gpus_per_task)(self.task_function())
             boxed = [self._ship(ray, model)]
             pending = {remote.remote(boxed, task, settings): task for task in tasks}
             while pending:
@@ -138,8 +148,8 @@ class RayExecutor:
                         yield ray.get(reference)
                     except ray.exceptions.RayError as exc:
                         raise FilterVizError(
-                            f"rendering filters {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray "
-                            f"after {self.max_retries} retries: {first_line(exc)}") from None
+                            f"rendering filters {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray: "
+                            f"{_last_line(exc)}") from None
         finally:
             for reference in pending:  # left over when the caller stopped early
                 ray.cancel(reference, force=True)
