@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import filterviz
 from filterviz import InputSpec
+from PIL import Image
 
 # A spec that exercises every conversion step: channel flip, mean and std per channel.
 TINY_SPEC = InputSpec(mean=(120.0, 115.0, 100.0), std=(60.0, 55.0, 50.0), channel_order="BGR", default_size=16)
@@ -69,3 +72,20 @@ def seeded_torch():
     """Every test starts from the same torch random state, so models with random weights are the same
     in every run."""
     torch.manual_seed(0)
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "immunohistochemistry")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Six real photos, made small (and of different shapes, one grayscale), in nested folders."""
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    for number, name in enumerate(PHOTOS):
+        image = Image.fromarray(getattr(skimage_data, name)())
+        image.thumbnail((48, 40))
+        target = folder / ("sub" if number % 2 else "") / f"{name}.png"
+        target.parent.mkdir(exist_ok=True)
+        image.save(target)
+    return folder

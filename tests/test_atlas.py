@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import filterviz.atlas.build as atlas_build
 import filterviz.atlas.examples as atlas_examples
@@ -25,23 +24,6 @@ from filterviz.atlas.examples import crop_box, list_images, load_square, recepti
 from filterviz.cli import main
 
 from conftest import TinyNet, tiny_model
-
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "immunohistochemistry")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """Six real photos, made small (and of different shapes, one grayscale), in nested folders."""
-    skimage_data = pytest.importorskip("skimage.data")
-    folder = tmp_path_factory.mktemp("photos")
-    for number, name in enumerate(PHOTOS):
-        image = Image.fromarray(getattr(skimage_data, name)())
-        image.thumbnail((48, 40))
-        target = folder / ("sub" if number % 2 else "") / f"{name}.png"
-        target.parent.mkdir(exist_ok=True)
-        image.save(target)
-    return folder
-
 
 def site_files(root: Path) -> dict[str, bytes]:
     """Every file of a site except the manifest (whose rows, not bytes, are the record)."""

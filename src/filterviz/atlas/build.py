@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +155,8 @@ def build_atlas(
                                  executor or LocalExecutor(), chunk_size, progress)
         scanned = 0
         if images is not None:
-            scanned = _dataset_examples(model, root, manifest, atlas, Path(images), files, fingerprint, side,
-                                        top_k, scan_batch_size, progress)
+            scanned = _dataset_examples(model, root, manifest, atlas, wanted, Path(images), files, fingerprint,
+                                        side, top_k, scan_batch_size, progress)
         manifest.keep_only({(layer.name, k) for layer in atlas for k in wanted[layer.name]},
                            {layer.name for layer in atlas} if images is not None else set())
         units = manifest.units()
@@ -221,13 +221,14 @@ def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult
     manifest.put_units(units)
 
 
-def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer], folder: Path,
-                      files: list[Path], fingerprint: str, side: int, top_k: int, batch_size: int,
-                      progress: bool) -> int:
+def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer],
+                      filters: dict[str, list[int]], folder: Path, files: list[Path], fingerprint: str, side: int,
+                      top_k: int, batch_size: int, progress: bool) -> int:
     """Find the top-k dataset examples of every filter of the layers whose examples are missing or
     stale, in one pass over ``files``; returns how many images were scanned."""
     contents = folder_fingerprint(folder, files)
-    wanted = {layer.path: _hash(fingerprint, contents, side, top_k, batch_size, layer.path) for layer in atlas}
+    wanted = {layer.path: _hash(fingerprint, contents, side, top_k, batch_size, layer.path, filters[layer.name])
+              for layer in atlas}
     stored = manifest.example_fingerprints()
     todo = [layer for layer in atlas if stored.get(layer.name) != wanted[layer.path]]
     if not todo:
@@ -249,20 +250,21 @@ def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas:
               disable=None if progress else True) as bar:
         tops = scan_images(model, [layer.path for layer in todo], files, side, top_k, batch_size=batch_size,
                            state=state, on_batch=checkpoint)
-    examples = _write_examples(model, root, folder, files, todo, tops, side)
+    examples = _write_examples(model, root, folder, files, todo, filters, tops, side)
     manifest.put_examples({layer.name: wanted[layer.path] for layer in todo}, examples, scan)
     return len(files) - first
 
 
 def _write_examples(model: LoadedModel, root: Path, folder: Path, files: list[Path], layers: list[AtlasLayer],
-                    tops: dict[str, TopK], side: int) -> list[Example]:
-    """Cut each example's crop, and write a small copy of every image used; returns the examples."""
+                    filters: dict[str, list[int]], tops: dict[str, TopK], side: int) -> list[Example]:
+    """Cut each shown filter's example crops, and write a small copy of every image used; returns the
+    examples."""
     boxes: dict[int, list[tuple[AtlasLayer, int, int, float, tuple[int, int, int]]]] = {}
     for layer in layers:
         top = tops[layer.path]
         field = max(receptive_field(model, layer.path, side), min(MIN_CROP, side))
         grid = (layer.height, layer.width) if layer.height is not None else None
-        for k in range(layer.channels):
+        for k in filters[layer.name]:
             for rank in range(top.k):
                 image = int(top.images[k, rank])
                 if image < 0:

@@ -42,8 +42,8 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; marg
 dt { color: #555; }
 dd { margin: 0; }
 .examples { display: flex; flex-wrap: wrap; gap: 14px; }
-.examples figure { margin: 0; width: 128px; font-size: 0.78rem; color: #444; }
-.examples .crop { width: 128px; height: 128px; image-rendering: pixelated; display: block; }
+.examples figure { margin: 0; width: 112px; font-size: 0.78rem; color: #444; }
+.examples .crop { width: 112px; height: 112px; image-rendering: pixelated; display: block; }
 .where { position: relative; width: 64px; height: 64px; margin-top: 4px; }
 .where img { width: 64px; height: 64px; display: block; }
 .where span { position: absolute; border: 2px solid #e8710a; box-sizing: border-box; }
@@ -148,7 +148,7 @@ def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
         box = (f"top:{100 * example.top / info.size:.2f}%;left:{100 * example.left / info.size:.2f}%;"
                f"width:{100 * example.side / info.size:.2f}%;height:{100 * example.side / info.size:.2f}%")
         figures.append(
-            f'<figure><img class="crop" loading="lazy" src="../../{_e(example.file)}" width="128" height="128" '
+            f'<figure><img class="crop" loading="lazy" src="../../{_e(example.file)}" width="112" height="112" '
             f'alt="crop of {_e(example.image)}"><figcaption>{example.value:.4g} in {_e(example.image)}, '
             f"x {example.left}–{example.left + example.side}, y {example.top}–{example.top + example.side}"
             f'<div class="where"><img loading="lazy" src="../../{_e(source_image(example.image))}" width="64" '
@@ -188,8 +188,8 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
             f'alt="{_e(layer.name)} filter {k}">\n<div>\n<dl><dt>model</dt><dd>{_e(info.model)}</dd>'
             f"<dt>layer</dt><dd>{_e(layer.name)} ({_e(layer.kind)})</dd><dt>filter</dt><dd>{k} of "
             f"{layer.channels}</dd><dt>mean activation</dt><dd>{_score(unit)}</dd>{dead}"
-            f"<dt>seed</dt><dd>{info.seed}</dd></dl>\n<h2>Recipe {_e(info.recipe.name)}</h2>\n"
-            f"<table class=\"recipe\">{recipe}</table>\n</div>\n</div>\n"
+            f"<dt>seed</dt><dd>{info.seed}</dd><dt>recipe</dt><dd><details><summary>{_e(info.recipe.name)}"
+            f"</summary><table class=\"recipe\">{recipe}</table></details></dd></dl>\n</div>\n</div>\n"
             + (f"<h2>Neighbours</h2>\n<div class=\"grid\">{neighbours}</div>\n" if nearby else "")
             + _examples(site_layer.examples.get(k, []), info))
     return _page(f"{layer.name} filter {k} · {info.model}", 2, body)
