@@ -432,3 +432,10 @@ def test_declared_minimum_size_is_checked():
     model = filterviz.load_model(TinyNet(), spec=InputSpec(min_size=12, default_size=16), device="cpu")
     with pytest.raises(FilterVizError, match="takes images of 12 px or more, not 8; use --size 12 or more"):
         filterviz.render_filters(model, "features.1", [0], size=8, steps=1)
+
+
+def test_an_atlas_of_a_keras_model_shows_its_conv_layers_by_keras_name():
+    from filterviz.atlas import default_layers
+
+    model = filterviz.load_model(tiny_keras_model(), preprocess="raw")
+    assert default_layers(model, 16) == ["block1_conv1", "block1_conv2", "block2_conv1"]

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..layers import LayerInfo, split_call
-from ..models.loaded import ACTIVATIONS, LoadedModel
+from ..models.loaded import LoadedModel
 
-# Layers that finish a convolution: its norm and activation.
-_FOLLOWERS = {"BatchNorm2d", "BatchNormalization", "GroupNorm", "LayerNorm2d", "InstanceNorm2d", *ACTIVATIONS}
+_NORMS = {"BatchNorm2d", "BatchNormalization", "GroupNorm", "LayerNorm2d", "InstanceNorm2d"}
 
 
 @dataclass(frozen=True)
@@ -28,8 +27,13 @@ class AtlasLayer:
     slug: str
 
 
+def _has_layers(module: nn.Module) -> bool:
+    """Whether a module holds other layers (not counting a Keras layer's container of weights)."""
+    return any(not isinstance(child, (nn.ParameterDict, nn.ParameterList)) for child in module.children())
+
+
 def _is_conv(info: LayerInfo, module: nn.Module | None) -> bool:
-    leaf = module is None or next(module.children(), None) is None
+    leaf = module is None or not _has_layers(module)
     return leaf and info.height is not None and "conv" in info.kind.lower()
 
 
@@ -41,7 +45,7 @@ def _blocks(modules: dict[str, nn.Module]) -> list[str]:
         parent_name, _, item = name.rpartition(".")
         parent = modules.get(parent_name) if parent_name else None
         if (item.isdigit() and isinstance(parent, (nn.Sequential, nn.ModuleList))
-                and next(module.children(), None) is not None
+                and _has_layers(module)
                 and any("conv" in type(m).__name__.lower() for m in module.modules())):
             found.append(name)
     return [name for name in found if not any(other.startswith(name + ".") for other in found)]
@@ -63,7 +67,9 @@ def default_layers(model: LoadedModel, size: int) -> list[str]:
             chosen.append(info)
         elif _is_conv(info, modules.get(base)) and not any(base.startswith(b + ".") for b in blocks):
             follow = index  # the conv's norm and activation, when they come right after it
-            while (follow + 1 < len(infos) and infos[follow + 1].kind in _FOLLOWERS
+            while (follow + 1 < len(infos)
+                   and (infos[follow + 1].kind in _NORMS or (model.is_activation(infos[follow + 1].name)
+                                                             and "conv" not in infos[follow + 1].kind.lower()))
                    and (infos[follow + 1].height, infos[follow + 1].channels) == (info.height, info.channels)):
                 follow += 1
             chosen.append(infos[follow])
