@@ -205,6 +205,7 @@ def test_atlas_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     ]
     model_file = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(model_file))
+    capsys.readouterr()
     for extra, message in cases:
         code = main(["atlas", str(model_file), "--out", str(out), "--size", "16", *extra])
         err = capsys.readouterr().err
