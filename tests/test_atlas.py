@@ -242,3 +242,17 @@ def test_ray_executor_equals_local_and_survives_a_killed_worker(tmp_path):
     assert KillingRayExecutor.marker.exists() and summary.rendered == 18
     assert not ray.is_initialized()
     assert site_files(tmp_path / "ray") == site_files(tmp_path / "local")
+
+
+def test_a_task_renders_on_the_settings_thread_count_and_restores_it(monkeypatch):
+    from filterviz.atlas import executors
+    from filterviz.atlas.executors import RenderSettings, RenderTask, run_task
+    from filterviz.recipes import get_recipe
+
+    seen = []
+    real = executors.render_filters
+    monkeypatch.setattr(executors, "render_filters", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    settings = RenderSettings(get_recipe("classic", size=16, steps=1), 0, threads=before + 1)
+    result = run_task(tiny_model(), RenderTask("features.1", (0, 1)), settings)
+    assert seen == [before + 1] and torch.get_num_threads() == before and len(result.pngs) == 2

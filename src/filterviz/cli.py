@@ -303,7 +303,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     model = _load(args)
     summary = build_atlas(model, args.out, layers=layers or None, filters=filters, recipe=recipe,
                           seed=0 if args.seed is None else args.seed, images=args.images, top_k=args.top_k,
-                          executor=executor, chunk_size=args.chunk_size, precision=args.precision,
+                          executor=executor, chunk_size=args.chunk_size, precision=args.precision, threads=args.threads,
                           progress=not args.quiet, size=args.size)
     if not args.quiet:
         _say(str(summary))
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     atlas.add_argument("--address", help="with --executor ray: the cluster's address, e.g. auto or "
                                          "ray://HOST:10001 (default: start Ray on this machine)")
     atlas.add_argument("--gpus-per-task", type=float, default=0, help="with --executor ray: GPUs per render task")
+    atlas.add_argument("--threads", type=_positive,
+                       help="CPU threads per render task, here and on Ray workers (default: this machine's)")
     atlas.add_argument("--chunk-size", type=_positive, default=16,
                        help="filters rendered together as one task and batch (default 16)")
     _add_recipe_options(atlas)

@@ -109,6 +109,7 @@ def build_atlas(
     executor: Executor | None = None,
     chunk_size: int = 16,
     precision: str = "fp32",
+    threads: int | None = None,
     scan_batch_size: int = 16,
     progress: bool = False,
     **overrides: Any,
@@ -118,7 +119,8 @@ def build_atlas(
     ``filters`` limits each layer to those indices (beyond a layer's channels they are skipped).
     ``images``: a folder whose ``top_k`` most exciting images per filter are shown beside it.
     ``executor``: where the renders run (default ``LocalExecutor``; ``RayExecutor`` for a cluster);
-    tasks are ``chunk_size`` filters of one layer, each rendered as one batch. ``overrides`` change
+    tasks are ``chunk_size`` filters of one layer, each rendered as one batch on ``threads`` CPU threads
+    (default: this process's count), so that any executor gives the same bytes. ``overrides`` change
     recipe fields (``size=``, ``steps=``...). Running again with the same arguments continues an
     interrupted atlas; with other arguments, it redoes only what they change.
     """
@@ -150,7 +152,7 @@ def build_atlas(
     manifest = Manifest(root / MANIFEST)
     try:
         fingerprint = model_fingerprint(model)
-        settings = RenderSettings(chosen, seed, precision)
+        settings = RenderSettings(chosen, seed, precision, threads or torch.get_num_threads())
         rendered = _render_units(model, root, manifest, atlas, wanted, fingerprint, settings,
                                  executor or LocalExecutor(), chunk_size, progress)
         scanned = 0

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+
 from ..ascent import render_filters
 from ..errors import FilterVizError, first_line
 from ..image import png_bytes
@@ -26,12 +28,14 @@ class RenderTask:
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """What every task renders with. The batch of a task is always the task's filters, so a result
-    never depends on where it ran or what else was running."""
+    """What every task renders with. The batch of a task is always the task's filters, and it runs on
+    ``threads`` CPU threads wherever it runs (on a CPU, the thread count changes how sums are split,
+    and so the last bits of deep layers' results), so a result never depends on where it ran."""
 
     recipe: Recipe
     seed: int
     precision: str = "fp32"
+    threads: int | None = None  # None: as many as the process has
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,13 @@ class TaskResult:
 def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> TaskResult:
     """Render one task's filters (keys are the filter indices, so each image depends on its seed and
     filter alone)."""
-    result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
-                            precision=settings.precision, batch_size=len(task.filters))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(settings.threads or threads)
+        result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
+                                precision=settings.precision, batch_size=len(task.filters))
+    finally:
+        torch.set_num_threads(threads)
     return TaskResult(task, tuple(png_bytes(image) for image in result.images),
                       tuple(float(s) for s in result.start_score), tuple(float(s) for s in result.score),
                       tuple(bool(d) for d in result.dead))
@@ -97,11 +106,11 @@ def _last_line(exc: BaseException) -> str:
 class RayExecutor:
     """Runs tasks on a Ray cluster: ``address`` of a running cluster (``"auto"``, ``"ray://host:10001"``),
     or None to start Ray on this machine. A task whose worker dies is run again, up to ``max_retries``
-    times. The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
+    times. Each task reserves ``cpus_per_task`` CPUs (default: the threads it renders with). The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
     each worker from its name or file instead, which must then be reachable from every node.
     """
 
-    def __init__(self, address: str | None = None, *, max_retries: int = 3, cpus_per_task: float = 1,
+    def __init__(self, address: str | None = None, *, max_retries: int = 3, cpus_per_task: float | None = None,
                  gpus_per_task: float = 0, init_options: dict[str, Any] | None = None) -> None:
         self.address = address
         self.max_retries = max_retries
@@ -136,7 +145,8 @@ class RayExecutor:
                                      "start one with `ray start --head`") from None
         pending: dict[Any, RenderTask] = {}
         try:
-            remote = ray.remote(max_retries=self.max_retries, num_cpus=self.cpus_per_task,
+            cpus = self.cpus_per_task if self.cpus_per_task is not None else settings.threads or 1
+            remote = ray.remote(max_retries=self.max_retries, num_cpus=cpus,
                                 num_gpus=self.gpus_per_task)(self.task_function())
             boxed = [self._ship(ray, model)]
             pending = {remote.remote(boxed, task, settings): task for task in tasks}

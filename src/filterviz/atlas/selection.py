@@ -77,10 +77,14 @@ def default_layers(model: LoadedModel, size: int) -> list[str]:
 
 
 def atlas_layers(model: LoadedModel, names: list[str], size: int) -> list[AtlasLayer]:
-    """The named layers (aliases or paths) as AtlasLayers, in the order given, with distinct slugs."""
-    layers, slugs = [], set()
+    """The named layers (aliases or paths) as AtlasLayers, in the order given, with distinct slugs; a
+    layer named twice (by alias and by path) is shown once."""
+    layers, slugs, paths = [], set(), set()
     for name in names:
         info = model.layer_info(name, size)
+        if info.name in paths:
+            continue
+        paths.add(info.name)
         slug = base = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "layer"
         number = 2
         while slug.lower() in slugs:  # case-insensitive file systems too
