@@ -37,12 +37,13 @@ table.layers td, table.layers th { padding: 6px 8px; border-bottom: 1px solid #e
 .dead img { opacity: 0.35; }
 .dead figcaption { color: #b3261e; }
 .unit { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
-.unit > img { width: min(448px, 90vw); height: auto; image-rendering: pixelated; }
+.unit > img { width: min(448px, 90vw); height: auto; }
+.unit > img.small { image-rendering: pixelated; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; margin: 0; }
 dt { color: #555; }
 dd { margin: 0; }
 .examples { display: flex; flex-wrap: wrap; gap: 14px; }
-.examples figure { margin: 0; width: 112px; font-size: 0.78rem; color: #444; }
+.examples figure { margin: 0; width: 112px; font-size: 0.78rem; color: #444; overflow-wrap: anywhere; }
 .examples .crop { width: 112px; height: 112px; image-rendering: pixelated; display: block; }
 .where { position: relative; width: 64px; height: 64px; margin-top: 4px; }
 .where img { width: 64px; height: 64px; display: block; }
@@ -149,7 +150,7 @@ def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
                f"width:{100 * example.side / info.size:.2f}%;height:{100 * example.side / info.size:.2f}%")
         figures.append(
             f'<figure><img class="crop" loading="lazy" src="../../{_e(example.file)}" width="112" height="112" '
-            f'alt="crop of {_e(example.image)}"><figcaption>{example.value:.4g} in {_e(example.image)}, '
+            f'alt="crop of {_e(example.image)}"><figcaption>{_e(example.image)}: {example.value:.4g} at '
             f"x {example.left}–{example.left + example.side}, y {example.top}–{example.top + example.side}"
             f'<div class="where"><img loading="lazy" src="../../{_e(source_image(example.image))}" width="64" '
             f'height="64" alt="{_e(example.image)}"><span style="{box}"></span></div></figcaption></figure>')
@@ -179,12 +180,14 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
         f'height="96" alt="filter {n}"></a><figcaption>{n}</figcaption></figure>' for n in nearby)
     recipe = "".join(f"<tr><td>{_e(name)}</td><td>{_e(repr(value))}</td></tr>"
                      for name, value in asdict(info.recipe).items())
+    small = ' class="small"' if info.size < 112 else ""  # shown enlarged: keep its pixels sharp
     dead = ("<dt>dead</dt><dd>its gradient stayed zero at every step: the picture is only the start image</dd>"
             if unit.dead else "")
     body = (f'<nav><a href="../../index.html">{_e(info.model)}</a> › <a href="../../{_e(layer_page(layer))}">'
             f"{_e(layer.name)}</a> › filter {k} &nbsp; {' · '.join(links)}</nav>\n"
             f"<h1>{_e(layer.name)}, filter {k}</h1>\n<div class=\"unit\">\n"
-            f'<img src="../../{_e(unit_image(layer, k))}" width="{info.size}" height="{info.size}" '
+            f'<img{small} src="../../{_e(unit_image(layer, k))}" '
+            f'width="{info.size}" height="{info.size}" '
             f'alt="{_e(layer.name)} filter {k}">\n<div>\n<dl><dt>model</dt><dd>{_e(info.model)}</dd>'
             f"<dt>layer</dt><dd>{_e(layer.name)} ({_e(layer.kind)})</dd><dt>filter</dt><dd>{k} of "
             f"{layer.channels}</dd><dt>mean activation</dt><dd>{_score(unit)}</dd>{dead}"
