@@ -202,6 +202,7 @@ def test_atlas_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--images", str(tmp_path / "none")], "image folder"),
         (["--filters", "50"], "no filters to show in layer"),
         (["--address", "auto"], "--address and --gpus-per-task go with --executor ray"),
+        (["--executor", "ray", "--gpus-per-task", "64"], "no node of the Ray cluster has 64 GPUs for a task"),
     ]
     model_file = tmp_path / "tiny.pt"
     torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(model_file))

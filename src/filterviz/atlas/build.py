@@ -141,7 +141,22 @@ def build_atlas(
         raise FilterVizError(f"no filters to show in layer {empty[0]} ({model.layer_info(empty[0], side).channels} "
                              "channels); choose filters that it has")
     files = list_images(images) if images is not None else []
-    root = Path(out)
+    executor = executor or LocalExecutor()
+    if hasattr(executor, "open"):
+        executor.open()
+    try:
+        return _build(model, Path(out), atlas, wanted, chosen, seed, images, files, top_k, executor, chunk_size,
+                      precision, threads, scan_batch_size, progress, started)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
+
+
+def _build(model: LoadedModel, root: Path, atlas: list[AtlasLayer], wanted: dict[str, list[int]], chosen: Recipe,
+           seed: int, images: str | os.PathLike[str] | None, files: list[Path], top_k: int, executor: Executor,
+           chunk_size: int, precision: str, threads: int | None, scan_batch_size: int, progress: bool,
+           started: float) -> AtlasSummary:
+    side = chosen.size
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -153,8 +168,8 @@ def build_atlas(
     try:
         fingerprint = model_fingerprint(model)
         settings = RenderSettings(chosen, seed, precision, threads or torch.get_num_threads())
-        rendered = _render_units(model, root, manifest, atlas, wanted, fingerprint, settings,
-                                 executor or LocalExecutor(), chunk_size, progress)
+        rendered = _render_units(model, root, manifest, atlas, wanted, fingerprint, settings, executor,
+                                 chunk_size, progress)
         scanned = 0
         if images is not None:
             scanned = _dataset_examples(model, root, manifest, atlas, wanted, Path(images), files, fingerprint,

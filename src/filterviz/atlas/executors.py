@@ -63,7 +63,8 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
 
 
 class Executor(Protocol):
-    """Runs render tasks and yields their results as they finish (in any order)."""
+    """Runs render tasks and yields their results as they finish (in any order). An executor may also
+    have ``open()`` (called before any file is written) and ``close()`` (called at the end)."""
 
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         ...
@@ -106,7 +107,8 @@ def _last_line(exc: BaseException) -> str:
 class RayExecutor:
     """Runs tasks on a Ray cluster: ``address`` of a running cluster (``"auto"``, ``"ray://host:10001"``),
     or None to start Ray on this machine. A task whose worker dies is run again, up to ``max_retries``
-    times. Each task reserves ``cpus_per_task`` CPUs (default: the threads it renders with). The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
+    times. Each task reserves ``cpus_per_task`` CPUs (default: the threads it renders with, at most a
+    node's CPUs). The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
     each worker from its name or file instead, which must then be reachable from every node.
     """
 
@@ -117,6 +119,8 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
         self.init_options = init_options or {}
+        self._started = False
+        self._nodes: list[dict[str, float]] = []
 
     def task_function(self) -> Any:
         """What runs a task on a worker: ``(boxed model reference, task, settings) -> TaskResult``."""
@@ -131,21 +135,44 @@ class RayExecutor:
                                      "load it from a name or a file so that workers can load it too") from None
             return ray.put(model.origin)
 
-    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+    def open(self) -> None:
+        """Connect to the cluster (or start Ray here) and check that it can run the tasks; called by
+        ``build_atlas`` before it writes anything, so that a bad address leaves no folder behind."""
         from ..models.sources import require
 
         ray = require("ray", "ray", "atlases with --executor ray")
-        started = not ray.is_initialized()
-        if started:
+        if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
                          log_to_driver=False, **self.init_options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise FilterVizError(f"cannot reach the Ray cluster at {self.address}: {first_line(exc)}; "
                                      "start one with `ray start --head`") from None
+            self._started = True
+        self._nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if self.gpus_per_task > max([node.get("GPU", 0) for node in self._nodes] + [0]):
+            self.close()
+            raise FilterVizError(f"no node of the Ray cluster has {self.gpus_per_task:g} GPUs for a task; "
+                                 "lower --gpus-per-task or add GPU nodes")
+
+    def close(self) -> None:
+        """Shut Ray down if ``open`` started it."""
+        if getattr(self, "_started", False):
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+        import ray
+
+        if not ray.is_initialized():
+            self.open()
         pending: dict[Any, RenderTask] = {}
         try:
             cpus = self.cpus_per_task if self.cpus_per_task is not None else settings.threads or 1
+            # A task that asks for more CPUs than any node has would wait forever: ask at most for that.
+            cpus = min(cpus, max([node.get("CPU", 0) for node in self._nodes] + [1]))
             remote = ray.remote(max_retries=self.max_retries, num_cpus=cpus,
                                 num_gpus=self.gpus_per_task)(self.task_function())
             boxed = [self._ship(ray, model)]
@@ -163,5 +190,3 @@ class RayExecutor:
         finally:
             for reference in pending:  # left over when the caller stopped early
                 ray.cancel(reference, force=True)
-            if started:
-                ray.shutdown()
