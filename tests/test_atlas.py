@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import filterviz.atlas.build as atlas_build
 import filterviz.atlas.examples as atlas_examples
@@ -257,3 +259,78 @@ def test_a_task_renders_on_the_settings_thread_count_and_restores_it(monkeypatch
     settings = RenderSettings(get_recipe("classic", size=16, steps=1), 0, threads=before + 1)
     result = run_task(tiny_model(), RenderTask("features.1", (0, 1)), settings)
     assert seen == [before + 1] and torch.get_num_threads() == before and len(result.pngs) == 2
+
+
+def test_layer_slugs_depend_on_the_name_alone_and_never_collide():
+    from filterviz.atlas.selection import layer_slug
+
+    assert layer_slug("features.1") == "features.1"
+    names = ["a#2", "a_2", "A_2", "a/2", "a 2", "a:2"]
+    slugs = [layer_slug(name) for name in names]
+    assert slugs[1] == "a_2" and len({slug.lower() for slug in slugs}) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9_.-]+", slug) for slug in slugs)
+
+
+def test_what_shares_a_batch_or_a_thread_count_is_part_of_a_render(tmp_path):
+    model = tiny_model(dtype=torch.float32)
+    options = dict(size=16, steps=2, layers=["features.3"], chunk_size=3)
+    assert build_atlas(model, tmp_path, **options).rendered == 6
+    assert build_atlas(model, tmp_path, **{**options, "chunk_size": 2}).rendered == 6  # every batch changed
+    assert build_atlas(model, tmp_path, **{**options, "chunk_size": 2, "filters": [0, 1, 4, 5]}).rendered == 0
+    assert build_atlas(model, tmp_path, **{**options, "chunk_size": 2, "filters": [1, 4, 5]}).rendered == 1
+    threads = torch.get_num_threads()
+    assert build_atlas(model, tmp_path, **{**options, "threads": threads + 1}).rendered == 6
+
+
+def test_an_interrupted_change_never_leaves_files_the_manifest_vouches_for(tmp_path, photos, monkeypatch):
+    model = tiny_model()
+    other = tmp_path / "other"  # the same file names, other pictures
+    other.mkdir()
+    for path in list_images(photos):
+        Image.fromarray(255 - load_square(path, 40)).save(other / path.name)
+    options = dict(size=16, steps=2, top_k=2, layers=["features.3"])
+    build_atlas(model, tmp_path / "clean", images=photos, **options)
+    build_atlas(model, tmp_path / "site", images=photos, **options)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atlas_build.Manifest, "put_examples", killed)
+    with pytest.raises(KeyboardInterrupt):  # dies after rewriting the crops, before recording them
+        build_atlas(model, tmp_path / "site", images=other, **{**options, "steps": 3})
+    monkeypatch.undo()
+    build_atlas(model, tmp_path / "site", images=photos, **options)
+    assert site_files(tmp_path / "site") == site_files(tmp_path / "clean")
+
+
+def test_an_atlas_never_takes_over_a_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "logo.svg").write_text("<svg/>")
+    model_file = tmp_path.parent / f"{tmp_path.name}-tiny.pt"
+    torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(model_file))
+    capsys.readouterr()
+    code = main(["atlas", str(model_file), "--out", str(tmp_path), "--size", "16", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not empty and holds no atlas" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["img", "logo.svg"]
+
+
+def test_atlas_cli_late_errors_come_early(tmp_path, capsys, photos):
+    model_file = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(model_file))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "fine.png").write_bytes((photos / "chelsea.png").read_bytes())
+    (broken / "bad.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "site"
+    capsys.readouterr()
+    for extra, message in [(["--precision", "fp16"], "fp16"), (["--images", str(broken)], "bad.jpg"),
+                           (["--gpus-per-task", "-1"], "invalid non-negative number value")]:
+        code = main(["atlas", str(model_file), "--out", str(out), "--size", "16", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    started = time.monotonic()  # a huge range is clipped to each layer, never expanded
+    assert main(["atlas", str(model_file), "--out", str(out), "--size", "16", "--steps", "1", "-q",
+                 "--layers", "features.1", "--filters", "0-99999999999"]) == 0
+    assert time.monotonic() - started < 30 and len(list((out / "img" / "features.1").iterdir())) == 4

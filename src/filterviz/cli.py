@@ -81,6 +81,16 @@ def _finite(text: str) -> float:
 _finite.__name__ = "finite number"
 
 
+def _non_negative_number(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+_non_negative_number.__name__ = "non-negative number"
+
+
 def _numbers(text: str) -> tuple[float, ...]:
     return tuple(_finite(part) for part in text.split(",") if part.strip())
 
@@ -293,7 +303,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
         raise FilterVizError("--address and --gpus-per-task go with --executor ray")
     recipe = _recipe(args)
     layers = [name.strip() for text in args.layers or [] for name in text.split(",") if name.strip()]
-    filters = [index for indices in parse_filters(args.filters) for index in indices] if args.filters else None
+    filters = parse_filters(args.filters) if args.filters else None  # ranges, clipped per layer
     executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
                 else LocalExecutor())
     if args.executor == "ray":
@@ -416,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where renders run: here (default) or on a Ray cluster (pip install 'filterviz[ray]')")
     atlas.add_argument("--address", help="with --executor ray: the cluster's address, e.g. auto or "
                                          "ray://HOST:10001 (default: start Ray on this machine)")
-    atlas.add_argument("--gpus-per-task", type=float, default=0, help="with --executor ray: GPUs per render task")
+    atlas.add_argument("--gpus-per-task", type=_non_negative_number, default=0,
+                       help="with --executor ray: GPUs per render task (fractions share a GPU)")
     atlas.add_argument("--threads", type=_positive,
                        help="CPU threads per render task, here and on Ray workers (default: this machine's)")
     atlas.add_argument("--chunk-size", type=_positive, default=16,

@@ -142,3 +142,23 @@ def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object
         raise FilterVizError(f"one image needs about {_readable(per_image)}, more than the memory budget of "
                              f"{_readable(budget)}; use a smaller --size or a larger --max-memory")
     return min(cap, fits)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic kernels inside (cuDNN and cuBLAS choose the same algorithms on every run,
+    so the same work gives the same bytes); the previous settings come back after. Nothing changes on
+    other devices, whose kernels are deterministic for a given thread count."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without such a kernel warns, not fails
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import FilterVizError, OutputError
+from ..execution import autocast_dtype
 from ..image import png_bytes, write_atomic
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe, get_recipe
-from .examples import TopK, crop_box, folder_fingerprint, list_images, load_square, pack, receptive_field, scan_images, unpack
+from .examples import TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack, receptive_field, scan_images, unpack
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
 from .manifest import Example, Manifest, Unit
 from .selection import AtlasLayer, atlas_layers, default_layers
@@ -89,11 +91,33 @@ def _chunks(filters: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:
     return [tuple(group) for _, group in sorted(groups.items())]
 
 
-def _is_done(out: Path, unit: Unit | None, fingerprint: str) -> bool:
-    if unit is None or unit.fingerprint != fingerprint:
+def _is_done(out: Path, unit: Unit | None, fingerprint: str, file: str) -> bool:
+    if unit is None or unit.fingerprint != fingerprint or unit.file != file:
         return False
     path = out / unit.file
     return path.is_file() and path.stat().st_size == unit.bytes
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One atlas run, checked: what to render and scan, and where."""
+
+    model: LoadedModel
+    root: Path
+    layers: list[AtlasLayer]
+    filters: dict[str, list[int]]  # by layer name: the filters shown
+    settings: RenderSettings
+    executor: Executor
+    chunk_size: int
+    folder: Path | None  # of dataset images
+    files: list[Path]
+    top_k: int
+    scan_batch_size: int
+    progress: bool
+
+    @property
+    def side(self) -> int:
+        return self.settings.recipe.size or 0
 
 
 def build_atlas(
@@ -101,7 +125,7 @@ def build_atlas(
     out: str | os.PathLike[str],
     *,
     layers: Sequence[str] | None = None,
-    filters: Sequence[int] | None = None,
+    filters: Iterable[int | range] | None = None,
     recipe: Recipe | str = "classic",
     seed: int = 0,
     images: str | os.PathLike[str] | None = None,
@@ -116,13 +140,14 @@ def build_atlas(
 ) -> AtlasSummary:
     """Render every filter of ``layers`` (default: ``default_layers``) into a static site in ``out``.
 
-    ``filters`` limits each layer to those indices (beyond a layer's channels they are skipped).
-    ``images``: a folder whose ``top_k`` most exciting images per filter are shown beside it.
-    ``executor``: where the renders run (default ``LocalExecutor``; ``RayExecutor`` for a cluster);
-    tasks are ``chunk_size`` filters of one layer, each rendered as one batch on ``threads`` CPU threads
-    (default: this process's count), so that any executor gives the same bytes. ``overrides`` change
-    recipe fields (``size=``, ``steps=``...). Running again with the same arguments continues an
-    interrupted atlas; with other arguments, it redoes only what they change.
+    ``filters`` limits each layer to those indices (ints or ranges; beyond a layer's channels they
+    are skipped). ``images``: a folder whose ``top_k`` most exciting images per filter are shown
+    beside it. ``executor``: where the renders run (default ``LocalExecutor``; ``RayExecutor`` for a
+    cluster); tasks are ``chunk_size`` filters of one layer, each rendered as one batch on ``threads``
+    CPU threads (default: this process's count), so that any executor gives the same bytes.
+    ``overrides`` change recipe fields (``size=``, ``steps=``...). ``out`` must be a new or empty
+    folder, or an atlas folder. Running again with the same arguments continues an interrupted atlas;
+    with other arguments, it redoes only what they change. Bad arguments fail before anything is written.
     """
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
@@ -134,99 +159,125 @@ def build_atlas(
     if not names:
         raise FilterVizError(f"{model.name} has no convolution layers to show; name layers with --layers")
     atlas = atlas_layers(model, names, side)
-    wanted = {layer.name: [k for k in (filters if filters is not None else range(layer.channels))
-                           if 0 <= k < layer.channels] for layer in atlas}
-    empty = [name for name, chosen_filters in wanted.items() if not chosen_filters]
+    wanted = {layer.name: _clip(filters, layer.channels) for layer in atlas}
+    empty = [layer for layer in atlas if not wanted[layer.name]]
     if empty:
-        raise FilterVizError(f"no filters to show in layer {empty[0]} ({model.layer_info(empty[0], side).channels} "
-                             "channels); choose filters that it has")
+        raise FilterVizError(f"no filters to show in layer {empty[0].name} ({empty[0].channels} channels); "
+                             "choose filters that it has")
+    autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
     files = list_images(images) if images is not None else []
-    executor = executor or LocalExecutor()
-    if hasattr(executor, "open"):
-        executor.open()
+    check_images(files)
+    root = Path(out)
+    _check_folder(root)
+    plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
+                 executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
+                 scan_batch_size, progress)
+    if hasattr(plan.executor, "open"):
+        plan.executor.open()
     try:
-        return _build(model, Path(out), atlas, wanted, chosen, seed, images, files, top_k, executor, chunk_size,
-                      precision, threads, scan_batch_size, progress, started)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
+        if not os.access(root, os.W_OK):
+            raise OutputError(f"cannot write into folder {str(root)!r}")
+        manifest = Manifest(root / MANIFEST)
+        try:
+            return _build(plan, manifest, started)
+        finally:
+            manifest.close()
+    except sqlite3.OperationalError as exc:  # e.g. another run holds the manifest
+        raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another atlas run writing "
+                          "into this folder?") from None
     finally:
-        if hasattr(executor, "close"):
-            executor.close()
+        if hasattr(plan.executor, "close"):
+            plan.executor.close()
 
 
-def _build(model: LoadedModel, root: Path, atlas: list[AtlasLayer], wanted: dict[str, list[int]], chosen: Recipe,
-           seed: int, images: str | os.PathLike[str] | None, files: list[Path], top_k: int, executor: Executor,
-           chunk_size: int, precision: str, threads: int | None, scan_batch_size: int, progress: bool,
-           started: float) -> AtlasSummary:
-    side = chosen.size
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
-    if not os.access(root, os.W_OK):
-        raise OutputError(f"cannot write into folder {str(root)!r}")
-
-    manifest = Manifest(root / MANIFEST)
-    try:
-        fingerprint = model_fingerprint(model)
-        settings = RenderSettings(chosen, seed, precision, threads or torch.get_num_threads())
-        rendered = _render_units(model, root, manifest, atlas, wanted, fingerprint, settings, executor,
-                                 chunk_size, progress)
-        scanned = 0
-        if images is not None:
-            scanned = _dataset_examples(model, root, manifest, atlas, wanted, Path(images), files, fingerprint,
-                                        side, top_k, scan_batch_size, progress)
-        manifest.keep_only({(layer.name, k) for layer in atlas for k in wanted[layer.name]},
-                           {layer.name for layer in atlas} if images is not None else set())
-        units = manifest.units()
-        site_layers = []
-        for layer in atlas:
-            examples: dict[int, list[Example]] = {}
-            for example in manifest.examples(layer.name) if images is not None else []:
-                examples.setdefault(example.filter, []).append(example)
-            site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in wanted[layer.name]}, examples))
-        info = SiteInfo(model.name, chosen, seed, side, Path(images).name if images is not None else None,
-                        len(files), top_k)
-        pages = write_site(root, info, site_layers)
-        keep = pages | {unit.file for layer in site_layers for unit in layer.units.values()}
-        for layer in site_layers:
-            for examples in layer.examples.values():
-                keep |= {e.file for e in examples} | {source_image(e.image) for e in examples}
-        _prune(root, keep)
-        all_units = [unit for layer in site_layers for unit in layer.units.values()]
-        return AtlasSummary(root, model.name, len(atlas), len(all_units), rendered, sum(u.dead for u in all_units),
-                            scanned, sum(len(e) for layer in site_layers for e in layer.examples.values()),
-                            time.monotonic() - started)
-    finally:
-        manifest.close()
+def _clip(filters: Iterable[int | range] | None, channels: int) -> list[int]:
+    """The filter indices a layer of ``channels`` has, sorted, each once; ranges are clipped, never
+    expanded beyond the layer."""
+    if filters is None:
+        return list(range(channels))
+    chosen: set[int] = set()
+    for item in filters:
+        if isinstance(item, range):
+            chosen.update(range(max(item.start, 0), min(item.stop, channels), item.step))
+        elif 0 <= item < channels:
+            chosen.add(int(item))
+    return sorted(chosen)
 
 
-def _render_units(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer],
-                  wanted: dict[str, list[int]], fingerprint: str, settings: RenderSettings, executor: Executor,
-                  chunk_size: int, progress: bool) -> int:
+def _check_folder(root: Path) -> None:
+    """An atlas goes into a new or empty folder, or an atlas folder: it removes files it did not
+    write, so it must never take over a folder of other files."""
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"cannot write an atlas into {str(root)!r}: it is a file; give a folder")
+    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
+        raise OutputError(f"folder {str(root)!r} is not empty and holds no atlas ({MANIFEST}); give a new or "
+                          "empty folder")
+
+
+def _build(plan: _Plan, manifest: Manifest, started: float) -> AtlasSummary:
+    fingerprint = model_fingerprint(plan.model)
+    rendered = _render_units(plan, manifest, fingerprint)
+    scanned = _dataset_examples(plan, manifest, fingerprint) if plan.folder is not None else 0
+    manifest.keep_only({(layer.name, k) for layer in plan.layers for k in plan.filters[layer.name]},
+                       {layer.name for layer in plan.layers} if plan.folder is not None else set())
+    units = manifest.units()
+    site_layers = []
+    for layer in plan.layers:
+        examples: dict[int, list[Example]] = {}
+        for example in manifest.examples(layer.name) if plan.folder is not None else []:
+            examples.setdefault(example.filter, []).append(example)
+        site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in plan.filters[layer.name]}, examples))
+    info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side,
+                    plan.folder.resolve().name if plan.folder is not None else None, len(plan.files), plan.top_k)
+    keep = write_site(plan.root, info, site_layers)
+    keep |= {unit.file for layer in site_layers for unit in layer.units.values()}
+    for layer in site_layers:
+        for examples in layer.examples.values():
+            keep |= {e.file for e in examples} | {source_image(e.image) for e in examples}
+    _prune(plan.root, keep)
+    all_units = [unit for layer in site_layers for unit in layer.units.values()]
+    return AtlasSummary(plan.root, plan.model.name, len(plan.layers), len(all_units), rendered,
+                        sum(u.dead for u in all_units), scanned,
+                        sum(len(e) for layer in site_layers for e in layer.examples.values()),
+                        time.monotonic() - started)
+
+
+def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
     """Render what is missing or stale; returns how many filters were rendered."""
     done = manifest.units()
+    settings = plan.settings
     recipe = _recipe_fields(settings.recipe)
+    dtype = autocast_dtype(settings.precision, plan.model.device)
     tasks: list[RenderTask] = []
-    by_path = {layer.path: layer for layer in atlas}
-    layer_fingerprints = {}
+    fingerprints: dict[RenderTask, str] = {}
+    by_path = {layer.path: layer for layer in plan.layers}
     total = 0
-    for layer in atlas:
-        layer_fingerprints[layer.path] = _hash(fingerprint, recipe, settings.seed, settings.precision, layer.path)
-        for chunk in _chunks(wanted[layer.name], chunk_size):
+    for layer in plan.layers:
+        for chunk in _chunks(plan.filters[layer.name], plan.chunk_size):
             total += len(chunk)
-            if not all(_is_done(root, done.get((layer.name, k)), layer_fingerprints[layer.path]) for k in chunk):
-                tasks.append(RenderTask(layer.path, chunk))
+            task = RenderTask(layer.path, chunk)
+            # Everything that can change a pixel: the batch it shares, and where and how it runs too.
+            fingerprints[task] = _hash(fingerprint, recipe, settings.seed, settings.precision, settings.threads,
+                                       str(dtype), plan.model.device.type, layer.path, chunk)
+            if not all(_is_done(plan.root, done.get((layer.name, k)), fingerprints[task], unit_image(layer, k))
+                       for k in chunk):
+                tasks.append(task)
     pending = sum(len(task.filters) for task in tasks)
-    bar = tqdm(total=total, initial=total - pending, desc=f"atlas {model.name}", unit="filter", smoothing=0.1,
-               disable=None if progress else True)
-    with bar:
-        for result in executor.run(model, tasks, settings):
-            _store(root, manifest, by_path[result.task.layer], result, layer_fingerprints[result.task.layer])
+    with tqdm(total=total, initial=total - pending, desc=f"atlas {plan.model.name}", unit="filter", smoothing=0.1,
+              disable=None if plan.progress else True) as bar:
+        for result in plan.executor.run(plan.model, tasks, settings):
+            _store(plan.root, manifest, by_path[result.task.layer], result, fingerprints[result.task])
             bar.update(len(result.task.filters))
     return pending
 
 
 def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult, fingerprint: str) -> None:
-    """Write a task's images, then (and only then) record them."""
+    """Forget a task's old rows, write its images, then (and only then) record them."""
+    manifest.forget_units(layer.name, result.task.filters)
     (root / "img" / layer.slug).mkdir(parents=True, exist_ok=True)
     units = []
     for k, data, start, score, dead in zip(result.task.filters, result.pngs, result.start_scores, result.scores,
@@ -238,19 +289,18 @@ def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult
     manifest.put_units(units)
 
 
-def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas: list[AtlasLayer],
-                      filters: dict[str, list[int]], folder: Path, files: list[Path], fingerprint: str, side: int,
-                      top_k: int, batch_size: int, progress: bool) -> int:
-    """Find the top-k dataset examples of every filter of the layers whose examples are missing or
-    stale, in one pass over ``files``; returns how many images were scanned."""
-    contents = folder_fingerprint(folder, files)
-    wanted = {layer.path: _hash(fingerprint, contents, side, top_k, batch_size, layer.path, filters[layer.name])
-              for layer in atlas}
+def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
+    """Find the top-k dataset examples of every shown filter of the layers whose examples are missing
+    or stale, in one pass over the images; returns how many images were scanned."""
+    assert plan.folder is not None
+    contents = folder_fingerprint(plan.folder, plan.files)
+    wanted = {layer.name: _hash(fingerprint, contents, plan.side, plan.top_k, plan.scan_batch_size, layer.path,
+                                plan.filters[layer.name]) for layer in plan.layers}
     stored = manifest.example_fingerprints()
-    todo = [layer for layer in atlas if stored.get(layer.name) != wanted[layer.path]]
+    todo = [layer for layer in plan.layers if stored.get(layer.name) != wanted[layer.name]]
     if not todo:
         return 0
-    scan = _hash(sorted(wanted[layer.path] for layer in todo))
+    scan = _hash(sorted(wanted[layer.name] for layer in todo))
     saved = manifest.scan_checkpoint(scan)
     state = (saved[0], unpack(saved[1])) if saved else None
     first = state[0] if state else 0
@@ -259,29 +309,31 @@ def _dataset_examples(model: LoadedModel, root: Path, manifest: Manifest, atlas:
     def checkpoint(next_image: int, tops: dict[str, TopK]) -> None:
         nonlocal last_save
         bar.update(next_image - bar.n)
-        if next_image == len(files) or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+        if next_image == len(plan.files) or time.monotonic() - last_save > CHECKPOINT_SECONDS:
             manifest.put_scan_checkpoint(scan, next_image, pack(tops))
             last_save = time.monotonic()
 
-    with tqdm(total=len(files), initial=first, desc="dataset examples", unit="image",
-              disable=None if progress else True) as bar:
-        tops = scan_images(model, [layer.path for layer in todo], files, side, top_k, batch_size=batch_size,
-                           state=state, on_batch=checkpoint)
-    examples = _write_examples(model, root, folder, files, todo, filters, tops, side)
-    manifest.put_examples({layer.name: wanted[layer.path] for layer in todo}, examples, scan)
-    return len(files) - first
+    with tqdm(total=len(plan.files), initial=first, desc="dataset examples", unit="image",
+              disable=None if plan.progress else True) as bar:
+        tops = scan_images(plan.model, [layer.path for layer in todo], plan.files, plan.side, plan.top_k,
+                           batch_size=plan.scan_batch_size, state=state, on_batch=checkpoint)
+    manifest.forget_examples([layer.name for layer in todo])
+    examples = _write_examples(plan, todo, tops)
+    manifest.put_examples({layer.name: wanted[layer.name] for layer in todo}, examples, scan)
+    return len(plan.files) - first
 
 
-def _write_examples(model: LoadedModel, root: Path, folder: Path, files: list[Path], layers: list[AtlasLayer],
-                    filters: dict[str, list[int]], tops: dict[str, TopK], side: int) -> list[Example]:
+def _write_examples(plan: _Plan, layers: list[AtlasLayer], tops: dict[str, TopK]) -> list[Example]:
     """Cut each shown filter's example crops, and write a small copy of every image used; returns the
     examples."""
+    assert plan.folder is not None
+    side = plan.side
     boxes: dict[int, list[tuple[AtlasLayer, int, int, float, tuple[int, int, int]]]] = {}
     for layer in layers:
         top = tops[layer.path]
-        field = max(receptive_field(model, layer.path, side), min(MIN_CROP, side))
+        field = max(receptive_field(plan.model, layer.path, side), min(MIN_CROP, side))
         grid = (layer.height, layer.width) if layer.height is not None else None
-        for k in filters[layer.name]:
+        for k in plan.filters[layer.name]:
             for rank in range(top.k):
                 image = int(top.images[k, rank])
                 if image < 0:
@@ -290,16 +342,15 @@ def _write_examples(model: LoadedModel, root: Path, folder: Path, files: list[Pa
                 boxes.setdefault(image, []).append((layer, k, rank, float(top.values[k, rank]), box))
     examples = []
     for image, uses in sorted(boxes.items()):
-        pixels = load_square(files[image], side)
-        name = files[image].relative_to(folder).as_posix()
-        copy = root / source_image(name)
+        pixels = load_square(plan.files[image], side)
+        name = plan.files[image].relative_to(plan.folder).as_posix()
+        copy = plan.root / source_image(name)
         copy.parent.mkdir(parents=True, exist_ok=True)
-        stream = _jpeg(pixels)
-        write_atomic(copy, stream)
+        write_atomic(copy, _jpeg(pixels))
         for layer, k, rank, value, (top_px, left, crop) in uses:
             relative = f"examples/{layer.slug}/{k}-{rank}.png"
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(root / relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
+            (plan.root / relative).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(plan.root / relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
             examples.append(Example(layer.name, k, rank, name, value, top_px, left, crop, relative))
     return examples
 

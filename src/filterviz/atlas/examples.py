@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import FilterVizError
+from ..execution import deterministic
 from ..models.loaded import LoadedModel
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -33,6 +34,16 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not files:
         raise FilterVizError(f"image folder {str(root)!r} has no images; give a folder of .jpg or .png images")
     return files
+
+
+def check_images(files: Sequence[Path]) -> None:
+    """Fail at once, naming the file, if an image cannot be opened (its header is read, not its pixels)."""
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError) as exc:
+            raise FilterVizError(f"cannot read image {str(path)!r} ({exc}); remove it from the folder") from None
 
 
 def folder_fingerprint(root: Path, files: Sequence[Path]) -> str:
@@ -132,7 +143,7 @@ def scan_images(
     ``batch_size``, so a continued scan computes exactly what an uninterrupted one does.
     """
     next_image, tops = state if state is not None else (0, {})
-    with torch.no_grad(), model.capture(list(layers)) as run:
+    with torch.no_grad(), deterministic(model.device), model.capture(list(layers)) as run:
         for first in range(next_image, len(files), batch_size):
             chunk = files[first:first + batch_size]
             pixels = np.stack([load_square(path, side) for path in chunk])

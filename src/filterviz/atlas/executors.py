@@ -5,6 +5,8 @@ rendered as one batch, and comes back as PNG bytes: only the caller writes files
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -13,6 +15,7 @@ import torch
 
 from ..ascent import render_filters
 from ..errors import FilterVizError, first_line
+from ..execution import deterministic
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe
@@ -53,8 +56,9 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(settings.threads or threads)
-        result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
-                                precision=settings.precision, batch_size=len(task.filters))
+        with deterministic(model.device):
+            result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
+                                    precision=settings.precision, batch_size=len(task.filters))
     finally:
         torch.set_num_threads(threads)
     return TaskResult(task, tuple(png_bytes(image) for image in result.images),
@@ -96,6 +100,20 @@ def _ray_run_task(boxed_model: list[Any], task: RenderTask, settings: RenderSett
         _worker_models.clear()
         _worker_models[key] = model
     return run_task(_worker_models[key], task, settings)
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's long retries, when a cluster address does not answer."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise FilterVizError(f"cannot read Ray address {address!r}; use HOST:PORT, ray://HOST:10001 or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise FilterVizError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one there "
+                             "with `ray start --head`, or leave out --address to run Ray on this machine") from None
 
 
 def _last_line(exc: BaseException) -> str:
@@ -142,6 +160,8 @@ class RayExecutor:
 
         ray = require("ray", "ray", "atlases with --executor ray")
         if not ray.is_initialized():
+            _check_reachable(self.address)
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
                          log_to_driver=False, **self.init_options)
@@ -166,8 +186,8 @@ class RayExecutor:
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         import ray
 
-        if not ray.is_initialized():
-            self.open()
+        if not ray.is_initialized() or not self._nodes:
+            self.open()  # the caller should ``close()`` when done
         pending: dict[Any, RenderTask] = {}
         try:
             cpus = self.cpus_per_task if self.cpus_per_task is not None else settings.threads or 1

@@ -78,7 +78,8 @@ class Manifest:
         try:
             yield self.connection
         except BaseException:
-            self.connection.execute("ROLLBACK")
+            if self.connection.in_transaction:  # SQLite may have rolled back already
+                self.connection.execute("ROLLBACK")
             raise
         self.connection.execute("COMMIT")
 
@@ -91,6 +92,19 @@ class Manifest:
             sql.executemany("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(u.layer, u.filter, u.fingerprint, u.file, u.bytes, u.sha256, u.start_score,
                               u.score, int(u.dead)) for u in units])
+
+    def forget_units(self, layer: str, filters: Sequence[int]) -> None:
+        """Drop the rows of files about to be rewritten, so that no row ever vouches for a file that
+        a later, interrupted write changed."""
+        with self.transaction() as sql:
+            sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", [(layer, k) for k in filters])
+
+    def forget_examples(self, layers: Sequence[str]) -> None:
+        """Drop the examples of layers whose files are about to be rewritten (see ``forget_units``)."""
+        with self.transaction() as sql:
+            for layer in layers:
+                sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
 
     def examples(self, layer: str | None = None) -> list[Example]:
         query = "SELECT * FROM examples" + (" WHERE layer = ?" if layer else "") + " ORDER BY layer, filter, rank"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -76,19 +77,25 @@ def default_layers(model: LoadedModel, size: int) -> list[str]:
     return [info.aliases[0] if info.aliases else info.name for info in chosen]
 
 
+def layer_slug(name: str) -> str:
+    """A file and URL name for a layer, from its name alone (so it never depends on the other layers
+    chosen): the name itself when it is already safe and lower-case, else a cleaned name plus a short
+    hash of the name, so that distinct names never share files, even on case-insensitive disks."""
+    cleaned = re.sub(r"[^a-z0-9_.-]", "_", name.lower()).strip(".") or "layer"
+    if cleaned == name:
+        return name
+    return f"{cleaned}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def atlas_layers(model: LoadedModel, names: list[str], size: int) -> list[AtlasLayer]:
-    """The named layers (aliases or paths) as AtlasLayers, in the order given, with distinct slugs; a
-    layer named twice (by alias and by path) is shown once."""
-    layers, slugs, paths = [], set(), set()
+    """The named layers (aliases or paths) as AtlasLayers, in the order given; a layer named twice
+    (by alias and by path) is shown once."""
+    layers, paths = [], set()
     for name in names:
         info = model.layer_info(name, size)
         if info.name in paths:
             continue
         paths.add(info.name)
-        slug = base = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "layer"
-        number = 2
-        while slug.lower() in slugs:  # case-insensitive file systems too
-            slug, number = f"{base}-{number}", number + 1
-        slugs.add(slug.lower())
-        layers.append(AtlasLayer(name, info.name, info.kind, info.channels, info.height, info.width, slug))
+        layers.append(AtlasLayer(name, info.name, info.kind, info.channels, info.height, info.width,
+                                 layer_slug(name)))
     return layers
