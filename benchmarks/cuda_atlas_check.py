@@ -1,5 +1,6 @@
 """A short check of the atlas on a GPU (exits 0 only if it passes): the same atlas built twice on CUDA
-is byte-identical, and running it again renders nothing.
+is byte-identical for every recipe preset (their scale, rotate, crop and resize transforms included),
+and running it again renders nothing.
 
 Uses torchvision's ResNet-18 with random weights (no download), two blocks, 8 filters each:
 
@@ -31,7 +32,7 @@ def main() -> int:
     model = filterviz.load_model("resnet18", "random", device="cuda")
     failures = []
     with tempfile.TemporaryDirectory() as temp:
-        for recipe, steps in (("classic", 30), ("lucid", 30)):
+        for recipe, steps in (("classic", 30), ("lucid", 30), ("maco", 20)):
             options = dict(layers=["layer1.0", "layer2.0"], filters=range(8), recipe=recipe, steps=steps, size=96,
                            seed=0, chunk_size=8)
             sites = []

@@ -185,3 +185,25 @@ def test_presets_run_unchanged_on_vgg_and_resnet_like_models(architecture):
         result = filterviz.render(model, [f"channel:{layer}:{c}" for c in channels], name, steps=6, size=64,
                                   seed=0, views=1)
         assert (result.score > result.start_score).all(), (name, result.start_score, result.score)
+
+
+@pytest.mark.parametrize("padding", ["reflection", "border", "zeros"])
+def test_gather_sampling_equals_grid_sample(padding):
+    from filterviz.transforms import gather_sample
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 9, 11, generator=generator, dtype=torch.float64)
+    grid = torch.rand(2, 7, 8, 2, generator=generator, dtype=torch.float64) * 3 - 1.5  # well outside too
+    expected = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    assert torch.allclose(gather_sample(x, grid, padding), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [5, 13, 24])
+def test_matrix_resize_equals_interpolate(size):
+    from filterviz.transforms import matrix_resize
+
+    x = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for antialias in (False, True):
+        expected = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                   antialias=antialias)
+        assert torch.allclose(matrix_resize(x, size, antialias), expected, atol=1e-12)

@@ -26,12 +26,59 @@ def _choice(generator: torch.Generator, options: Sequence[float]) -> float:
     return float(options[int(torch.randint(len(options), (), generator=generator))])
 
 
+def _deterministic_cuda(x: torch.Tensor) -> bool:
+    """Whether deterministic kernels were asked for on this CUDA tensor (see ``execution.deterministic``).
+    PyTorch's CUDA backward of grid_sample and interpolate adds with atomics, in no fixed order; the
+    gather and matrix forms below have deterministic backward passes, at some cost in speed."""
+    return x.is_cuda and torch.are_deterministic_algorithms_enabled()
+
+
+def _source_index(position: torch.Tensor, length: int, padding: str) -> torch.Tensor:
+    """Pixel coordinates as grid_sample (align_corners=False) maps them back into the image."""
+    if padding == "reflection":  # mirror about the outer pixel edges, -0.5 and length - 0.5
+        position = torch.remainder(position + 0.5, 2 * length)
+        position = torch.where(position >= length, 2 * length - position, position) - 0.5
+    return position.clamp(0, length - 1) if padding != "zeros" else position
+
+
+def gather_sample(x: torch.Tensor, grid: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
+    """``F.grid_sample(x, grid, "bilinear", padding, align_corners=False)`` by gathers, whose gradient
+    is deterministic on CUDA."""
+    batch, channels, height, width = x.shape
+    out_height, out_width = grid.shape[1:3]
+    column = _source_index(((grid[..., 0] + 1) * width - 1) / 2, width, padding)
+    row = _source_index(((grid[..., 1] + 1) * height - 1) / 2, height, padding)
+    left, top = column.floor(), row.floor()
+    flat = x.reshape(batch, channels, height * width)
+    result = x.new_zeros(batch, channels, out_height * out_width)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        y, x_ = top + dy, left + dx
+        weight = (1 - (row - y).abs()) * (1 - (column - x_).abs())
+        inside = (y >= 0) & (y <= height - 1) & (x_ >= 0) & (x_ <= width - 1)
+        index = (y.clamp(0, height - 1) * width + x_.clamp(0, width - 1)).long().reshape(batch, 1, -1)
+        values = flat.gather(2, index.expand(batch, channels, -1))
+        result = result + values * (weight * inside).reshape(batch, 1, -1).to(x.dtype)
+    return result.reshape(batch, channels, out_height, out_width)
+
+
+def matrix_resize(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """``F.interpolate(x, (size, size), "bilinear", antialias=...)`` as two matrix products (resizing
+    is separable), whose gradient is deterministic on CUDA. Each matrix is the resize of an identity."""
+    def along(length: int) -> torch.Tensor:
+        identity = torch.eye(length, dtype=torch.float64)[None, None]
+        return F.interpolate(identity, size=(size, length), mode="bilinear", align_corners=False,
+                             antialias=antialias)[0, 0].to(x.device, x.dtype)
+    return torch.einsum("ih,nchw,jw->ncij", along(x.shape[-2]), x, along(x.shape[-1]))
+
+
 def affine(x: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] | None = None,
            padding: str = "reflection") -> torch.Tensor:
     """Resample each row of ``x`` through its 2x3 matrix in normalized coordinates (output -> input),
     bilinear, to ``size`` (default: x's own)."""
     height, width = size or tuple(x.shape[-2:])
     grid = F.affine_grid(matrices.to(x.dtype), [x.shape[0], x.shape[1], height, width], align_corners=False)
+    if _deterministic_cuda(x):
+        return gather_sample(x, grid, padding)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
@@ -150,6 +197,8 @@ class Resize(nn.Module):
     def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         if tuple(x.shape[-2:]) == (self.size, self.size):
             return x
+        if _deterministic_cuda(x):
+            return matrix_resize(x, self.size, antialias=self.size < x.shape[-1])
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                              antialias=self.size < x.shape[-1])
 
