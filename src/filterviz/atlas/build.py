@@ -9,6 +9,7 @@ image folder) is fingerprinted; a change redoes exactly the steps that depend on
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -28,7 +29,8 @@ from ..execution import autocast_dtype
 from ..image import png_bytes, write_atomic
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe, get_recipe
-from .examples import TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack, receptive_field, scan_images, unpack
+from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
+                       receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
 from .manifest import Example, Manifest, Unit
 from .selection import AtlasLayer, atlas_layers, default_layers
@@ -356,8 +358,6 @@ def _write_examples(plan: _Plan, layers: list[AtlasLayer], tops: dict[str, TopK]
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
-    import io
-
     stream = io.BytesIO()
     Image.fromarray(pixels).save(stream, format="JPEG", quality=90)
     return stream.getvalue()

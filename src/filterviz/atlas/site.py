@@ -8,6 +8,7 @@ same atlas always has the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,8 +162,6 @@ def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
 
 def source_image(relative: str) -> str:
     """Where a dataset image's small copy is, by its path in the dataset folder."""
-    import hashlib
-
     return f"examples/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
 
 
