@@ -36,14 +36,20 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+def _open_rgb(path: Path, decode: bool = True) -> Image.Image | None:
+    """The image at ``path`` in RGB (or, with ``decode=False``, only its header checked); a file that
+    is not a readable image is a one-line error naming it."""
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB") if decode else None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise FilterVizError(f"cannot read image {str(path)!r} ({exc}); remove it from the folder") from None
+
+
 def check_images(files: Sequence[Path]) -> None:
     """Fail at once, naming the file, if an image cannot be opened (its header is read, not its pixels)."""
     for path in files:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, UnidentifiedImageError) as exc:
-            raise FilterVizError(f"cannot read image {str(path)!r} ({exc}); remove it from the folder") from None
+        _open_rgb(path, decode=False)
 
 
 def folder_fingerprint(root: Path, files: Sequence[Path]) -> str:
@@ -57,11 +63,7 @@ def folder_fingerprint(root: Path, files: Sequence[Path]) -> str:
 
 def load_square(path: Path, side: int) -> np.ndarray:
     """An image as (side, side, 3) uint8 RGB: its short side scaled to ``side``, then center-cropped."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise FilterVizError(f"cannot read image {str(path)!r} ({exc}); remove it from the folder") from None
+    image = _open_rgb(path)
     scale = side / min(image.size)
     width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
