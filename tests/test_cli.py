@@ -122,8 +122,8 @@ def test_dead_filter_is_warned_about(capsys, tmp_path):
     code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "11", "--size", "32", "--steps", "3",
                        "-o", str(tmp_path / "dead.png"))
     assert code == 0
-    assert "warning: filter 11 of stem.act is dead: its gradient stayed zero at every step" in err
-    assert "shows only the start noise" in err
+    assert "warning: filter 11 of stem.act of efficientnet-lite0 is dead: it takes the same value on all" in err
+    assert "probe images (natural photos and strong noise)" in err
 
 
 def test_layers_lists_names_kinds_channels_and_aliases(capsys):

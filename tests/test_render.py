@@ -104,7 +104,7 @@ def test_forward_stops_at_target_and_leaves_no_trace():
 def test_activation_rises():
     model = tiny_model()
     result = render_filters(model, "features.3", range(6), size=16, seed=1)
-    alive = ~result.dead
+    alive = ~result.stuck
     assert alive.any()
     assert (result.activation[alive] > result.start_activation[alive]).all()
 
@@ -116,13 +116,13 @@ def test_dead_filter_is_flagged():
         conv.weight[4] = 0
         conv.bias[4] = -1
     result = render_filters(model, "features.3", [3, 4], size=16, steps=5, seed=0)
-    assert result.dead.tolist() == [False, True]
+    assert result.dead.tolist() == [False, True] and result.stuck.tolist() == [False, True]
     assert np.array_equal(result.pixels[1], classic_start(16, [4], seed=0)[0])
 
 
 def test_no_steps_means_nothing_is_judged_dead():
     result = render_filters(tiny_model(), "features.3", [0, 1], size=16, steps=0, seed=0)
-    assert not result.dead.any()
+    assert not result.dead.any() and not result.stuck.any()
     assert np.array_equal(result.pixels, classic_start(16, [0, 1], seed=0))
     assert np.array_equal(result.activation, result.start_activation)
 

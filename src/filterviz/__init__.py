@@ -9,7 +9,7 @@ Synthesizes the input images that most excite a model's filters, by gradient asc
 
 from . import objectives
 from .book import book_layers, generate_pattern, run_demo
-from .errors import FilterVizError
+from .errors import FilterVizError, FilterVizWarning
 from .image import deprocess_image, make_grid, save_image
 from .layers import LayerInfo
 from .models import DEFAULT_MODEL, InputSpec, LoadedModel, known_models, load_model
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "FilterRender",
     "FilterVizError",
+    "FilterVizWarning",
     "Objective",
     "RECIPES",
     "Recipe",

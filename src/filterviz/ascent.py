@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,23 +18,28 @@ import torch
 from tqdm.auto import tqdm
 
 from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
-from .errors import FilterIndexError, FilterVizError, InputSizeError
+from .errors import FilterIndexError, FilterVizError, FilterVizWarning, InputSizeError
 from .execution import auto_batch_size, autocast, autocast_dtype, channels_last
 from .image import deprocess_image, stretch_image
+from .liveness import flat_on_probe, probe_count
 from .models.loaded import LoadedModel
-from .objectives import IMAGE, Objective, Regularizer, batch_scores, channel, parse_objective
+from .objectives import IMAGE, Channel, Objective, Regularizer, batch_scores, channel, parse_objective
 from .params import FourierImage, MacoImage, PixelImage, classic_start, load_spectrum
 from .recipes import Recipe, get_recipe
+from .redirect import Redirection, redirected
 
 
 @dataclass
 class Render:
     """The outcome of ``render``: one image per objective.
 
-    ``pixels`` are the optimized images, (N, H, W, 3) in RGB pixel units; ``images`` their uint8
-    pictures (by the recipe's ``deprocess``). ``start_score`` and ``score`` are each objective at the
-    start and final image (untransformed). ``dead[i]`` is true when image ``i``'s gradient stayed zero
-    at every step. ``importance`` (MACO) is the accumulated gradient magnitude per pixel, (N, H, W).
+    ``model`` names the model that made it. ``pixels`` are the optimized images, (N, H, W, 3) in RGB
+    pixel units; ``images`` their uint8 pictures (by the recipe's ``deprocess``). ``start_score`` and
+    ``score`` are each objective at the start and final image (untransformed). ``stuck[i]`` is true when
+    image ``i`` never left its start: its gradient stayed zero at every step, or its score never changed,
+    so its picture shows only the start image. ``dead[i]`` (a stuck image only) is true when its
+    objective is measured dead: the same value on every probe photo and noise image (see ``liveness``).
+    ``importance`` (MACO) is the accumulated gradient magnitude per pixel, (N, H, W).
     """
 
     model: str
@@ -42,6 +48,7 @@ class Render:
     pixels: np.ndarray
     start_score: np.ndarray
     score: np.ndarray
+    stuck: np.ndarray
     dead: np.ndarray
     importance: np.ndarray | None = None
 
@@ -167,6 +174,72 @@ def _check_layers_and_channels(model: LoadedModel, objectives: list[Objective], 
                     f"{channels[term.layer]} channels: use 0-{channels[term.layer] - 1}")
 
 
+def plan_batches(objectives: Sequence[Objective], batch: int) -> list[list[int]]:
+    """Which images share each batch, in order. Images whose objective reads the other images with the
+    same objective (a diversity term) all share one batch, even one larger than ``batch``."""
+    units: list[list[int]] = []
+    groups: dict[Objective, list[int]] = {}
+    for index, objective in enumerate(objectives):
+        if not objective.batchwise:
+            units.append([index])
+        elif objective in groups:
+            groups[objective].append(index)
+        else:
+            groups[objective] = [index]
+            units.append(groups[objective])
+    batches: list[list[int]] = []
+    for unit in units:
+        if batches and len(batches[-1]) + len(unit) <= batch:
+            batches[-1].extend(unit)
+        else:
+            batches.append(list(unit))
+    return batches
+
+
+def describe_objective(objective: Objective) -> str:
+    """How a message names an objective: ``filter 3 of blocks.5`` for a single channel, else its name."""
+    if len(objective.terms) == 1 and objective.terms[0][0] == 1.0 and type(objective.terms[0][1]) is Channel:
+        term = objective.terms[0][1]
+        return f"filter {term.channel} of {term.layer}"
+    return objective.name
+
+
+def _progress_label(objectives: Sequence[Objective]) -> str:
+    """What a progress bar says it renders: ``filter 3 of L``, ``64 filters of L`` or ``5 objectives``."""
+    if len(objectives) == 1:
+        return describe_objective(objectives[0])
+    terms = [o.terms[0][1] for o in objectives if len(o.terms) == 1 and o.terms[0][0] == 1.0]
+    if len(terms) == len(objectives) and all(type(t) is Channel for t in terms) and len({t.layer for t in terms}) == 1:
+        return f"{len(objectives)} filters of {terms[0].layer}"
+    return f"{len(objectives)} objectives"
+
+
+def _warn_stuck(result: "Render", redirection: Redirection | None, probe_count: int) -> None:
+    """One warning per image that never left its start, saying whether its unit is dead or only stuck."""
+    recipe = result.recipe
+    for objective, stuck, dead in zip(result.objectives, result.stuck, result.dead):
+        if not stuck:
+            continue
+        what = describe_objective(objective)
+        if dead:
+            message = (f"{what} of {result.model} is dead: it takes the same value on all {probe_count} probe "
+                       "images (natural photos and strong noise), so no picture can show it")
+        elif recipe.escape_steps == 0:
+            message = (f"{what} of {result.model} is stuck at its start image (the gradient was zero at every "
+                       "step), though it responds to photos; its picture shows only the start image; "
+                       "--escape-steps 16 (escape_steps=16) keeps this recipe and lets the gradient through "
+                       "switched-off units for the first steps, as --recipe lucid and maco do")
+        elif redirection is not None and redirection.modules == 0:
+            message = (f"{what} of {result.model} is stuck at its start image, though it responds to photos, and "
+                       "this model has no ReLU modules to let the gradient through; try another --seed or a "
+                       "recipe that starts elsewhere (--recipe maco)")
+        else:
+            message = (f"{what} of {result.model} stayed stuck at its start image through "
+                       f"{recipe.escape_steps} escape steps, though it responds to photos; try another --seed "
+                       "or more --escape-steps")
+        warnings.warn(message, FilterVizWarning, stacklevel=3)
+
+
 def render(
     model: LoadedModel,
     objectives: Sequence[Objective | str],
@@ -225,8 +298,11 @@ def render(
     parts: list[list[torch.Tensor | None]] = []
     if memory_format not in ("channels_last", "contiguous"):
         raise FilterVizError(f"memory_format must be channels_last or contiguous, not {memory_format!r}")
+    together = max([len(group) for group in plan_batches(targets, len(targets))
+                    if targets[group[0]].batchwise] or [1])
     with contextlib.ExitStack() as stack:
         nhwc = stack.enter_context(channels_last(model.module, memory_format == "channels_last"))
+        redirection = stack.enter_context(redirected(model.module)) if recipe.escape_steps else None
         if conv_tail is not None:
             conv_run = stack.enter_context(conv_input(model, conv_tail.conv))
             forward: Callable[[torch.Tensor], object] = conv_run
@@ -234,9 +310,9 @@ def render(
             run = stack.enter_context(model.capture(layers))
             forward = run
         view_side = recipe.view_size or size + 2 * recipe.pad  # what the model sees at each step
-        batch = batch_size or auto_batch_size(model, forward, view_side, recipe.views, max_memory, dtype)
-        chunks = [range(first, min(first + batch, len(targets))) for first in range(0, len(targets), batch)]
-        description = targets[0].name if len(targets) == 1 else f"{len(targets)} objectives"
+        batch = batch_size or auto_batch_size(model, forward, view_side, recipe.views, max_memory, dtype, together)
+        chunks = plan_batches(targets, batch)
+        description = _progress_label(targets)
         bar = stack.enter_context(tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}",
                                        unit="step", disable=None if progress else True, leave=False))
         for chunk in chunks:
@@ -247,21 +323,31 @@ def render(
                 score = _scorer(run, [targets[i] for i in chunk], nhwc)
             with autocast(model.device, dtype):
                 parts.append(_render_chunk(model, score, [keys[i] for i in chunk], recipe, size, seed,
-                                           None if start is None else start[chunk.start:chunk.stop], spectrum,
-                                           transforms, bar.update))
+                                           None if start is None else start[chunk], spectrum,
+                                           transforms, bar.update, redirection))
+    order = np.argsort([index for chunk in chunks for index in chunk], kind="stable")  # back to input order
     pixels, before, after, alive, importance = (
-        torch.cat(column) if column[0] is not None else None for column in zip(*parts))
-    return Render(
+        torch.cat(column)[torch.as_tensor(order)] if column[0] is not None else None for column in zip(*parts))
+    start_score, final_score = before.double().numpy(), after.double().numpy()
+    stuck = ~alive.numpy() | ((start_score == final_score) & (recipe.steps > 0))
+    dead = np.zeros_like(stuck)
+    if stuck.any():  # only now is it worth asking whether the unit responds to anything at all
+        indices = np.flatnonzero(stuck)
+        dead[indices] = flat_on_probe(model, [targets[i] for i in indices], size)
+    result = Render(
         model=model.name, objectives=targets, recipe=recipe,
         pixels=pixels.permute(0, 2, 3, 1).double().numpy(),
-        start_score=before.double().numpy(), score=after.double().numpy(), dead=~alive.numpy(),
+        start_score=start_score, score=final_score, stuck=stuck, dead=dead,
         importance=None if importance is None else importance.double().numpy(),
     )
+    _warn_stuck(result, redirection, probe_count())
+    return result
 
 
 def _render_chunk(model: LoadedModel, score: Scorer, keys: list[int], recipe: Recipe, size: int,
                   seed: int | None, start: np.ndarray | None, spectrum: np.ndarray | None,
-                  transforms: torch.nn.Module, on_step: Callable[[], None]) -> list[torch.Tensor | None]:
+                  transforms: torch.nn.Module, on_step: Callable[[], None],
+                  redirection: Redirection | None = None) -> list[torch.Tensor | None]:
     image = _parameterization(recipe, size, keys, seed, start, spectrum).to(model.device, model.dtype)
     parameters = list(image.parameters())
     optimizer = _optimizer(recipe, parameters)
@@ -274,7 +360,9 @@ def _render_chunk(model: LoadedModel, score: Scorer, keys: list[int], recipe: Re
         with torch.no_grad():
             pixels = image()
             first = score(pixels, pixels, 1).detach().cpu()
-    for _ in range(recipe.steps):
+    for step in range(recipe.steps):
+        if redirection is not None:
+            redirection.active = step < recipe.escape_steps
         pixels = image()
         views = pixels.repeat_interleave(recipe.views, dim=0) if recipe.views > 1 else pixels
         scores = score(pixels, transforms(views, generators), recipe.views)
@@ -295,6 +383,8 @@ def _render_chunk(model: LoadedModel, score: Scorer, keys: list[int], recipe: Re
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         on_step()
+    if redirection is not None:
+        redirection.active = False
     with torch.no_grad():
         pixels = image()
         final = score(pixels, pixels, 1).detach().cpu()

@@ -8,13 +8,13 @@ Chollet, *Deep Learning with Python*, 5.4.2 "Visualizing convnet filters": filte
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError, WeightsUnavailableError
+from .errors import FilterVizWarning, OutputError, WeightsUnavailableError
 from .image import deprocess_image, make_grid, save_image
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .ascent import FilterRender, render_filters
@@ -68,13 +68,12 @@ def run_demo(
     seed: int | None = None,
     device: str = "auto",
     progress: bool = False,
-    notify: Callable[[str], None] = lambda message: None,
 ) -> list[DemoFigure]:
     """Write the book's figures into ``out_dir``: ``vggconv1..4.png`` and ``grid_<layer>.png``.
 
     Without ``model``, uses VGG16 with ImageNet weights (cached, downloaded, or the local file
-    ``weights``); when they cannot be had, ``notify`` is told why and the embedded model is used,
-    with comparable layers (see ``book_layers``).
+    ``weights``); when they cannot be had, a FilterVizWarning says why and the embedded model is used,
+    with comparable layers (see ``book_layers``). Each figure's render names the model that made it.
     """
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
@@ -83,7 +82,7 @@ def run_demo(
         try:
             model = load_model("vgg16", weights, device, progress=progress)
         except WeightsUnavailableError as exc:
-            notify(f"{exc}; using the embedded {DEFAULT_MODEL} instead")
+            warnings.warn(f"{exc}; using the embedded {DEFAULT_MODEL} instead", FilterVizWarning, stacklevel=2)
             model = load_model(DEFAULT_MODEL, device=device)
     try:  # only now: a bad model or weights leaves no empty folder behind
         folder.mkdir(parents=True, exist_ok=True)
@@ -99,6 +98,6 @@ def run_demo(
     render = render_filters(
         model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress
     )
-    grid = make_grid(render.images, crossed=render.dead)
+    grid = make_grid(render.images, crossed=render.stuck)
     figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
     return figures

@@ -9,13 +9,14 @@ import argparse
 import math
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import NoReturn
 
 from . import __version__
 from .book import GRID_FILTERS, run_demo
-from .errors import FilterVizError
+from .errors import FilterVizError, FilterVizWarning
 from .image import check_writable, make_grid, save_image
 from .models import DEFAULT_MODEL, known_models, load_model
 from .models.registry import is_model_file
@@ -154,13 +155,6 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     return get_recipe(args.recipe, **overrides)
 
 
-def _warn_dead(render: FilterRender, consequence: str) -> None:
-    for filter_index, dead in zip(render.filters, render.dead):
-        if dead:
-            _say(f"warning: filter {filter_index} of {render.layer} is dead: its gradient stayed zero at every "
-                 f"step, so nothing could be rendered; {consequence}")
-
-
 OTHER_SOURCES = """\
 Other sources:
   timm:NAME          any timm model, e.g. timm:resnet50 (pip install 'filterviz[timm]')
@@ -236,11 +230,6 @@ def _cmd_render(args: argparse.Namespace) -> None:
                     if args.layer is not None and not args.objective else None,
                     progress=not args.quiet)
     book = args.layer is not None and not args.objective
-    for objective, dead in zip(result.objectives, result.dead):
-        if dead:
-            what = f"filter {args.filter} of {args.layer}" if book else objective.name
-            _say(f"warning: {what} is dead: its gradient stayed zero at every step, so nothing could be rendered; "
-                 f"{outputs[0] if book else 'its picture'} shows only the start noise")
     images = result.images
     if per_file:
         for image, output in zip(images, outputs):
@@ -290,8 +279,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                             recipe=_recipe(args), precision=args.precision, max_memory=args.max_memory)
-    _warn_dead(render, "its tile is crossed out")
-    save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.dead), args.output)
+    save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.stuck), args.output)
     if not args.quiet:
         _say(f"wrote {args.output} ({len(filters)} filters of {args.layer})")
 
@@ -322,10 +310,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     model = _load(args) if args.model else None
     figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
-                       progress=not args.quiet, notify=_say)
-    for figure in figures:
-        _warn_dead(figure.render, f"it is crossed out in {figure.path}" if len(figure.render.filters) > 1
-                   else f"{figure.path} shows only the start noise")
+                       progress=not args.quiet)
     if not args.quiet:
         model = figures[0].render.model
         _say(f"wrote {', '.join(str(f.path) for f in figures)} with {model}")
@@ -443,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *rest: object, **kwargs: object) -> None:
+    """filterviz's own warnings (dead units, fallbacks) as one ``filterviz: warning:`` line each."""
+    if issubclass(category, FilterVizWarning):
+        _say(f"warning: {message}")
+    else:
+        warnings._showwarning_orig(message, category, *rest, **kwargs)  # type: ignore[attr-defined]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for any user error)."""
     try:
@@ -450,7 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors, --help and --version
         return int(exc.code or 0)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FilterVizWarning)
+            warnings.showwarning = _show_warning
+            args.run(args)
     except FilterVizError as exc:
         _say(f"error: {exc}")
         return 2

@@ -7,6 +7,11 @@ class FilterVizError(Exception):
     """Base class of every error a user can cause; the CLI prints its message and exits with status 2."""
 
 
+class FilterVizWarning(UserWarning):
+    """Something a user should know about a result: a dead or stuck unit, a fallback to another model.
+    The CLI prints it as one ``filterviz: warning:`` line."""
+
+
 class UnknownModelError(FilterVizError, KeyError):
     """A model name that filterviz does not know."""
 

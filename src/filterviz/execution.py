@@ -126,10 +126,11 @@ def _readable(size: float) -> str:
 
 
 def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int, views: int,
-                    max_memory: int | None, dtype: torch.dtype | None) -> int:
+                    max_memory: int | None, dtype: torch.dtype | None, together: int = 1) -> int:
     """Images per batch: the device's batch (on a CPU, as many as keep CPU_WORKING_SET), capped so that a
     batch's saved activations (times 1.5 for what the backward pass holds besides) fit in ``max_memory``
-    bytes (default: a share of free memory)."""
+    bytes (default: a share of free memory). ``together`` images must fit in one batch (copies that
+    read each other): if they cannot, that is an error."""
     kind = model.device.type
     saved = max(saved_bytes_per_image(model, forward, size, dtype), 1) * views
     cap = DEVICE_BATCH.get(kind, 8)
@@ -141,6 +142,11 @@ def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object
     if fits < 1:
         raise FilterVizError(f"one image needs about {_readable(per_image)}, more than the memory budget of "
                              f"{_readable(budget)}; use a smaller --size or a larger --max-memory")
+    if fits < together:
+        raise FilterVizError(f"{together} copies that are compared with each other (a diversity term) must share "
+                             f"one batch, which needs about {_readable(per_image * together)}, more than the memory "
+                             f"budget of {_readable(budget)}; use at most {fits} --copies, a smaller --size or a "
+                             "larger --max-memory")
     return min(cap, fits)
 
 

@@ -43,6 +43,9 @@ class Term:
 
     layer: str
     kind: ClassVar[str]
+    # Whether an image's score reads the other images of its batch (diversity): such images must be
+    # optimized in one batch, whatever the batch size.
+    batchwise: ClassVar[bool] = False
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         raise NotImplementedError
@@ -167,6 +170,7 @@ class Diversity(Term):
 
     layer: str
     kind: ClassVar[str] = "diversity"
+    batchwise: ClassVar[bool] = True
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         others = [peer for peer in rows.peers if peer != rows.views]
@@ -271,6 +275,11 @@ class Objective:
     def layers(self) -> set[str]:
         """The layers (and ``OUTPUT``/``IMAGE``) that its terms read."""
         return {term.layer for _, term in self.terms}
+
+    @property
+    def batchwise(self) -> bool:
+        """Whether its images read each other (a diversity term): they must share one batch."""
+        return any(term.batchwise for _, term in self.terms)
 
     @property
     def name(self) -> str:

@@ -43,6 +43,8 @@ class Recipe:
     steps: int = _field(40, "optimization steps")
     optimizer: Optimizer = _field("ascent", "ascent: the book's x += lr * g / rms(g) | adam | nadam")
     learning_rate: float = _field(1.0, "step size (the book's step) or the optimizer's learning rate")
+    escape_steps: int = _field(0, "first steps in which an image with no gradient gets one through switched-off "
+                                  "ReLUs (Lucid's redirected ReLU), to escape a flat start; 0: never, as the book")
     views: int = _field(1, "transformed copies of each image per step")
     pad: int = _field(0, "px of mid-gray around the image")
     jitter: int = _field(0, "random shift of 0..jitter px")
@@ -67,6 +69,7 @@ class Recipe:
             (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
             (self.deprocess in ("book", "none", "stretch"), "deprocess must be book, none or stretch"),
             (self.steps >= 0, "steps must be 0 or more"),
+            (self.escape_steps >= 0, "escape_steps must be 0 or more"),
             (self.views >= 1, "views must be 1 or more"),
             (self.learning_rate == self.learning_rate and abs(self.learning_rate) != float("inf"),
              "learning_rate must be a finite number"),
@@ -117,15 +120,16 @@ RECIPES: dict[str, Recipe] = {
     # The book: gray noise, 40 RMS-normalized steps of 1 on the pixels, deprocessed for display.
     "classic": Recipe(name="classic"),
     # Lucid's defaults: a 1/f Fourier image in decorrelated color through a sigmoid, its standard
-    # transforms (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4) and Adam at 0.05.
+    # transforms (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4) and Adam at 0.05;
+    # for 16 steps an image without gradient gets one through switched-off ReLUs, as Lucid's renders do.
     "lucid": Recipe(name="lucid", parameterization="fourier", size=128, steps=512, optimizer="adam",
-                    learning_rate=0.05, pad=12, jitter=8, scales=LUCID_SCALES, angles=LUCID_ANGLES,
+                    learning_rate=0.05, escape_steps=16, pad=12, jitter=8, scales=LUCID_SCALES, angles=LUCID_ANGLES,
                     final_jitter=4, deprocess="none"),
     # MACO: only the phase is optimized, the magnitude is natural photos'; each step scores two random
     # crops (half to all of the side, flipped at random, with noise) seen at 160 px; NAdam at 1.0;
     # shown with its 1st-99th percentiles stretched to the full range, as MACO shows its images.
     "maco": Recipe(name="maco", parameterization="maco", size=224, steps=256, optimizer="nadam",
-                   learning_rate=1.0, views=2, crop=(0.5, 1.0), flip=True, noise=3.2, view_size=160,
+                   learning_rate=1.0, escape_steps=16, views=2, crop=(0.5, 1.0), flip=True, noise=3.2, view_size=160,
                    deprocess="stretch"),
 }
 

@@ -1,0 +1,154 @@
+"""Dead, stuck and escaping units; copies that differ by a diversity term."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import filterviz
+from filterviz import FilterVizWarning
+from filterviz.ascent import plan_batches, render, render_filters
+from filterviz.cli import main
+from filterviz.liveness import flat_on_probe, probe_count, probe_images
+from filterviz.objectives import channel, diversity, gram
+from filterviz.redirect import _Redirected, redirected
+
+from conftest import TINY_SPEC, tiny_model
+
+
+def _switched_off(model, threshold: float):
+    """Filter 0 of features.1 fires only on inputs far from mid-gray: off on every gray start image."""
+    conv = model.module.features[0]
+    with torch.no_grad():
+        conv.weight[0] = 0
+        conv.weight[0, 2, 1, 1] = 1.0  # red at the centre, as the model sees it (BGR): (red - 100) / 50
+        conv.bias[0] = -threshold
+    return model
+
+
+def _collect(function, *args, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = function(*args, **kwargs)
+    return result, [str(w.message) for w in caught if issubclass(w.category, FilterVizWarning)]
+
+
+def test_probe_images_are_fixed_photos_and_noise():
+    first, second = probe_images(24), probe_images(24)
+    assert first.shape == (probe_count(), 24, 24, 3) and np.array_equal(first, second)
+    assert first.min() >= 0 and first.max() <= 255
+    assert first[:11].std(axis=(1, 2, 3)).min() > 3  # real photos and textures, not flat
+
+
+def test_a_unit_off_on_the_start_but_responding_to_photos_is_stuck_not_dead():
+    model = _switched_off(tiny_model(), threshold=1.5)  # red above 175 switches it on; the start is ~138
+    result, said = _collect(render_filters, model, "features.1", [0, 1], size=16, steps=5, seed=0)
+    assert result.stuck.tolist() == [True, False]
+    assert result.dead.tolist() == [False, False]  # photos switch it on
+    assert len(said) == 1 and "filter 0 of features.1 of tiny is stuck at its start image" in said[0]
+    assert "--escape-steps 16" in said[0]
+
+
+def test_escape_steps_free_a_stuck_unit():
+    model = _switched_off(tiny_model(), threshold=1.2)  # red above 160: within 16 of the book's steps
+    result, said = _collect(render_filters, model, "features.1", [0], size=16, steps=30, seed=0, escape_steps=16)
+    assert not said and not result.stuck[0]
+    assert result.activation[0] > 0 == result.start_activation[0]
+
+
+@pytest.mark.parametrize("recipe", ["lucid", "maco"])
+def test_modern_recipes_escape_a_flat_start(recipe):
+    model = _switched_off(tiny_model(), threshold=1.5)
+    result, said = _collect(render_filters, model, "features.1", [0], recipe=recipe, size=24, steps=40, seed=0,
+                            view_size=None)
+    assert not said and not result.stuck[0] and result.activation[0] > 0
+
+
+def test_escape_leaves_images_with_a_gradient_unchanged():
+    model = _switched_off(tiny_model(), threshold=1.5)
+    plain = render_filters(model, "features.1", [1, 2, 3], size=16, steps=8, seed=0, recipe="lucid", escape_steps=0)
+    both = render_filters(model, "features.1", [0, 1, 2, 3], size=16, steps=8, seed=0, recipe="lucid")
+    assert np.array_equal(plain.pixels, both.pixels[1:])  # byte for byte
+    for module in model.module.modules():  # every module's own forward is back
+        assert "forward" not in module.__dict__
+
+
+def test_a_unit_that_never_responds_is_dead():
+    model = tiny_model()
+    conv = model.module.features[2]
+    with torch.no_grad():  # filter 4 can never fire: zero weights, negative bias
+        conv.weight[4] = 0
+        conv.bias[4] = -1
+    result, said = _collect(render_filters, model, "features.3", [3, 4], size=16, steps=5, seed=0, recipe="lucid")
+    assert result.stuck.tolist() == [False, True] and result.dead.tolist() == [False, True]
+    assert said == [f"filter 4 of features.3 of tiny is dead: it takes the same value on all {probe_count()} "
+                    "probe images (natural photos and strong noise), so no picture can show it"]
+    assert flat_on_probe(model, [channel("features.3", 4), channel("features.3", 3)], 16).tolist() == [True, False]
+
+
+def test_redirected_gradient_against_its_definition():
+    x = torch.tensor([[-2.0, -1.0, 0.5, 3.0], [-1.0, -0.5, -3.0, -0.1]], dtype=torch.float64, requires_grad=True)
+    grad = torch.tensor([[1.0, -1.0, 2.0, 1.0], [1.0, -1.0, 2.0, 3.0]], dtype=torch.float64)
+    (out,) = torch.autograd.grad(_Redirected.apply(x, "relu", 0.0, float("inf")), x, grad)
+    # Row 0 has an ordinary gradient (x > 0 at two places): it is kept as it is.
+    assert out[0].tolist() == [0.0, 0.0, 2.0, 1.0]
+    # Row 1 is switched off everywhere: gradients that would switch it on pass, the others stop.
+    assert out[1].tolist() == [1.0, 0.0, 2.0, 3.0]
+    (six,) = torch.autograd.grad(_Redirected.apply(x, "hardtanh", 0.0, 6.0), x, grad)
+    assert six.tolist() == out.tolist()
+
+
+def test_redirection_is_only_inside_its_context():
+    module = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(inplace=True), nn.ReLU6(), nn.Hardswish(), nn.GELU())
+    with redirected(module) as state:
+        assert state.modules == 3
+    assert all("forward" not in m.__dict__ for m in module.modules())
+
+
+def _gram_similarity(judge, images: np.ndarray, layer: str) -> float:
+    """Mean cosine similarity of the copies' Gram matrices at ``layer`` of another model."""
+    pixels = torch.as_tensor(images, dtype=judge.dtype).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        grams = gram(judge.activations(pixels, layer))
+    unit = torch.nn.functional.normalize(grams, dim=1)
+    similarity = unit @ unit.T
+    count = len(images)
+    return float((similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1)))
+
+
+def test_diversity_makes_copies_differ_on_an_independent_model():
+    model = tiny_model()
+    judge = tiny_model(seed=7)  # another network: what the copies look like, not what they optimized
+    plain = channel("features.3", 2)
+    with_diversity = plain + 20.0 * diversity("features.3")
+    kwargs = dict(recipe="lucid", size=24, steps=30, seed=0, batch_size=1)  # a batch of one: copies still meet
+    alone = render(model, [plain] * 3, **kwargs)
+    varied = render(model, [with_diversity] * 3, **kwargs)
+    before = _gram_similarity(judge, alone.pixels, "features.3")
+    after = _gram_similarity(judge, varied.pixels, "features.3")
+    assert after < before - 0.05, (before, after)
+
+
+def test_copies_that_read_each_other_share_a_batch():
+    a, b = channel("l", 0) + diversity("l"), channel("l", 1)
+    assert plan_batches([a, b, a, b, a], 2) == [[0, 2, 4], [1, 3]]
+    assert plan_batches([b, b, b], 2) == [[0, 1], [2]]  # without diversity: plain batches in order
+
+
+def test_cli_prints_api_warnings_as_lines(capsys, tmp_path):
+    model = tiny_model()
+    conv = model.module.features[2]
+    with torch.no_grad():
+        conv.weight[4] = 0
+        conv.bias[4] = -1
+    file = tmp_path / "tiny.pt"
+    torch.jit.trace(model.module.float(), torch.zeros(1, 3, 16, 16)).save(str(file))
+    code = main(["render", str(file), "features.3", "4", "--size", "16", "--steps", "3", "-q",
+                 "-o", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0
+    assert len(err) == 1 and err[0].startswith("filterviz: warning: filter 4 of features.3 of ") and "is dead" in err[0]
