@@ -77,3 +77,19 @@ def download(url: str, file: Path, *, timeout: float, progress: bool = False) ->
         raise WeightsUnavailableError(f"cannot download {url}: {reason}") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def weights_unavailable(weights: str, cache: str, where: Path | str, url: str, reason: str,
+                        put: str | None = None) -> WeightsUnavailableError:
+    """The one-line error every source gives for pretrained weights that are neither cached nor downloadable.
+
+    ``weights`` names them, ``cache`` names the cache and ``where`` is the full path looked up there;
+    ``put`` says how to put a fetched copy into that cache (default: as the file ``where``). Nothing is
+    shortened: a cut path or URL cannot be copied.
+    """
+    put = put or f"put it at {where}"
+    return WeightsUnavailableError(
+        f"{weights} weights are not in the {cache} cache ({where}) and cannot be downloaded from {url} ({reason}); "
+        f"fetch that file where it can be reached and give it with --weights PATH or {put}, "
+        "or use --weights random for untrained weights"
+    )
