@@ -64,6 +64,8 @@ def spec_for(name: str, weights: str | os.PathLike[str] | None = None) -> InputS
     """
     timm = _timm()
     _check_name(timm, name)
+    if weights is not None and str(weights).lower() != RANDOM_WEIGHTS:
+        check_weights_file(weights)  # a choice that cannot be loaded has no spec to show
     return spec_from_cfg(_pretrained_cfg(timm, name))
 
 
@@ -126,8 +128,6 @@ def load_timm(name: str, weights: str | os.PathLike[str] | None, *, load_weights
     spec = spec_for(name, weights)
     cfg = _pretrained_cfg(timm, name)
     random = weights is not None and str(weights).lower() == RANDOM_WEIGHTS
-    if weights is not None and not random:
-        check_weights_file(weights)  # before anything is built
     if not load_weights:
         module = timm.create_model(name, pretrained=False)
         source = f"architecture only, spec of {cfg.get('hf_hub_id') or name}"
