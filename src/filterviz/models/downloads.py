@@ -48,11 +48,20 @@ def unreachable_reason(url: str, timeout: float) -> str | None:
     return f"{host} is unreachable: {getattr(error, 'strerror', None) or error}"
 
 
+class DownloadFailedError(WeightsUnavailableError):
+    """A download that could not be completed: the host refused, went silent, or the connection broke."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot download {url}: {reason}")
+        self.reason = reason
+
+
 def download(url: str, file: Path, *, timeout: float, progress: bool = False) -> None:
     """Download ``url`` into ``file`` atomically, giving up if the server is silent for ``timeout`` s.
 
     As torch.hub does, a file name of the form ``name-<hex>.pth`` must match the start of the
-    content's SHA-256. Any failure raises WeightsUnavailableError and leaves no file behind.
+    content's SHA-256. Any failure raises WeightsUnavailableError (DownloadFailedError when the transfer fails) and leaves
+    no file behind.
     """
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(f".{file.name}.{os.getpid()}.part")
@@ -74,7 +83,7 @@ def download(url: str, file: Path, *, timeout: float, progress: bool = False) ->
         os.replace(partial, file)
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise WeightsUnavailableError(f"cannot download {url}: {reason}") from None
+        raise DownloadFailedError(url, str(reason)) from None
     finally:
         partial.unlink(missing_ok=True)
 

@@ -19,7 +19,7 @@ import torch
 import torchvision.models as tv_models
 from ...errors import WeightsError, first_line
 from ..aliases import aliases_for
-from ..downloads import download, unreachable_reason, weights_unavailable
+from ..downloads import DownloadFailedError, download, unreachable_reason, weights_unavailable
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
@@ -156,7 +156,10 @@ def load_torchvision(
         reason = unreachable_reason(enum.url, download_timeout)
         if reason:
             raise weights_unavailable(str(enum), "torch", file, enum.url, reason)
-        download(enum.url, file, timeout=download_timeout, progress=progress)
+        try:
+            download(enum.url, file, timeout=download_timeout, progress=progress)
+        except DownloadFailedError as exc:  # reachable, yet the transfer failed: the same message
+            raise weights_unavailable(str(enum), "torch", file, enum.url, exc.reason) from None
     try:
         module = tv_models.get_model(name, weights=enum, progress=progress)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
