@@ -9,6 +9,7 @@ when the name has none), read without building or downloading anything.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlparse
@@ -82,39 +83,69 @@ def hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _check_cached(name: str, cfg: dict[str, object], timeout: float) -> dict[str, object]:
-    """Keyword arguments that make timm load the pretrained weights of ``name`` from a cache; or, when
-    they are not cached and their host cannot be reached, the one-line WeightsUnavailableError (checked
-    first, so an offline machine gets an answer within ``timeout`` instead of the hub's retries)."""
+@dataclass(frozen=True)
+class _Place:
+    """Where timm looks for the pretrained weights of a name, and how to tell it what was found."""
+
+    label: str  # which weights, for messages
+    cache: str  # the cache's name
+    where: Path  # the full path looked up
+    url: str  # where they are downloaded from
+    host: str  # the URL whose host must be reachable for a download
+    cached: bool
+    create: dict[str, object] = field(default_factory=dict)  # keyword arguments for timm.create_model
+    put: str | None = None  # how to put a fetched copy into the cache, when not as the file ``where``
+
+    def unavailable(self, reason: str) -> WeightsUnavailableError:
+        return weights_unavailable(self.label, self.cache, self.where, self.url, reason, put=self.put)
+
+
+def _place(name: str, cfg: dict[str, object]) -> _Place | None:
+    """Where the pretrained weights of ``name`` are cached, or would be (None: its config names none)."""
     hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
-    label = f"timm:{name} ({hub_id or os.path.basename(urlparse(str(url)).path)})"
     if hub_id:  # timm prefers the hub when a config names a hub repository
         from huggingface_hub import constants as hub_constants, hf_hub_url, try_to_load_from_cache
         from huggingface_hub.file_download import repo_folder_name
 
         repo, _, revision = str(hub_id).partition("@")
         cache = hub_cache()
-        files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HUB_FILES
+        folder = cache / repo_folder_name(repo_id=repo, repo_type="model")
+        files = (str(cfg["hf_hub_filename"]),) if cfg.get("hf_hub_filename") else HUB_FILES
         cached = [try_to_load_from_cache(repo, file, cache_dir=cache, revision=revision or None) for file in files]
         found = next((path for path in cached if isinstance(path, str)), None)
-        if found is not None:
-            return {"pretrained_cfg_overlay": {"file": found}}
-        reason = unreachable_reason(hub_constants.ENDPOINT, timeout)
-        if reason:
-            folder = cache / repo_folder_name(repo_id=repo, repo_type="model")
-            raise weights_unavailable(
-                label, "Hugging Face hub", folder, hf_hub_url(repo, files[0], revision=revision or None), reason,
-                put=f"copy the folder {folder.name} of a hub cache that has it into {cache}")
-        return {"cache_dir": cache}
+        # Found: timm reads that file without asking the hub; else it downloads into the same cache.
+        create = {"pretrained_cfg_overlay": {"file": found}} if found else {"cache_dir": cache}
+        return _Place(f"timm:{name} ({hub_id})", "Hugging Face hub", folder,
+                      hf_hub_url(repo, files[0], revision=revision or None), hub_constants.ENDPOINT, found is not None,
+                      create, put=f"copy the folder {folder.name} of a hub cache that has it into {cache}")
     if url:  # older configs: a URL, cached as torch.hub caches files
         import torch
 
-        file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(str(url)).path)
-        if not file.exists():
-            reason = unreachable_reason(str(url), timeout)
-            if reason:
-                raise weights_unavailable(label, "torch", file, str(url), reason)
-    return {}
+        file_name = os.path.basename(urlparse(str(url)).path)
+        file = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        return _Place(f"timm:{name} ({file_name})", "torch", file, str(url), str(url), file.exists())
+    return None
+
+
+def _pretrained(timm: ModuleType, name: str, cfg: dict[str, object], timeout: float) -> object:
+    """The pretrained model. Weights that are not cached while their host cannot be reached raise the
+    shared one-line WeightsUnavailableError, checked first, so that an offline machine gets an answer
+    within ``timeout`` instead of the hub's retries."""
+    place = _place(name, cfg)
+    if place is not None and not place.cached:
+        reason = unreachable_reason(place.host, timeout)
+        if reason:
+            raise place.unavailable(reason)
+    try:
+        return timm.create_model(name, pretrained=True, **(place.create if place else {}))
+    except Exception as exc:  # hub and file errors have many types; all mean the weights are not here
+        if place is not None and not place.cached:
+            raise place.unavailable(first_line(exc)) from None
+        where = f" from {place.where}" if place else ""
+        raise WeightsUnavailableError(
+            f"cannot load the pretrained weights of timm:{name}{where} ({first_line(exc)}); give a local "
+            "checkpoint with --weights PATH, or use --weights random for untrained weights"
+        ) from None
 
 
 def load_timm(name: str, weights: str | os.PathLike[str] | None, *, load_weights: bool = True,
@@ -132,14 +163,7 @@ def load_timm(name: str, weights: str | os.PathLike[str] | None, *, load_weights
         module = timm.create_model(name, pretrained=False)
         source = f"architecture only, spec of {cfg.get('hf_hub_id') or name}"
     elif weights is None:
-        cached = _check_cached(name, cfg, download_timeout)
-        try:
-            module = timm.create_model(name, pretrained=True, **cached)
-        except Exception as exc:  # hub and file errors have many types; all mean the weights are not here
-            raise WeightsUnavailableError(
-                f"cannot load the pretrained weights of timm:{name} ({first_line(exc)}); "
-                "give a local checkpoint with --weights PATH, or use --weights random for untrained weights"
-            ) from None
+        module = _pretrained(timm, name, cfg, download_timeout)
         source = f"timm {cfg.get('hf_hub_id') or name} (pretrained)"
     else:
         module = timm.create_model(name, pretrained=False)
