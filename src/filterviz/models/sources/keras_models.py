@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -114,11 +115,13 @@ def _keras_home() -> str:
 
 
 @contextlib.contextmanager
-def _cached_or_reachable(label: str, timeout: float) -> Iterator[None]:
+def _cached_or_reachable(label: str, timeout: float
+                         ) -> Iterator[dict[str, Callable[[str], WeightsUnavailableError]]]:
     """While a keras.applications builder runs: a weights file that is neither in the Keras cache nor
     downloadable raises the shared one-line WeightsUnavailableError, naming the file's full path and URL,
     at once; Keras itself would print a download line and fail with an error of its own. Downloads that
-    do start are bounded by ``timeout`` per read, as Keras sets none."""
+    do start are bounded by ``timeout`` per read, as Keras sets none. Yields a dict whose ``"failed"``,
+    once a download starts, makes that error for a reason, should the download fail."""
     try:
         from keras.src.utils import file_utils
     except ImportError:  # another Keras layout: its own errors, still caught by load_application
@@ -140,14 +143,16 @@ def _cached_or_reachable(label: str, timeout: float) -> Iterator[None]:
             reason = unreachable_reason(origin, timeout)
             if reason:
                 raise weights_unavailable(label, "Keras", target, origin, reason)
+            downloads["failed"] = lambda why: weights_unavailable(label, "Keras", target, origin, why)
         return real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kwargs)
 
+    downloads: dict[str, Callable[[str], WeightsUnavailableError]] = {}
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     if real is not None:
         file_utils.get_file = get_file
     try:
-        yield
+        yield downloads
     finally:
         socket.setdefaulttimeout(previous)
         if real is not None:
@@ -205,11 +210,14 @@ def load_application(name: str, weights: str | os.PathLike[str] | None, *, load_
     random = _check_weights(weights)
     choice = None if random or not load_weights else ("imagenet" if weights is None else str(weights))
     try:
-        with _cached_or_reachable(f"keras:{name} ImageNet", download_timeout):
+        with _cached_or_reachable(f"keras:{name} ImageNet", download_timeout) as downloads:
             model = builder(weights=choice, include_top=top)
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # Keras reports download and file errors with assorted types
+        if "failed" in downloads:  # a download that started: the shared message, with Keras's reason
+            why = re.sub(r"^URL fetch failure on \S+: (?:None -- )?", "", first_line(exc, 1000))  # the URL is said
+            raise downloads["failed"](why[:160]) from None
         if weights is None:
             raise WeightsUnavailableError(
                 f"cannot load the ImageNet weights of keras:{base} ({first_line(exc)}); give a local weights "
