@@ -4,6 +4,7 @@ applications) say the same thing, in one line, when weights are neither cached n
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -255,3 +256,25 @@ def test_keras_offline_message(empty_caches, monkeypatch, capsys, no_network):
     assert (found["weights"], found["cache"], found["where"]) == ("keras:VGG16 ImageNet", "Keras", where)
     assert found["url"] == f"https://storage.googleapis.com/tensorflow/keras-applications/vgg16/{name}"
     assert found["put"] == f"put it at {where}"
+
+
+@pytest.mark.parametrize(("source", "model", "layer"), [("torchvision_zoo", "resnet18", "layer1"),
+                                                        ("keras_models", "keras:VGG16", "block1_conv1")])
+def test_a_download_that_fails_after_the_check_gives_the_same_message(source, model, layer, empty_caches,
+                                                                       monkeypatch, capsys):
+    if source == "keras_models":
+        pytest.importorskip("keras")
+    module = importlib.import_module(f"filterviz.models.sources.{source}")
+    monkeypatch.setattr(module, "unreachable_reason", lambda url, timeout: None)  # the check passes, then...
+
+    def unreachable(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)  # ...the transfer fails
+    out = empty_caches / "out.png"
+    code = main(["render", model, layer, "0", "-o", str(out), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and not out.exists(), err
+    found = SHAPE.fullmatch(err[-1])
+    assert found and "Network is unreachable" in found["reason"], err
+    assert found["where"].startswith(str(empty_caches)) and found["url"].startswith("https://")
