@@ -19,7 +19,6 @@ from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError, FilterVizWarning
 from .image import check_writable, make_grid, save_image
 from .models import DEFAULT_MODEL, known_models, load_model
-from .models.registry import is_model_file
 from .models.spec import PRESETS
 from .ascent import FilterRender, Render, check_filters, render, render_filters
 from .objectives import Objective, channel, diversity, parse_objective
@@ -165,11 +164,12 @@ Other sources:
   PATH.pt, .pth      TorchScript; a state dict with --arch NAME; a pickled model with --trust-pickle"""
 
 
-def _load(args: argparse.Namespace, weights: str | None = None) -> object:
-    """The model the command line names, with its options."""
+def _load(args: argparse.Namespace, weights: str | None = None, load_weights: bool = True) -> object:
+    """The model the command line names, with its options; ``load_weights=False``: its architecture
+    with the spec of the chosen weights, none read or downloaded."""
     return load_model(args.model, weights if weights is not None else args.weights, args.device,
                       preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
-                      progress=not args.quiet)
+                      progress=not args.quiet, load_weights=load_weights)
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -180,9 +180,9 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_layers(args: argparse.Namespace) -> None:
-    # Layer names and shapes do not depend on the weights: list them offline too.
-    needs_weights = args.weights is not None or is_model_file(args.model)
-    model = _load(args, None if needs_weights else "random")
+    # Layer names and shapes do not depend on the weights: list them offline too, with the spec of the
+    # weights chosen, as a render with the same options uses it.
+    model = _load(args, load_weights=False)
     rows = [(info.name, info.kind + (f" (call {info.name.rpartition('#')[2]} of {info.calls})" if "#" in info.name
                                      else f" (call 1 of {info.calls})" if info.calls > 1 else ""),
              str(info.channels), info.spatial, ", ".join(info.aliases))

@@ -48,11 +48,20 @@ def unreachable_reason(url: str, timeout: float) -> str | None:
     return f"{host} is unreachable: {getattr(error, 'strerror', None) or error}"
 
 
+class DownloadFailedError(WeightsUnavailableError):
+    """A download that could not be completed: the host refused, went silent, or the connection broke."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot download {url}: {reason}")
+        self.reason = reason
+
+
 def download(url: str, file: Path, *, timeout: float, progress: bool = False) -> None:
     """Download ``url`` into ``file`` atomically, giving up if the server is silent for ``timeout`` s.
 
     As torch.hub does, a file name of the form ``name-<hex>.pth`` must match the start of the
-    content's SHA-256. Any failure raises WeightsUnavailableError and leaves no file behind.
+    content's SHA-256. Any failure raises WeightsUnavailableError (DownloadFailedError when the transfer fails) and leaves
+    no file behind.
     """
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(f".{file.name}.{os.getpid()}.part")
@@ -74,6 +83,22 @@ def download(url: str, file: Path, *, timeout: float, progress: bool = False) ->
         os.replace(partial, file)
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise WeightsUnavailableError(f"cannot download {url}: {reason}") from None
+        raise DownloadFailedError(url, str(reason)) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def weights_unavailable(weights: str, cache: str, where: Path | str, url: str, reason: str,
+                        put: str | None = None) -> WeightsUnavailableError:
+    """The one-line error every source gives for pretrained weights that are neither cached nor downloadable.
+
+    ``weights`` names them, ``cache`` names the cache and ``where`` is the full path looked up there;
+    ``put`` says how to put a fetched copy into that cache (default: as the file ``where``). Nothing is
+    shortened: a cut path or URL cannot be copied.
+    """
+    put = put or f"put it at {where}"
+    return WeightsUnavailableError(
+        f"{weights} weights are not in the {cache} cache ({where}) and cannot be downloaded from {url} ({reason}); "
+        f"fetch that file where it can be reached and give it with --weights PATH or {put}, "
+        "or use --weights random for untrained weights"
+    )

@@ -145,6 +145,7 @@ def load_model(
     trust_pickle: bool = False,
     progress: bool = False,
     download_timeout: float = 5.0,
+    load_weights: bool = True,
 ) -> LoadedModel:
     """Load a model from any source (see the module docstring) or wrap an ``nn.Module``.
 
@@ -155,6 +156,12 @@ def load_model(
     range and channel order. ``preprocess`` names a preset (``raw``, ``unit``, ``tf``, ``caffe``,
     ``imagenet``) for the value range and channel order. ``arch`` names the architecture of a state dict
     file; ``trust_pickle`` allows loading a pickled whole model, which runs code from the file.
+
+    The input spec is that of the chosen weights, whether or not they are loaded: random weights get
+    the spec of the weights a name gets by default (for ``vgg16``, ``IMAGENET1K_FEATURES``'s).
+    ``load_weights=False`` builds a named model's architecture with random parameters but the spec,
+    categories and aliases of the chosen weights, reading and downloading nothing (``source`` says
+    "architecture only"); a model file is always loaded whole, as its layers come from it.
     """
     target = resolve_device(device)  # checked first: a bad device should not wait for a download
     if preprocess is not None:
@@ -168,24 +175,26 @@ def load_model(
         if spec is None:
             raise FilterVizError("an nn.Module needs spec=InputSpec(...) to say what input it expects")
         label = name or type(model).__name__
-        if weights is not None:
+        if weights is not None and load_weights:
             load_weights_file(model, weights, label)
-        loaded = LoadedModel(label, model, spec, source=f"user module, weights {weights}" if weights else "user module")
+        loaded = LoadedModel(label, model, spec, source=f"user module, weights {weights}" if weights and load_weights else "user module")
     else:
         text = os.fspath(model)
         key = _canonical(text)
         if key.startswith(TIMM_PREFIX):
             from .sources.timm_zoo import load_timm
 
-            loaded = load_timm(text.strip()[len(TIMM_PREFIX):], weights, download_timeout=download_timeout)
+            loaded = load_timm(text.strip()[len(TIMM_PREFIX):], weights, load_weights=load_weights,
+                               download_timeout=download_timeout)
         elif key.startswith(KERAS_PREFIX):
             from .sources.keras_models import load_application
 
-            loaded = load_application(text.strip()[len(KERAS_PREFIX):], weights, download_timeout=download_timeout)
+            loaded = load_application(text.strip()[len(KERAS_PREFIX):], weights, load_weights=load_weights,
+                                      download_timeout=download_timeout)
         elif key == embedded.NAME:
-            loaded = embedded.load_embedded(weights)
+            loaded = embedded.load_embedded(weights, load_weights=load_weights)
         elif key in torchvision_model_names():
-            loaded = load_torchvision(key, weights, **download)  # type: ignore[arg-type]
+            loaded = load_torchvision(key, weights, load_weights=load_weights, **download)  # type: ignore[arg-type]
         elif _is_file_name(text):
             loaded = _load_file(text, weights, spec, arch, trust_pickle, **download)
             spec = None  # already merged with the file's geometry
@@ -203,7 +212,7 @@ def load_model(
         # How another process (a Ray worker) loads the same model: from the same name or file.
         loaded.origin = functools.partial(
             load_model, text, weights, "auto", spec=spec, preprocess=preprocess, name=name, arch=arch,
-            trust_pickle=trust_pickle, download_timeout=download_timeout)
+            trust_pickle=trust_pickle, download_timeout=download_timeout, load_weights=load_weights)
     if preprocess is not None:
         loaded.spec = loaded.spec.with_preset(preprocess)
     loaded.module.to(target)

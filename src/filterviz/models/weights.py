@@ -18,16 +18,22 @@ class PickledObjectsError(WeightsError):
     """A checkpoint that holds pickled Python objects (such as a whole model), not only tensors."""
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a state dict from a PyTorch checkpoint file without running any code stored in it.
-
-    Checkpoints that wrap the weights (``{"state_dict": ...}`` or ``{"model": ...}``) are unwrapped.
-    """
+def check_weights_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, if it names a file; checked before anything is built, and by every reader."""
     file = Path(path)
     if not file.exists():
         raise WeightsError(f"weights file {str(file)!r} does not exist; give the path of a PyTorch checkpoint (.pth)")
     if file.is_dir():
         raise WeightsError(f"weights path {str(file)!r} is a folder; give the path of a PyTorch checkpoint file (.pth)")
+    return file
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a state dict from a PyTorch checkpoint file without running any code stored in it.
+
+    Checkpoints that wrap the weights (``{"state_dict": ...}`` or ``{"model": ...}``) are unwrapped.
+    """
+    file = check_weights_file(path)
     if file.suffix == ".safetensors":
         return _read_safetensors(file)
     try:

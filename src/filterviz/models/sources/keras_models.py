@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import os
+import re
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from ...errors import FilterVizError, ModelFileError, UnknownModelError, WeightsError, WeightsUnavailableError
 from ...errors import first_line
 from ...layers import ModuleGraph, closest_names
-from ..downloads import unreachable_reason
+from ..downloads import unreachable_reason, weights_unavailable
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec, input_geometry
 from ..weights import RANDOM_WEIGHTS
@@ -101,26 +103,65 @@ def wrap(model: object, name: str, spec: InputSpec, source: str, categories: tup
                        graph=ModuleGraph(model, layers), channels_last=channels_last)  # type: ignore[arg-type]
 
 
-WEIGHTS_HOST = "https://storage.googleapis.com"  # where keras.applications download their weights from
+def _keras_home() -> str:
+    """Keras's cache folder: KERAS_HOME as it is now (Keras reads it once, at import), else Keras's own."""
+    if os.environ.get("KERAS_HOME"):
+        return os.environ["KERAS_HOME"]
+    try:
+        from keras.src.backend import config
+    except ImportError:  # another Keras layout: its documented default
+        return os.path.join(os.path.expanduser("~"), ".keras")
+    return config.keras_home()
 
 
-def _build(builder: Callable[..., object], timeout: float, **kwargs: object) -> object:
-    """Call a keras.applications builder. Keras downloads without a timeout, so the socket timeout is
-    bounded meanwhile; when the weights host is unreachable, Keras can only use its cache, and its
-    "Downloading data from" line is kept off the screen since no download follows."""
-    offline = kwargs.get("weights") == "imagenet" and unreachable_reason(WEIGHTS_HOST, timeout) is not None
+@contextlib.contextmanager
+def _cached_or_reachable(label: str, timeout: float
+                         ) -> Iterator[dict[str, Callable[[str], WeightsUnavailableError]]]:
+    """While a keras.applications builder runs: a weights file that is neither in the Keras cache nor
+    downloadable raises the shared one-line WeightsUnavailableError, naming the file's full path and URL,
+    at once; Keras itself would print a download line and fail with an error of its own. Downloads that
+    do start are bounded by ``timeout`` per read, as Keras sets none. Yields a dict whose ``"failed"``,
+    once a download starts, makes that error for a reason, should the download fail."""
+    try:
+        from keras.src.utils import file_utils
+    except ImportError:  # another Keras layout: its own errors, still caught by load_application
+        file_utils = None
+    real = getattr(file_utils, "get_file", None)
+
+    def get_file(fname: str | None = None, origin: str | None = None, *args: object, cache_subdir: str = "datasets",
+                 cache_dir: str | None = None, **kwargs: object) -> str:
+        # Where Keras keeps the file (its get_file's own rule, unwritable home included), passed on
+        # explicitly so that the folder looked up is the one named in the message.
+        cache_dir = cache_dir or _keras_home()
+        base = os.path.expanduser(cache_dir)
+        with contextlib.suppress(OSError):  # Keras makes its home at import; one named later, here
+            os.makedirs(base, exist_ok=True)
+        if not os.access(base, os.W_OK):
+            base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+        target = Path(base) / cache_subdir / (fname or os.path.basename(urlsplit(origin or "").path))
+        if origin and not target.exists():
+            reason = unreachable_reason(origin, timeout)
+            if reason:
+                raise weights_unavailable(label, "Keras", target, origin, reason)
+            downloads["failed"] = lambda why: weights_unavailable(label, "Keras", target, origin, why)
+        return real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kwargs)
+
+    downloads: dict[str, Callable[[str], WeightsUnavailableError]] = {}
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
+    if real is not None:
+        file_utils.get_file = get_file
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if offline else contextlib.nullcontext():
-            return builder(**kwargs)
+        yield downloads
     finally:
         socket.setdefaulttimeout(previous)
+        if real is not None:
+            file_utils.get_file = real
 
 
-def load_application(name: str, weights: str | os.PathLike[str] | None, *, download_timeout: float = 5.0
-                     ) -> LoadedModel:
-    """``keras.applications`` model ``name`` (``VGG16``, or ``VGG16+top`` with the classifier)."""
+def _application(name: str) -> tuple[Callable[..., object], str, bool]:
+    """The builder of ``keras.applications`` model ``name`` (``VGG16`` or ``VGG16+top``), its base name,
+    and whether the classifier is kept."""
     keras = _keras()
     base, top = (name[: -len(TOP)], True) if name.endswith(TOP) else (name, False)
     known = application_names()
@@ -128,26 +169,67 @@ def load_application(name: str, weights: str | os.PathLike[str] | None, *, downl
         hint = closest_names(base, known)
         raise UnknownModelError(f"unknown Keras application {base!r}" + (f" (closest: {', '.join(hint)})" if hint
                                 else "") + f"; keras.applications has {', '.join(known[:6])}, ...")
-    builder = getattr(keras.applications, base)
+    return getattr(keras.applications, base), base, top
+
+
+def _preprocess_of(builder: Callable[..., object]) -> Callable[..., object]:
+    """The application's ``preprocess_input``: the one place a Keras application's value range comes from."""
+    return importlib.import_module(builder.__module__).preprocess_input  # type: ignore[no-any-return]
+
+
+def _spec(builder: Callable[..., object], model: object) -> InputSpec:
+    return spec_from_preprocess(_preprocess_of(builder), **_input_geometry(model))
+
+
+def _check_weights(weights: str | os.PathLike[str] | None) -> bool:
+    """Whether ``weights`` asks for random weights; a weights file must exist."""
     random = weights is not None and str(weights).lower() == RANDOM_WEIGHTS
     if weights is not None and not random and not Path(weights).is_file():
         raise WeightsError(f"weights file {str(weights)!r} does not exist; give a Keras weights file (.h5), "
                            "'random', or nothing for the ImageNet weights")
-    choice = None if random else ("imagenet" if weights is None else str(weights))
+    return random
+
+
+def spec_for(name: str, weights: str | os.PathLike[str] | None = None) -> InputSpec:
+    """The input spec a render of ``keras:name`` with ``weights`` uses: the application's
+    ``preprocess_input`` (whatever the weights), with the layout and sizes of its architecture, which is
+    built for that without any weights."""
+    builder, _, top = _application(name)
+    _check_weights(weights)
+    return _spec(builder, builder(weights=None, include_top=top))
+
+
+def load_application(name: str, weights: str | os.PathLike[str] | None, *, load_weights: bool = True,
+                     download_timeout: float = 5.0) -> LoadedModel:
+    """``keras.applications`` model ``name`` (``VGG16``, or ``VGG16+top`` with the classifier).
+
+    With ``load_weights=False`` the parameters stay random and nothing is read or downloaded, but the
+    spec and categories are those of the chosen weights.
+    """
+    builder, base, top = _application(name)
+    random = _check_weights(weights)
+    choice = None if random or not load_weights else ("imagenet" if weights is None else str(weights))
     try:
-        model = _build(builder, download_timeout, weights=choice, include_top=top)
+        with _cached_or_reachable(f"keras:{name} ImageNet", download_timeout) as downloads:
+            model = builder(weights=choice, include_top=top)
+    except WeightsUnavailableError:
+        raise
     except Exception as exc:  # Keras reports download and file errors with assorted types
+        if "failed" in downloads:  # a download that started: the shared message, with Keras's reason
+            why = re.sub(r"^URL fetch failure on \S+: (?:None -- )?", "", first_line(exc, 1000))  # the URL is said
+            raise downloads["failed"](why[:160]) from None
         if weights is None:
             raise WeightsUnavailableError(
-                f"the ImageNet weights of keras:{base} are not in the Keras cache (~/.keras/models) and cannot be "
-                f"downloaded ({first_line(exc, 120)}); give a local weights file with --weights PATH"
+                f"cannot load the ImageNet weights of keras:{base} ({first_line(exc)}); give a local weights "
+                "file with --weights PATH, or use --weights random for untrained weights"
             ) from None
         raise WeightsError(f"cannot load weights {str(weights)!r} into keras:{name}: {first_line(exc)}") from None
-    module = importlib.import_module(builder.__module__)  # where its preprocess_input lives
-    spec = spec_from_preprocess(module.preprocess_input, **_input_geometry(model))
     categories = imagenet_categories() if top else None
-    source = "random weights" if random else ("Keras ImageNet weights" if weights is None else f"weights {weights}")
-    return wrap(model, f"{PREFIX}{name}", spec, source, categories)
+    if not load_weights:
+        source = f"architecture only, spec of {builder.__module__}.preprocess_input"
+    else:
+        source = "random weights" if random else ("Keras ImageNet weights" if weights is None else f"weights {weights}")
+    return wrap(model, f"{PREFIX}{name}", _spec(builder, model), source, categories)
 
 
 def wrap_module(model: object, spec: InputSpec | None, name: str | None) -> LoadedModel:
