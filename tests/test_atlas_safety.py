@@ -1,15 +1,34 @@
-"""The atlas's safety: it runs a local Ray on 127.0.0.1 without stray output."""
+"""The atlas's safety: it never reads its own files as dataset images, and runs a local Ray on 127.0.0.1
+without stray output."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import sys
 
 import pytest
 import torch
 
-from filterviz.atlas import build_atlas
+from filterviz.atlas import MANIFEST, build_atlas
 
 from conftest import tiny_model
+
+
+# An atlas inside its image folder never reads its own files as dataset images.
+
+def test_an_atlas_inside_its_image_folder_skips_its_own_files(tmp_path, photos):
+    images = tmp_path / "photos"
+    shutil.copytree(photos, images)
+    out = images / "atlas"
+    options = dict(size=16, steps=1, layers=["features.1"], images=images, top_k=2)
+    first = build_atlas(tiny_model(), out, **options)
+    assert (first.images, first.examples) == (6, 8)
+    again = build_atlas(tiny_model(), out, **options)
+    assert (again.rendered, again.images, again.examples) == (0, 0, 8)  # nothing new to scan
+    with sqlite3.connect(out / MANIFEST) as sql:
+        shown = {image for (image,) in sql.execute("SELECT image FROM examples")}
+    assert shown and not any(image.startswith("atlas/") for image in shown)
 
 
 # A local Ray listens on 127.0.0.1 only, and adds nothing of its own to stderr.

@@ -150,6 +150,8 @@ def build_atlas(
     ``overrides`` change recipe fields (``size=``, ``steps=``...). ``out`` must be a new or empty
     folder, or an atlas folder. Running again with the same arguments continues an interrupted atlas;
     with other arguments, it redoes only what they change. Bad arguments fail before anything is written.
+
+    ``out`` may lie inside ``images``: the scan skips it.
     """
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
@@ -167,9 +169,9 @@ def build_atlas(
         raise FilterVizError(f"no filters to show in layer {empty[0].name} ({empty[0].channels} channels); "
                              "choose filters that it has")
     autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
-    files = list_images(images) if images is not None else []
-    check_images(files)
     root = Path(out)
+    files = list_images(images, skip=root) if images is not None else []
+    check_images(files)
     _check_folder(root)
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
                  executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
