@@ -1,18 +1,102 @@
-"""The atlas's safety: it never reads its own files as dataset images, and runs a local Ray on 127.0.0.1
-without stray output."""
+"""The atlas's safety: it never deletes, writes or follows anything outside its folder, never reads its own
+files as dataset images, and runs a local Ray on 127.0.0.1 without stray output."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import filterviz.atlas.build as atlas_build
 from filterviz.atlas import MANIFEST, build_atlas
+from filterviz.errors import OutputError
 
 from conftest import tiny_model
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """Every entry under ``root``, never following a link: file bytes, or where a link points."""
+    found: dict[str, bytes | str] = {}
+    for folder, folders, files in os.walk(root):  # os.walk does not enter linked folders
+        for name in files + [f for f in folders if os.path.islink(os.path.join(folder, f))]:
+            path = Path(folder, name)
+            key = path.relative_to(root).as_posix()
+            found[key] = f"-> {os.readlink(path)}" if path.is_symlink() else path.read_bytes()
+    return found
+
+
+def site(root: Path) -> dict[str, bytes | str]:
+    return {name: data for name, data in tree(root).items() if not name.startswith(MANIFEST)}
+
+
+def _built(model, out: Path, options: dict) -> Path:
+    build_atlas(model, out, **options)
+    return out
+
+
+# Nothing outside the atlas's folder is deleted, written or followed; only recorded files are removed.
+
+@pytest.mark.parametrize("linked", ["layers", "filters/features.3", "img/features.1"])
+def test_a_linked_folder_in_an_atlas_is_refused_and_nothing_outside_changes(tmp_path, linked):
+    model = tiny_model()
+    out, outside = tmp_path / "atlas", tmp_path / "outside"
+    options = dict(size=16, steps=1, layers=["features.1", "features.3"])
+    build_atlas(model, out, **options)
+    outside.mkdir()
+    (out / linked).rename(outside / "moved")  # moved to another disk and linked back
+    (outside / "moved" / "mine.txt").write_text("not the atlas's")
+    (out / linked).symlink_to(outside / "moved", target_is_directory=True)
+    before, inside = tree(outside), tree(out)
+    # A run that would prune features.3's files and write features.1's anew (another seed).
+    with pytest.raises(OutputError, match=f"{linked}' is a symbolic link") as error:
+        build_atlas(model, out, **{**options, "layers": ["features.1"], "seed": 1})
+    assert "\n" not in str(error.value)
+    assert tree(outside) == before and tree(out) == inside  # refused before anything was written
+
+
+def test_pruning_removes_only_recorded_files_and_never_enters_a_link(tmp_path, monkeypatch):
+    model = tiny_model()
+    out, outside = tmp_path / "atlas", tmp_path / "outside"
+    options = dict(size=16, steps=1, layers=["features.1", "features.3"])
+    build_atlas(model, out, **options)
+    outside.mkdir()
+    (out / "img" / "features.3").rename(outside / "moved")
+    (out / "img" / "features.3").symlink_to(outside / "moved", target_is_directory=True)
+    mine = {"img/features.1/notes.txt": "mine", "layers/extra.html": "<p>mine</p>", "filters/features.3/0.txt": "x",
+            "img/features.1/.notes.txt.a1b2c3d4.part": "not a leftover of a file the atlas wrote"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    (out / "img" / "features.1" / ".0.png.a1b2c3d4.part").write_bytes(b"half a png")  # a killed write's leftover
+    before = tree(outside)
+    # The check at the start would refuse the link; without it, the pruning itself must still keep out of it.
+    monkeypatch.setattr(atlas_build, "check_tree", lambda root, extra=(): None, raising=False)
+    build_atlas(model, out, **{**options, "layers": ["features.1"]})
+    assert tree(outside) == before
+    assert (out / "img" / "features.3").is_symlink()  # the link stays, and what it points to
+    for name, text in mine.items():
+        assert (out / name).read_text() == text
+    assert not (out / "img" / "features.1" / ".0.png.a1b2c3d4.part").exists()
+    assert not (out / "layers" / "features.3.html").exists()
+    assert sorted(p.name for p in (out / "filters" / "features.3").iterdir()) == ["0.txt"]
+    assert not (out / "layers" / "features.1.html").is_symlink() and (out / "index.html").is_file()
+
+
+def test_the_files_of_a_manifest_of_an_earlier_filterviz_stay_removable(tmp_path, photos):
+    model = tiny_model()
+    options = dict(size=16, steps=1, layers=["features.1", "features.3"], images=photos, top_k=1)
+    build_atlas(model, tmp_path / "atlas", **options)
+    with sqlite3.connect(tmp_path / "atlas" / MANIFEST) as sql:  # as an earlier filterviz left it: no list of files
+        sql.execute("DROP TABLE files")
+    sql.close()
+    fewer = {**options, "layers": ["features.1"]}
+    summary = build_atlas(model, tmp_path / "atlas", **fewer)
+    assert (summary.rendered, summary.images) == (0, 0)
+    assert site(tmp_path / "atlas") == site(_built(model, tmp_path / "clean", fewer))
 
 
 # An atlas inside its image folder never reads its own files as dataset images.

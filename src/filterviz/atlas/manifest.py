@@ -2,13 +2,15 @@
 
 A row is written only after the files it names are complete on disk, so after a crash at any moment
 the manifest never claims a file that is missing or stale. Every row carries the fingerprint of what
-produced it (model, recipe, seed...); a row with another fingerprint is work to redo.
+produced it (model, recipe, seed...); a row with another fingerprint is work to redo. The ``files``
+table names every file the atlas may have written, recorded before it is written: only those are ever
+removed.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,10 @@ CREATE TABLE IF NOT EXISTS examples (
     file TEXT NOT NULL, PRIMARY KEY (layer, filter, rank));
 CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
 """
+# (units, dataset images) -> the files written for them that no row names: see Manifest.__init__.
+EarlierFiles = Callable[[list[tuple[str, int]], list[str]], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,37 @@ class Example:
 class Manifest:
     """The SQLite manifest of one atlas folder."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, earlier_files: EarlierFiles = lambda units, images: ()) -> None:
+        """Open (or create) the manifest at ``path``.
+        ``earlier_files(units, images)`` names the files (pages, image copies) that an atlas writes for
+        its units (layer, filter) and dataset images besides those its rows name, to record them for a
+        manifest of an earlier filterviz, which kept no list of files."""
         self.path = Path(path)
         self.connection = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
         self.connection.execute("PRAGMA synchronous=FULL")
+        self._upgrade(earlier_files)
         self.connection.executescript(SCHEMA)
+
+    def _tables(self) -> set[str]:
+        return {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _upgrade(self, earlier_files: EarlierFiles) -> None:
+        """Bring a manifest of an earlier filterviz to this schema, each step in one transaction."""
+        tables = self._tables()
+        if "units" in tables and "files" not in tables:
+            # The files its rows name, and those written for them, are the atlas's: record them, so
+            # that they can be removed when no longer shown.
+            with self.transaction() as sql:
+                sql.execute("CREATE TABLE files (file TEXT PRIMARY KEY)")
+                sql.execute("INSERT OR IGNORE INTO files SELECT file FROM units")
+                images: list[str] = []
+                if "examples" in tables:
+                    sql.execute("INSERT OR IGNORE INTO files SELECT file FROM examples")
+                    images = [image for (image,) in sql.execute("SELECT DISTINCT image FROM examples")]
+                units = [(layer, k) for layer, k in sql.execute("SELECT layer, filter FROM units")]
+                sql.executemany("INSERT OR IGNORE INTO files VALUES (?)",
+                                [(file,) for file in earlier_files(units, images)])
 
     def close(self) -> None:
         self.connection.close()
@@ -143,3 +173,18 @@ class Manifest:
                 if layer not in example_layers:
                     sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
                     sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+
+    def files(self) -> set[str]:
+        """Every file (relative to the atlas) that the atlas may have written and not removed since."""
+        return {file for (file,) in self.connection.execute("SELECT file FROM files")}
+
+    def claim(self, files: Iterable[str]) -> None:
+        """Record files about to be written, before they are: a run killed in between leaves none that
+        a later run would not know to remove."""
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR IGNORE INTO files VALUES (?)", [(file,) for file in files])
+
+    def release(self, files: Iterable[str]) -> None:
+        """Forget files that were removed."""
+        with self.transaction() as sql:
+            sql.executemany("DELETE FROM files WHERE file = ?", [(file,) for file in files])
