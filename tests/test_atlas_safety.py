@@ -1,5 +1,6 @@
-"""The atlas's safety: it never deletes, writes or follows anything outside its folder, never reads its own
-files as dataset images, and runs a local Ray on 127.0.0.1 without stray output."""
+"""The atlas's safety: it never deletes, writes or follows anything outside its folder, says what to do
+about a damaged manifest and recovers with --rebuild, never reads its own files as dataset images, and
+runs a local Ray on 127.0.0.1 without stray output."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 
 import filterviz.atlas.build as atlas_build
 from filterviz.atlas import MANIFEST, build_atlas
+from filterviz.cli import main
 from filterviz.errors import OutputError
 
-from conftest import tiny_model
+from conftest import TinyNet, tiny_model
 
 
 def tree(root: Path) -> dict[str, bytes | str]:
@@ -37,6 +39,12 @@ def site(root: Path) -> dict[str, bytes | str]:
 def _built(model, out: Path, options: dict) -> Path:
     build_atlas(model, out, **options)
     return out
+
+
+def _model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(path))
+    return path
 
 
 # Nothing outside the atlas's folder is deleted, written or followed; only recorded files are removed.
@@ -97,6 +105,45 @@ def test_the_files_of_a_manifest_of_an_earlier_filterviz_stay_removable(tmp_path
     summary = build_atlas(model, tmp_path / "atlas", **fewer)
     assert (summary.rendered, summary.images) == (0, 0)
     assert site(tmp_path / "atlas") == site(_built(model, tmp_path / "clean", fewer))
+
+
+# A damaged manifest: one line that says what to do; --rebuild sets it aside and starts afresh.
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_manifest_is_one_line_and_rebuild_recovers(tmp_path, capsys, damage):
+    out = tmp_path / "atlas"
+    args = ["atlas", str(_model_file(tmp_path)), "--out", str(out), "--size", "16", "--steps", "1", "-q",
+            "--layers", "features.1"]
+    assert main(args) == 0
+    clean = site(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "img" / "features.1" / "notes.txt").write_text("mine too")
+    data = (out / MANIFEST).read_bytes()
+    bad = data[:len(data) // 2] if damage == "truncated" else bytes(range(256)) * 16
+    (out / MANIFEST).write_bytes(bad)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "damaged" in err and "--rebuild" in err, err
+    assert main([*args, "--rebuild"]) == 0
+    assert (out / f"{MANIFEST}.corrupt-1").read_bytes() == bad
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "img" / "features.1" / "notes.txt").read_text() == "mine too"
+    assert main(args) == 0 and capsys.readouterr().err == ""
+    assert {name: data for name, data in site(out).items() if ".corrupt-" not in name} == {
+        **clean, "notes.txt": b"mine", "img/features.1/notes.txt": b"mine too"}
+    with sqlite3.connect(out / MANIFEST) as sql:
+        assert sql.execute("SELECT COUNT(*) FROM units").fetchone()[0] == 4
+
+
+def test_rebuild_of_a_sound_atlas_renders_afresh_and_still_removes_its_old_files(tmp_path):
+    model = tiny_model()
+    options = dict(size=16, steps=1, layers=["features.1", "features.3"])
+    build_atlas(model, tmp_path, **options)
+    again = build_atlas(model, tmp_path, rebuild=True, **{**options, "layers": ["features.1"]})
+    assert again.rendered == 4 and "started afresh" in str(again)
+    assert sorted(name for name in site(tmp_path) if "features.3" in name) == []
+    assert not list(tmp_path.glob(f"{MANIFEST}.corrupt-*"))
 
 
 # An atlas inside its image folder never reads its own files as dataset images.

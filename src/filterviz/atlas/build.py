@@ -36,7 +36,7 @@ from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_im
                        receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
 from .files import check_tree, part_leftovers, regular_size, remove_empty_folders, remove_file, write_file
-from .manifest import Example, Manifest, Unit
+from .manifest import Example, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
 from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
 from .site import SiteInfo, SiteLayer, filter_page, layer_page, source_image, unit_image, write_site
 
@@ -58,6 +58,7 @@ class AtlasSummary:
     images: int  # dataset images scanned in this run
     examples: int  # dataset examples in the atlas
     seconds: float
+    notes: tuple[str, ...] = ()  # what else this run did (a manifest set aside...)
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
@@ -65,6 +66,7 @@ class AtlasSummary:
         return (f"atlas of {self.model}: {self.units} filters in {self.layers} layers ({self.rendered} rendered now, "
                 f"{reused} already done), {self.dead} dead; "
                 + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
+                + "".join(f"{note}; " for note in self.notes)
                 + f"{minutes}m{seconds:02d}s; open {self.out / 'index.html'}")
 
 
@@ -141,6 +143,7 @@ def build_atlas(
     threads: int | None = None,
     scan_batch_size: int = 16,
     progress: bool = False,
+    rebuild: bool = False,
     **overrides: Any,
 ) -> AtlasSummary:
     """Render every filter of ``layers`` (default: ``default_layers``) into a static site in ``out``.
@@ -155,7 +158,10 @@ def build_atlas(
     with other arguments, it redoes only what they change. Bad arguments fail before anything is written.
 
     ``out`` may lie inside ``images``: the scan skips it. A symbolic link among the atlas's own files
-    and folders is refused.
+    and folders is refused. A damaged manifest is a ``ManifestError``; ``rebuild=True`` then moves it
+    aside (``manifest.sqlite.corrupt-N``) and starts afresh, as it does with a sound one (which it
+    keeps, forgetting its results but not the files it wrote). A fresh start renders everything again
+    and removes no file it has no record of.
     """
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
@@ -191,12 +197,18 @@ def build_atlas(
             raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
         if not os.access(root, os.W_OK):
             raise OutputError(f"cannot write into folder {str(root)!r}")
-        manifest = Manifest(root / MANIFEST, _earlier_files)
+        notes: list[str] = []
+        manifest = _open_manifest(root / MANIFEST, rebuild, notes)
         try:
-            return _build(plan, manifest, started)
+            return _build(plan, manifest, started, notes)
         finally:
             manifest.close()
-    except sqlite3.OperationalError as exc:  # e.g. another run holds the manifest
+    except sqlite3.DatabaseError as exc:
+        if damaged(exc):  # found only now, past the check at opening
+            raise damage_error(root / MANIFEST, exc) from None
+        if not isinstance(exc, sqlite3.OperationalError):
+            raise
+        # e.g. another run holds the manifest
         raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another atlas run writing "
                           "into this folder?") from None
     finally:
@@ -226,6 +238,22 @@ def _earlier_files(units: list[tuple[str, int]], images: list[str]) -> list[str]
             + [filter_page(layers[name], k) for name, k in units] + [source_image(image) for image in images])
 
 
+def _open_manifest(path: Path, rebuild: bool, notes: list[str]) -> Manifest:
+    """The atlas's manifest; with ``rebuild``, a fresh start: a damaged one is set aside, a sound one
+    forgets its results (but not which files it wrote, so that those can still be removed)."""
+    if not rebuild or not os.path.lexists(path):
+        return Manifest(path, _earlier_files)
+    try:
+        manifest = Manifest(path, _earlier_files)
+    except ManifestError:
+        aside = set_aside(path)
+        notes.append(f"set the damaged manifest aside as {aside.name} and started afresh")
+        return Manifest(path, _earlier_files)
+    manifest.forget_results()
+    notes.append("started afresh (--rebuild)")
+    return manifest
+
+
 def _check_folder(root: Path) -> None:
     """An atlas goes into a new or empty folder, or an atlas folder: it writes files of its own names
     (index.html, img/...) over whatever is there, so it must never take over a folder of other files."""
@@ -236,7 +264,7 @@ def _check_folder(root: Path) -> None:
                           "empty folder")
 
 
-def _build(plan: _Plan, manifest: Manifest, started: float) -> AtlasSummary:
+def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> AtlasSummary:
     fingerprint = model_fingerprint(plan.model)
     rendered = _render_units(plan, manifest, fingerprint)
     scanned = _dataset_examples(plan, manifest, fingerprint) if plan.folder is not None else 0
@@ -261,7 +289,7 @@ def _build(plan: _Plan, manifest: Manifest, started: float) -> AtlasSummary:
     return AtlasSummary(plan.root, plan.model.name, len(plan.layers), len(all_units), rendered,
                         sum(u.dead for u in all_units), scanned,
                         sum(len(e) for layer in site_layers for e in layer.examples.values()),
-                        time.monotonic() - started)
+                        time.monotonic() - started, tuple(notes))
 
 
 def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:

@@ -4,16 +4,20 @@ A row is written only after the files it names are complete on disk, so after a 
 the manifest never claims a file that is missing or stale. Every row carries the fingerprint of what
 produced it (model, recipe, seed...); a row with another fingerprint is work to redo. The ``files``
 table names every file the atlas may have written, recorded before it is written: only those are ever
-removed.
+removed. A damaged manifest (a truncated file, other bytes) is a ``ManifestError`` that says how to
+recover: ``set_aside`` moves it away, so that the atlas can start afresh.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import OutputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -28,8 +32,35 @@ CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint T
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
 """
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 # (units, dataset images) -> the files written for them that no row names: see Manifest.__init__.
 EarlierFiles = Callable[[list[tuple[str, int]], list[str]], Iterable[str]]
+
+
+class ManifestError(OutputError):
+    """A manifest that SQLite cannot read: truncated, overwritten, or not a manifest at all."""
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says that the database file is damaged (not busy, not unwritable)."""
+    return isinstance(exc, sqlite3.DatabaseError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED
+
+
+def damage_error(path: Path, detail: object) -> ManifestError:
+    return ManifestError(f"the atlas manifest {str(path)!r} is damaged ({detail}); run again with --rebuild to set it "
+                         "aside and start this atlas afresh (its pictures are rendered again; no file is deleted)")
+
+
+def set_aside(path: Path) -> Path:
+    """Move a manifest (and its -wal and -shm files) to the first free ``NAME.corrupt-N``; returns it."""
+    number = 1
+    while any(os.path.lexists(f"{path}.corrupt-{number}{tail}") for tail in ("", "-wal", "-shm")):
+        number += 1
+    aside = Path(f"{path}.corrupt-{number}")
+    for tail in ("", "-wal", "-shm"):  # a stale -wal beside a fresh manifest would be read into it
+        if os.path.lexists(f"{path}{tail}"):
+            os.replace(f"{path}{tail}", f"{aside}{tail}")
+    return aside
 
 
 @dataclass(frozen=True)
@@ -67,16 +98,29 @@ class Manifest:
     """The SQLite manifest of one atlas folder."""
 
     def __init__(self, path: str | Path, earlier_files: EarlierFiles = lambda units, images: ()) -> None:
-        """Open (or create) the manifest at ``path``.
+        """Open (or create) the manifest at ``path``. A damaged file is a ``ManifestError``.
         ``earlier_files(units, images)`` names the files (pages, image copies) that an atlas writes for
         its units (layer, filter) and dataset images besides those its rows name, to record them for a
         manifest of an earlier filterviz, which kept no list of files."""
         self.path = Path(path)
         self.connection = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
-        self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
-        self.connection.execute("PRAGMA synchronous=FULL")
-        self._upgrade(earlier_files)
-        self.connection.executescript(SCHEMA)
+        try:
+            self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
+            self.connection.execute("PRAGMA synchronous=FULL")
+            # A truncated file opens without complaint; only reading every page shows what is missing.
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise damage_error(self.path, problems[0])
+            self._upgrade(earlier_files)
+            self.connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.connection.close()
+            if damaged(exc):
+                raise damage_error(self.path, exc) from None
+            raise
+        except BaseException:
+            self.connection.close()
+            raise
 
     def _tables(self) -> set[str]:
         return {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -135,6 +179,13 @@ class Manifest:
             for layer in layers:
                 sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
                 sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+
+    def forget_results(self) -> None:
+        """Forget every rendered filter, dataset example and scan, but not the files written: a fresh
+        start that can still remove the files of the atlas as it was."""
+        with self.transaction() as sql:
+            for table in ("units", "examples", "example_layers", "scan"):
+                sql.execute(f"DELETE FROM {table}")
 
     def examples(self, layer: str | None = None) -> list[Example]:
         query = "SELECT * FROM examples" + (" WHERE layer = ?" if layer else "") + " ORDER BY layer, filter, rank"
