@@ -1,6 +1,6 @@
 """The atlas's safety: it never deletes, writes or follows anything outside its folder, says what to do
-about a damaged manifest and recovers with --rebuild, never reads its own files as dataset images, and
-runs a local Ray on 127.0.0.1 without stray output."""
+about a damaged manifest and recovers with --rebuild, never reads its own files as dataset images, never
+drops computed results without saying so, and runs a local Ray on 127.0.0.1 without stray output."""
 
 from __future__ import annotations
 
@@ -100,6 +100,8 @@ def test_the_files_of_a_manifest_of_an_earlier_filterviz_stay_removable(tmp_path
     build_atlas(model, tmp_path / "atlas", **options)
     with sqlite3.connect(tmp_path / "atlas" / MANIFEST) as sql:  # as an earlier filterviz left it: no list of files
         sql.execute("DROP TABLE files")
+        for column in ("settings", "folder", "images"):
+            sql.execute(f"ALTER TABLE example_layers DROP COLUMN {column}")
     sql.close()
     fewer = {**options, "layers": ["features.1"]}
     summary = build_atlas(model, tmp_path / "atlas", **fewer)
@@ -160,6 +162,30 @@ def test_an_atlas_inside_its_image_folder_skips_its_own_files(tmp_path, photos):
     with sqlite3.connect(out / MANIFEST) as sql:
         shown = {image for (image,) in sql.execute("SELECT image FROM examples")}
     assert shown and not any(image.startswith("atlas/") for image in shown)
+
+
+# A rerun never drops computed results without saying so.
+
+def test_a_rerun_without_images_keeps_its_examples_and_says_so(tmp_path, photos):
+    model = tiny_model()
+    out = tmp_path / "atlas"
+    options = dict(size=16, steps=1, layers=["features.1"], top_k=2)
+    first = build_atlas(model, out, images=photos, **options)
+    shown = site(out)
+    kept = build_atlas(model, out, **options)
+    assert kept.examples == first.examples == 8 and kept.images == 0
+    assert "kept 8 dataset examples from an earlier run" in str(kept) and "--images" in str(kept)
+    assert site(out) == shown  # the same pages, crops and copies
+    dropped = build_atlas(model, out, **{**options, "top_k": 1})
+    assert dropped.examples == 0 and "dropped 8 dataset examples" in str(dropped)
+    assert "because" in str(dropped) and not list((out / "examples").rglob("*.png"))
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photos / "chelsea.png", other / "cat.png")
+    replaced = build_atlas(model, out, images=other, **options)
+    assert (replaced.images, replaced.examples) == (1, 4)
+    fewer = build_atlas(model, out, images=other, **{**options, "filters": [0, 1]})
+    assert "removed 2 filters that this run no longer shows" in str(fewer)
 
 
 # A local Ray listens on 127.0.0.1 only, and adds nothing of its own to stderr.

@@ -36,7 +36,7 @@ from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_im
                        receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
 from .files import check_tree, part_leftovers, regular_size, remove_empty_folders, remove_file, write_file
-from .manifest import Example, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
+from .manifest import Example, ExampleSource, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
 from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
 from .site import SiteInfo, SiteLayer, filter_page, layer_page, source_image, unit_image, write_site
 
@@ -58,7 +58,7 @@ class AtlasSummary:
     images: int  # dataset images scanned in this run
     examples: int  # dataset examples in the atlas
     seconds: float
-    notes: tuple[str, ...] = ()  # what else this run did (a manifest set aside...)
+    notes: tuple[str, ...] = ()  # what else this run did: results it kept, dropped or set aside, and why
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
@@ -162,6 +162,9 @@ def build_atlas(
     aside (``manifest.sqlite.corrupt-N``) and starts afresh, as it does with a sound one (which it
     keeps, forgetting its results but not the files it wrote). A fresh start renders everything again
     and removes no file it has no record of.
+
+    Without ``images``, the examples that an earlier run found are kept while they still match (model,
+    size, top-k, filters), else dropped; the summary says which, and what else the run removed.
     """
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
@@ -267,18 +270,31 @@ def _check_folder(root: Path) -> None:
 def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> AtlasSummary:
     fingerprint = model_fingerprint(plan.model)
     rendered = _render_units(plan, manifest, fingerprint)
-    scanned = _dataset_examples(plan, manifest, fingerprint) if plan.folder is not None else 0
-    manifest.keep_only({(layer.name, k) for layer in plan.layers for k in plan.filters[layer.name]},
-                       {layer.name for layer in plan.layers} if plan.folder is not None else set())
+    # What a layer's examples depend on, apart from the images: what a run without images can check.
+    settings = {layer.name: _hash(fingerprint, plan.side, plan.top_k, plan.scan_batch_size, layer.path,
+                                  plan.filters[layer.name]) for layer in plan.layers}
+    if plan.folder is not None:
+        scanned = _dataset_examples(plan, manifest, fingerprint, settings)
+        with_examples = {layer.name for layer in plan.layers}
+    else:
+        scanned = 0
+        with_examples = _earlier_examples(plan, manifest, settings, notes)
+    units_gone, examples_gone = manifest.keep_only(
+        {(layer.name, k) for layer in plan.layers for k in plan.filters[layer.name]}, with_examples)
+    if units_gone or examples_gone:
+        notes.append("removed " + " and ".join(
+            f"{count} {what}" for count, what in ((units_gone, "filters"), (examples_gone, "dataset examples"))
+            if count) + " that this run no longer shows")
     units = manifest.units()
     site_layers = []
     for layer in plan.layers:
         examples: dict[int, list[Example]] = {}
-        for example in manifest.examples(layer.name) if plan.folder is not None else []:
+        for example in manifest.examples(layer.name) if layer.name in with_examples else []:
             examples.setdefault(example.filter, []).append(example)
         site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in plan.filters[layer.name]}, examples))
-    info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side,
-                    plan.folder.resolve().name if plan.folder is not None else None, len(plan.files), plan.top_k)
+    folder, image_count = _examples_source(plan, manifest.example_sources(), with_examples)
+    info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side, folder, image_count,
+                    plan.top_k)
     keep = write_site(plan.root, info, site_layers, claim=manifest.claim)
     keep |= {unit.file for layer in site_layers for unit in layer.units.values()}
     for layer in site_layers:
@@ -290,6 +306,32 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
                         sum(u.dead for u in all_units), scanned,
                         sum(len(e) for layer in site_layers for e in layer.examples.values()),
                         time.monotonic() - started, tuple(notes))
+
+
+def _earlier_examples(plan: _Plan, manifest: Manifest, settings: dict[str, str], notes: list[str]) -> set[str]:
+    """Without an image folder: the shown layers whose stored examples still match this run (model,
+    size, top-k, filters), which are kept; the others' are dropped. Either is told in ``notes``."""
+    sources = manifest.example_sources()
+    shown = [layer.name for layer in plan.layers if layer.name in sources]
+    kept = {name for name in shown if sources[name].settings == settings[name]}
+    count = sum(sources[name].examples for name in kept)
+    if count:
+        folders = ", ".join(sorted({sources[name].folder for name in kept}))
+        notes.append(f"kept {count} dataset examples from an earlier run over {folders} "
+                     "(run with --images DIR to refresh them)")
+    dropped = manifest.forget_examples([name for name in shown if name not in kept])
+    if dropped:
+        notes.append(f"dropped {dropped} dataset examples of an earlier run because they no longer match the "
+                     "model, size, top-k or filters (run with --images DIR to find them again)")
+    return kept
+
+
+def _examples_source(plan: _Plan, sources: dict[str, ExampleSource], layers: set[str]) -> tuple[str | None, int]:
+    """The image folder's name and image count, as the pages show them (None: no examples)."""
+    if plan.folder is not None:
+        return plan.folder.resolve().name, len(plan.files)
+    kept = sorted((sources[name].folder, sources[name].images) for name in layers if name in sources)
+    return kept[0] if kept else (None, 0)
 
 
 def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
@@ -335,7 +377,7 @@ def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult
     manifest.put_units(units)
 
 
-def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
+def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str, settings: dict[str, str]) -> int:
     """Find the top-k dataset examples of every shown filter of the layers whose examples are missing
     or stale, in one pass over the images; returns how many images were scanned."""
     assert plan.folder is not None
@@ -344,8 +386,15 @@ def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
                                 plan.filters[layer.name]) for layer in plan.layers}
     stored = manifest.example_fingerprints()
     todo = [layer for layer in plan.layers if stored.get(layer.name) != wanted[layer.name]]
-    if not todo:
-        return 0
+    scanned = _scan(plan, manifest, todo, wanted) if todo else 0
+    # Recorded for every layer (a manifest of an earlier filterviz lacks it): what a run without images checks.
+    manifest.describe_examples({layer.name: (settings[layer.name], plan.folder.resolve().name, len(plan.files))
+                                for layer in plan.layers})
+    return scanned
+
+
+def _scan(plan: _Plan, manifest: Manifest, todo: list[AtlasLayer], wanted: dict[str, str]) -> int:
+    """Scan the images for the ``todo`` layers' examples (continuing a saved scan) and store them."""
     scan = _hash(sorted(wanted[layer.name] for layer in todo))
     saved = manifest.scan_checkpoint(scan)
     state = (saved[0], unpack(saved[1])) if saved else None

@@ -28,10 +28,15 @@ CREATE TABLE IF NOT EXISTS examples (
     layer TEXT NOT NULL, filter INTEGER NOT NULL, rank INTEGER NOT NULL, image TEXT NOT NULL,
     value REAL NOT NULL, top INTEGER NOT NULL, left INTEGER NOT NULL, side INTEGER NOT NULL,
     file TEXT NOT NULL, PRIMARY KEY (layer, filter, rank));
-CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '', folder TEXT NOT NULL DEFAULT '', images INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
 """
+# Columns added to example_layers since its first version: what its examples depend on, apart from the
+# images themselves (so that a run without --images can tell whether they still hold), and their folder.
+_EXAMPLE_COLUMNS = {"settings": "TEXT NOT NULL DEFAULT ''", "folder": "TEXT NOT NULL DEFAULT ''",
+                    "images": "INTEGER NOT NULL DEFAULT 0"}
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 # (units, dataset images) -> the files written for them that no row names: see Manifest.__init__.
 EarlierFiles = Callable[[list[tuple[str, int]], list[str]], Iterable[str]]
@@ -94,6 +99,18 @@ class Example:
     file: str
 
 
+@dataclass(frozen=True)
+class ExampleSource:
+    """Where a layer's stored examples came from: ``settings`` fingerprints all they depend on except
+    the images (model, size, top-k, filters...), ``folder`` and ``images`` name the image folder and
+    its image count; ``examples`` is how many are stored."""
+
+    settings: str
+    folder: str
+    images: int
+    examples: int
+
+
 class Manifest:
     """The SQLite manifest of one atlas folder."""
 
@@ -141,6 +158,13 @@ class Manifest:
                 units = [(layer, k) for layer, k in sql.execute("SELECT layer, filter FROM units")]
                 sql.executemany("INSERT OR IGNORE INTO files VALUES (?)",
                                 [(file,) for file in earlier_files(units, images)])
+        if "example_layers" in tables:
+            columns = {row[1] for row in self.connection.execute("PRAGMA table_info(example_layers)")}
+            missing = [name for name in _EXAMPLE_COLUMNS if name not in columns]
+            if missing:
+                with self.transaction() as sql:
+                    for name in missing:
+                        sql.execute(f"ALTER TABLE example_layers ADD COLUMN {name} {_EXAMPLE_COLUMNS[name]}")
 
     def close(self) -> None:
         self.connection.close()
@@ -173,12 +197,15 @@ class Manifest:
         with self.transaction() as sql:
             sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", [(layer, k) for k in filters])
 
-    def forget_examples(self, layers: Sequence[str]) -> None:
-        """Drop the examples of layers whose files are about to be rewritten (see ``forget_units``)."""
+    def forget_examples(self, layers: Sequence[str]) -> int:
+        """Drop the examples of layers whose files are about to be rewritten (see ``forget_units``), or
+        that no longer hold; returns how many examples were dropped."""
+        dropped = 0
         with self.transaction() as sql:
             for layer in layers:
-                sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                dropped += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
                 sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+        return dropped
 
     def forget_results(self) -> None:
         """Forget every rendered filter, dataset example and scan, but not the files written: a fresh
@@ -194,12 +221,25 @@ class Manifest:
     def example_fingerprints(self) -> dict[str, str]:
         return dict(self.connection.execute("SELECT layer, fingerprint FROM example_layers"))
 
+    def example_sources(self) -> dict[str, ExampleSource]:
+        """By layer: what its examples depend on apart from the images, and the folder they came from."""
+        rows = self.connection.execute("SELECT layer, settings, folder, images, (SELECT COUNT(*) FROM examples "
+                                       "WHERE examples.layer = example_layers.layer) FROM example_layers")
+        return {row[0]: ExampleSource(*row[1:]) for row in rows}
+
+    def describe_examples(self, sources: dict[str, tuple[str, str, int]]) -> None:
+        """Record, by layer, (settings, folder name, image count) of examples already stored."""
+        with self.transaction() as sql:
+            sql.executemany("UPDATE example_layers SET settings = ?, folder = ?, images = ? WHERE layer = ?",
+                            [(*source, layer) for layer, source in sources.items()])
+
     def put_examples(self, fingerprints: dict[str, str], examples: Sequence[Example], scan: str) -> None:
         """Replace the examples of the given layers, and drop the finished scan's checkpoint."""
         with self.transaction() as sql:
             for layer, fingerprint in fingerprints.items():
                 sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
-                sql.execute("INSERT OR REPLACE INTO example_layers VALUES (?, ?)", (layer, fingerprint))
+                sql.execute("INSERT OR REPLACE INTO example_layers (layer, fingerprint) VALUES (?, ?)",
+                            (layer, fingerprint))
             sql.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(e.layer, e.filter, e.rank, e.image, e.value, e.top, e.left, e.side, e.file)
                              for e in examples])
@@ -215,15 +255,17 @@ class Manifest:
             sql.execute("DELETE FROM scan")  # only the scan in progress is worth resuming
             sql.execute("INSERT INTO scan VALUES (?, ?, ?)", (fingerprint, next_image, state))
 
-    def keep_only(self, units: set[tuple[str, int]], example_layers: set[str]) -> None:
-        """Forget units and examples outside the atlas as now chosen."""
+    def keep_only(self, units: set[tuple[str, int]], example_layers: set[str]) -> tuple[int, int]:
+        """Forget units and examples outside the atlas as now chosen; returns how many of each."""
+        examples = 0
         with self.transaction() as sql:
             stale = [key for key in sql.execute("SELECT layer, filter FROM units") if tuple(key) not in units]
             sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", stale)
             for (layer,) in list(sql.execute("SELECT layer FROM example_layers")):
                 if layer not in example_layers:
-                    sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                    examples += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
                     sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+        return len(stale), examples
 
     def files(self) -> set[str]:
         """Every file (relative to the atlas) that the atlas may have written and not removed since."""
