@@ -1,6 +1,7 @@
 """The atlas's safety: it never deletes, writes or follows anything outside its folder, says what to do
 about a damaged manifest and recovers with --rebuild, never reads its own files as dataset images, never
-drops computed results without saying so, and runs a local Ray on 127.0.0.1 without stray output."""
+drops computed results without saying so, runs a local Ray on 127.0.0.1 without stray output, and
+re-renders exactly what each input of a picture changes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import filterviz.atlas.build as atlas_build
 from filterviz.atlas import MANIFEST, build_atlas
 from filterviz.cli import main
 from filterviz.errors import OutputError
+from filterviz.execution import cpu_supports_bf16
 
 from conftest import TinyNet, tiny_model
 
@@ -220,3 +222,36 @@ def test_a_local_ray_listens_on_loopback_only_and_prints_nothing(tmp_path, capfd
     assert {"gcs_server", "raylet"} <= {name for name, _ in listening}, listening
     assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for _, ip in listening), listening
     assert err == "", err
+
+
+# Each input of a picture, changed alone, re-renders exactly the pictures (and scans) it changes.
+
+@pytest.mark.parametrize("change", ["seed", "size", "precision", "device"])
+def test_each_input_of_a_picture_rerenders_what_it_changes(tmp_path, photos, change):
+    model = tiny_model(dtype=torch.float32)
+    options = dict(size=16, steps=1, layers=["features.1", "features.3"], filters=[0, 1, 2], chunk_size=2,
+                   images=photos, top_k=1)
+    if change == "seed":
+        changed, scans = {**options, "seed": 1}, 0  # examples never depend on the seed
+    elif change == "size":
+        changed, scans = {**options, "size": 20}, 6  # they do on the size
+    elif change == "precision":
+        if not cpu_supports_bf16():
+            pytest.skip("this CPU has no native bf16")
+        changed, scans = {**options, "precision": "bf16"}, 0
+    else:
+        if not torch.cuda.is_available():
+            pytest.skip("no second device here")
+        changed, scans = options, None
+    first = build_atlas(model, tmp_path, **options)
+    before = site(tmp_path)
+    if change == "device":
+        model.module.to("cuda")
+    again = build_atlas(model, tmp_path, **changed)
+    assert again.rendered == first.rendered == 6 and (scans is None or again.images == scans)
+    assert build_atlas(model, tmp_path, **changed).rendered == 0  # recorded under the new input
+    assert site(tmp_path) != before
+    if change == "device":
+        model.module.to("cpu")
+    back = build_atlas(model, tmp_path, **options)
+    assert back.rendered == 6 and site(tmp_path) == before
