@@ -302,7 +302,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     summary = build_atlas(model, args.out, layers=layers or None, filters=filters, recipe=recipe,
                           seed=0 if args.seed is None else args.seed, images=args.images, top_k=args.top_k,
                           executor=executor, chunk_size=args.chunk_size, precision=args.precision, threads=args.threads,
-                          progress=not args.quiet, size=args.size)
+                          progress=not args.quiet, rebuild=args.rebuild, size=args.size)
     if not args.quiet:
         _say(str(summary))
 
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads per render task, here and on Ray workers (default: this machine's)")
     atlas.add_argument("--chunk-size", type=_positive, default=16,
                        help="filters rendered together as one task and batch (default 16)")
+    atlas.add_argument("--rebuild", action="store_true",
+                       help="start the atlas afresh: render everything again, setting a damaged manifest aside as "
+                            "manifest.sqlite.corrupt-N (no file is deleted that the atlas did not write)")
     _add_recipe_options(atlas)
     atlas.set_defaults(run=_cmd_atlas)
 

@@ -4,6 +4,9 @@ Work is done in steps whose results are recorded in the manifest only after thei
 so a run killed at any moment and started again does only what is missing, and ends with the same
 files as an uninterrupted run. What each step depends on (model weights, recipe, seed, precision, the
 image folder) is fingerprinted; a change redoes exactly the steps that depend on it.
+
+An atlas writes only inside its folder and never through a symbolic link there (see ``files``); it
+removes only files that its manifest records it wrote, and its own temporary files.
 """
 
 from __future__ import annotations
@@ -26,15 +29,16 @@ from tqdm.auto import tqdm
 
 from ..errors import FilterVizError, OutputError
 from ..execution import autocast_dtype
-from ..image import png_bytes, write_atomic
+from ..image import png_bytes
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe, get_recipe
 from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
                        receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
-from .manifest import Example, Manifest, Unit
-from .selection import AtlasLayer, atlas_layers, default_layers
-from .site import SiteInfo, SiteLayer, source_image, unit_image, write_site
+from .files import check_tree, part_leftovers, regular_size, remove_empty_folders, remove_file, write_file
+from .manifest import Example, ExampleSource, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
+from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
+from .site import SiteInfo, SiteLayer, filter_page, layer_page, source_image, unit_image, write_site
 
 MANIFEST = "manifest.sqlite"
 CHECKPOINT_SECONDS = 30.0  # how often a dataset scan in progress is saved
@@ -54,6 +58,7 @@ class AtlasSummary:
     images: int  # dataset images scanned in this run
     examples: int  # dataset examples in the atlas
     seconds: float
+    notes: tuple[str, ...] = ()  # what else this run did: results it kept, dropped or set aside, and why
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
@@ -61,6 +66,7 @@ class AtlasSummary:
         return (f"atlas of {self.model}: {self.units} filters in {self.layers} layers ({self.rendered} rendered now, "
                 f"{reused} already done), {self.dead} dead; "
                 + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
+                + "".join(f"{note}; " for note in self.notes)
                 + f"{minutes}m{seconds:02d}s; open {self.out / 'index.html'}")
 
 
@@ -96,8 +102,7 @@ def _chunks(filters: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:
 def _is_done(out: Path, unit: Unit | None, fingerprint: str, file: str) -> bool:
     if unit is None or unit.fingerprint != fingerprint or unit.file != file:
         return False
-    path = out / unit.file
-    return path.is_file() and path.stat().st_size == unit.bytes
+    return regular_size(out, unit.file) == unit.bytes  # a link in its place is not the atlas's file
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ def build_atlas(
     threads: int | None = None,
     scan_batch_size: int = 16,
     progress: bool = False,
+    rebuild: bool = False,
     **overrides: Any,
 ) -> AtlasSummary:
     """Render every filter of ``layers`` (default: ``default_layers``) into a static site in ``out``.
@@ -150,6 +156,15 @@ def build_atlas(
     ``overrides`` change recipe fields (``size=``, ``steps=``...). ``out`` must be a new or empty
     folder, or an atlas folder. Running again with the same arguments continues an interrupted atlas;
     with other arguments, it redoes only what they change. Bad arguments fail before anything is written.
+
+    ``out`` may lie inside ``images``: the scan skips it. A symbolic link among the atlas's own files
+    and folders is refused. A damaged manifest is a ``ManifestError``; ``rebuild=True`` then moves it
+    aside (``manifest.sqlite.corrupt-N``) and starts afresh, as it does with a sound one (which it
+    keeps, forgetting its results but not the files it wrote). A fresh start renders everything again
+    and removes no file it has no record of.
+
+    Without ``images``, the examples that an earlier run found are kept while they still match (model,
+    size, top-k, filters), else dropped; the summary says which, and what else the run removed.
     """
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
@@ -167,10 +182,12 @@ def build_atlas(
         raise FilterVizError(f"no filters to show in layer {empty[0].name} ({empty[0].channels} channels); "
                              "choose filters that it has")
     autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
-    files = list_images(images) if images is not None else []
-    check_images(files)
     root = Path(out)
+    files = list_images(images, skip=root) if images is not None else []
+    check_images(files)
     _check_folder(root)
+    if root.is_dir():
+        check_tree(root, [MANIFEST + tail for tail in ("", "-wal", "-shm")])
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
                  executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
                  scan_batch_size, progress)
@@ -183,12 +200,18 @@ def build_atlas(
             raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
         if not os.access(root, os.W_OK):
             raise OutputError(f"cannot write into folder {str(root)!r}")
-        manifest = Manifest(root / MANIFEST)
+        notes: list[str] = []
+        manifest = _open_manifest(root / MANIFEST, rebuild, notes)
         try:
-            return _build(plan, manifest, started)
+            return _build(plan, manifest, started, notes)
         finally:
             manifest.close()
-    except sqlite3.OperationalError as exc:  # e.g. another run holds the manifest
+    except sqlite3.DatabaseError as exc:
+        if damaged(exc):  # found only now, past the check at opening
+            raise damage_error(root / MANIFEST, exc) from None
+        if not isinstance(exc, sqlite3.OperationalError):
+            raise
+        # e.g. another run holds the manifest
         raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another atlas run writing "
                           "into this folder?") from None
     finally:
@@ -210,9 +233,33 @@ def _clip(filters: Iterable[int | range] | None, channels: int) -> list[int]:
     return sorted(chosen)
 
 
+def _earlier_files(units: list[tuple[str, int]], images: list[str]) -> list[str]:
+    """The pages and image copies that this atlas writes for ``units`` and dataset ``images``: what a
+    manifest of an earlier filterviz, which kept no list of its files, is taken to have written."""
+    layers = {name: AtlasLayer(name, name, "", 0, None, None, layer_slug(name)) for name, _ in units}
+    return (["index.html", "style.css"] + [layer_page(layer) for layer in layers.values()]
+            + [filter_page(layers[name], k) for name, k in units] + [source_image(image) for image in images])
+
+
+def _open_manifest(path: Path, rebuild: bool, notes: list[str]) -> Manifest:
+    """The atlas's manifest; with ``rebuild``, a fresh start: a damaged one is set aside, a sound one
+    forgets its results (but not which files it wrote, so that those can still be removed)."""
+    if not rebuild or not os.path.lexists(path):
+        return Manifest(path, _earlier_files)
+    try:
+        manifest = Manifest(path, _earlier_files)
+    except ManifestError:
+        aside = set_aside(path)
+        notes.append(f"set the damaged manifest aside as {aside.name} and started afresh")
+        return Manifest(path, _earlier_files)
+    manifest.forget_results()
+    notes.append("started afresh (--rebuild)")
+    return manifest
+
+
 def _check_folder(root: Path) -> None:
-    """An atlas goes into a new or empty folder, or an atlas folder: it removes files it did not
-    write, so it must never take over a folder of other files."""
+    """An atlas goes into a new or empty folder, or an atlas folder: it writes files of its own names
+    (index.html, img/...) over whatever is there, so it must never take over a folder of other files."""
     if root.exists() and not root.is_dir():
         raise OutputError(f"cannot write an atlas into {str(root)!r}: it is a file; give a folder")
     if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
@@ -220,32 +267,71 @@ def _check_folder(root: Path) -> None:
                           "empty folder")
 
 
-def _build(plan: _Plan, manifest: Manifest, started: float) -> AtlasSummary:
+def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> AtlasSummary:
     fingerprint = model_fingerprint(plan.model)
     rendered = _render_units(plan, manifest, fingerprint)
-    scanned = _dataset_examples(plan, manifest, fingerprint) if plan.folder is not None else 0
-    manifest.keep_only({(layer.name, k) for layer in plan.layers for k in plan.filters[layer.name]},
-                       {layer.name for layer in plan.layers} if plan.folder is not None else set())
+    # What a layer's examples depend on, apart from the images: what a run without images can check.
+    settings = {layer.name: _hash(fingerprint, plan.side, plan.top_k, plan.scan_batch_size, layer.path,
+                                  plan.filters[layer.name]) for layer in plan.layers}
+    if plan.folder is not None:
+        scanned = _dataset_examples(plan, manifest, fingerprint, settings)
+        with_examples = {layer.name for layer in plan.layers}
+    else:
+        scanned = 0
+        with_examples = _earlier_examples(plan, manifest, settings, notes)
+    units_gone, examples_gone = manifest.keep_only(
+        {(layer.name, k) for layer in plan.layers for k in plan.filters[layer.name]}, with_examples)
+    if units_gone or examples_gone:
+        notes.append("removed " + " and ".join(
+            f"{count} {what}" for count, what in ((units_gone, "filters"), (examples_gone, "dataset examples"))
+            if count) + " that this run no longer shows")
     units = manifest.units()
     site_layers = []
     for layer in plan.layers:
         examples: dict[int, list[Example]] = {}
-        for example in manifest.examples(layer.name) if plan.folder is not None else []:
+        for example in manifest.examples(layer.name) if layer.name in with_examples else []:
             examples.setdefault(example.filter, []).append(example)
         site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in plan.filters[layer.name]}, examples))
-    info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side,
-                    plan.folder.resolve().name if plan.folder is not None else None, len(plan.files), plan.top_k)
-    keep = write_site(plan.root, info, site_layers)
+    folder, image_count = _examples_source(plan, manifest.example_sources(), with_examples)
+    info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side, folder, image_count,
+                    plan.top_k)
+    keep = write_site(plan.root, info, site_layers, claim=manifest.claim)
     keep |= {unit.file for layer in site_layers for unit in layer.units.values()}
     for layer in site_layers:
         for examples in layer.examples.values():
             keep |= {e.file for e in examples} | {source_image(e.image) for e in examples}
-    _prune(plan.root, keep)
+    _prune(plan.root, manifest, keep)
     all_units = [unit for layer in site_layers for unit in layer.units.values()]
     return AtlasSummary(plan.root, plan.model.name, len(plan.layers), len(all_units), rendered,
                         sum(u.dead for u in all_units), scanned,
                         sum(len(e) for layer in site_layers for e in layer.examples.values()),
-                        time.monotonic() - started)
+                        time.monotonic() - started, tuple(notes))
+
+
+def _earlier_examples(plan: _Plan, manifest: Manifest, settings: dict[str, str], notes: list[str]) -> set[str]:
+    """Without an image folder: the shown layers whose stored examples still match this run (model,
+    size, top-k, filters), which are kept; the others' are dropped. Either is told in ``notes``."""
+    sources = manifest.example_sources()
+    shown = [layer.name for layer in plan.layers if layer.name in sources]
+    kept = {name for name in shown if sources[name].settings == settings[name]}
+    count = sum(sources[name].examples for name in kept)
+    if count:
+        folders = ", ".join(sorted({sources[name].folder for name in kept}))
+        notes.append(f"kept {count} dataset examples from an earlier run over {folders} "
+                     "(run with --images DIR to refresh them)")
+    dropped = manifest.forget_examples([name for name in shown if name not in kept])
+    if dropped:
+        notes.append(f"dropped {dropped} dataset examples of an earlier run because they no longer match the "
+                     "model, size, top-k or filters (run with --images DIR to find them again)")
+    return kept
+
+
+def _examples_source(plan: _Plan, sources: dict[str, ExampleSource], layers: set[str]) -> tuple[str | None, int]:
+    """The image folder's name and image count, as the pages show them (None: no examples)."""
+    if plan.folder is not None:
+        return plan.folder.resolve().name, len(plan.files)
+    kept = sorted((sources[name].folder, sources[name].images) for name in layers if name in sources)
+    return kept[0] if kept else (None, 0)
 
 
 def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
@@ -278,20 +364,20 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
 
 
 def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult, fingerprint: str) -> None:
-    """Forget a task's old rows, write its images, then (and only then) record them."""
+    """Forget a task's old rows, claim its files, write its images, then (and only then) record them."""
     manifest.forget_units(layer.name, result.task.filters)
-    (root / "img" / layer.slug).mkdir(parents=True, exist_ok=True)
+    manifest.claim(unit_image(layer, k) for k in result.task.filters)
     units = []
     for k, data, start, score, dead in zip(result.task.filters, result.pngs, result.start_scores, result.scores,
                                            result.dead):
         relative = unit_image(layer, k)
-        write_atomic(root / relative, data)
+        write_file(root, relative, data)
         units.append(Unit(layer.name, k, fingerprint, relative, len(data), hashlib.sha256(data).hexdigest(),
                           start, score, dead))
     manifest.put_units(units)
 
 
-def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
+def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str, settings: dict[str, str]) -> int:
     """Find the top-k dataset examples of every shown filter of the layers whose examples are missing
     or stale, in one pass over the images; returns how many images were scanned."""
     assert plan.folder is not None
@@ -300,8 +386,15 @@ def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
                                 plan.filters[layer.name]) for layer in plan.layers}
     stored = manifest.example_fingerprints()
     todo = [layer for layer in plan.layers if stored.get(layer.name) != wanted[layer.name]]
-    if not todo:
-        return 0
+    scanned = _scan(plan, manifest, todo, wanted) if todo else 0
+    # Recorded for every layer (a manifest of an earlier filterviz lacks it): what a run without images checks.
+    manifest.describe_examples({layer.name: (settings[layer.name], plan.folder.resolve().name, len(plan.files))
+                                for layer in plan.layers})
+    return scanned
+
+
+def _scan(plan: _Plan, manifest: Manifest, todo: list[AtlasLayer], wanted: dict[str, str]) -> int:
+    """Scan the images for the ``todo`` layers' examples (continuing a saved scan) and store them."""
     scan = _hash(sorted(wanted[layer.name] for layer in todo))
     saved = manifest.scan_checkpoint(scan)
     state = (saved[0], unpack(saved[1])) if saved else None
@@ -320,14 +413,15 @@ def _dataset_examples(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
         tops = scan_images(plan.model, [layer.path for layer in todo], plan.files, plan.side, plan.top_k,
                            batch_size=plan.scan_batch_size, state=state, on_batch=checkpoint)
     manifest.forget_examples([layer.name for layer in todo])
-    examples = _write_examples(plan, todo, tops)
+    examples = _write_examples(plan, manifest, todo, tops)
     manifest.put_examples({layer.name: wanted[layer.name] for layer in todo}, examples, scan)
     return len(plan.files) - first
 
 
-def _write_examples(plan: _Plan, layers: list[AtlasLayer], tops: dict[str, TopK]) -> list[Example]:
-    """Cut each shown filter's example crops, and write a small copy of every image used; returns the
-    examples."""
+def _write_examples(plan: _Plan, manifest: Manifest, layers: list[AtlasLayer],
+                    tops: dict[str, TopK]) -> list[Example]:
+    """Cut each shown filter's example crops, and write a small copy of every image used (each file
+    claimed first); returns the examples."""
     assert plan.folder is not None
     side = plan.side
     boxes: dict[int, list[tuple[AtlasLayer, int, int, float, tuple[int, int, int]]]] = {}
@@ -342,19 +436,23 @@ def _write_examples(plan: _Plan, layers: list[AtlasLayer], tops: dict[str, TopK]
                     continue
                 box = crop_box(int(top.ys[k, rank]), int(top.xs[k, rank]), grid, field, side)
                 boxes.setdefault(image, []).append((layer, k, rank, float(top.values[k, rank]), box))
+    names = {image: plan.files[image].relative_to(plan.folder).as_posix() for image in boxes}
+    claim = [source_image(name) for name in names.values()]
+    claim += [_crop_file(layer, k, rank) for uses in boxes.values() for layer, k, rank, *_ in uses]
+    manifest.claim(claim)
     examples = []
     for image, uses in sorted(boxes.items()):
         pixels = load_square(plan.files[image], side)
-        name = plan.files[image].relative_to(plan.folder).as_posix()
-        copy = plan.root / source_image(name)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(copy, _jpeg(pixels))
+        write_file(plan.root, source_image(names[image]), _jpeg(pixels))
         for layer, k, rank, value, (top_px, left, crop) in uses:
-            relative = f"examples/{layer.slug}/{k}-{rank}.png"
-            (plan.root / relative).parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(plan.root / relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
-            examples.append(Example(layer.name, k, rank, name, value, top_px, left, crop, relative))
+            relative = _crop_file(layer, k, rank)
+            write_file(plan.root, relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
+            examples.append(Example(layer.name, k, rank, names[image], value, top_px, left, crop, relative))
     return examples
+
+
+def _crop_file(layer: AtlasLayer, k: int, rank: int) -> str:
+    return f"examples/{layer.slug}/{k}-{rank}.png"
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
@@ -363,19 +461,18 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
-def _prune(root: Path, keep: set[str]) -> None:
-    """Remove files the atlas no longer shows (other layers, filters or images) and temporary files
-    left by a killed run, so that the folder holds what a clean run would write."""
-    for folder in ("img", "layers", "filters", "examples"):
-        base = root / folder
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*"), reverse=True):  # files before their folders
-            if path.is_file() and path.relative_to(root).as_posix() not in keep:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    for path in root.glob(".*.part"):
-        path.unlink()
+def _prune(root: Path, manifest: Manifest, keep: set[str]) -> None:
+    """Remove the files the atlas wrote (as its manifest records) and no longer shows (other layers,
+    filters or images), then the folders they leave empty, and the temporary files of writes that a
+    killed run left, so that the folder holds what a clean run would write. Nothing else is removed:
+    not a file the manifest does not record, nor anything reached through a symbolic link (those are
+    skipped, never followed; see ``files``)."""
+    recorded = manifest.files()
+    gone = [relative for relative in sorted(recorded - keep) if remove_file(root, relative)]
+    for relative in gone:
+        remove_empty_folders(root, relative)
+    manifest.release(gone)
+    for relative in part_leftovers(root, recorded | keep):
+        remove_file(root, relative)
 
 

@@ -24,12 +24,23 @@ from ..models.loaded import LoadedModel
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """The image files under ``folder`` (recursively), in a fixed order: by relative path."""
+def list_images(folder: str | os.PathLike[str], skip: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The image files under ``folder`` (recursively), in a fixed order: by relative path.
+
+    Nothing under ``skip`` is listed: an atlas passes its own folder, which may lie inside ``folder``,
+    so that its crops and copies never count as dataset images (nor change the folder's fingerprint).
+    """
     root = Path(folder)
     if not root.is_dir():
         raise FilterVizError(f"image folder {str(root)!r} does not exist; give a folder of .jpg or .png images")
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+    skipped: tuple[str, ...] | None = None
+    if skip is not None:
+        try:  # the skipped folder's place inside the image folder, if it has one (links resolved)
+            skipped = Path(skip).resolve().relative_to(root.resolve()).parts
+        except ValueError:
+            pass
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                    and not (skipped is not None and p.relative_to(root).parts[:len(skipped)] == skipped)),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
         raise FilterVizError(f"image folder {str(root)!r} has no images; give a folder of .jpg or .png images")

@@ -5,6 +5,7 @@ rendered as one batch, and comes back as PNG bytes: only the caller writes files
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,28 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
                              "with `ray start --head`, or leave out --address to run Ray on this machine") from None
 
 
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _single_machine(ray: Any) -> Iterator[None]:
+    """While Ray starts here: a single-machine Ray, whose node address stays 127.0.0.1.
+
+    Ray turns a node address of 127.0.0.1 into the machine's network address unless it was built for
+    a single machine (its RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 setting, read once when Ray is imported);
+    with that address, its GCS, raylet and workers listen on every interface, unauthenticated.
+    """
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if before is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            constants.ENABLE_RAY_CLUSTER = before
+
+
 def _last_line(exc: BaseException) -> str:
     """A Ray error's last line: the original exception, not Ray's header."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -124,10 +147,12 @@ def _last_line(exc: BaseException) -> str:
 
 class RayExecutor:
     """Runs tasks on a Ray cluster: ``address`` of a running cluster (``"auto"``, ``"ray://host:10001"``),
-    or None to start Ray on this machine. A task whose worker dies is run again, up to ``max_retries``
-    times. Each task reserves ``cpus_per_task`` CPUs (default: the threads it renders with, at most a
-    node's CPUs). The model travels by Ray's object store; one that cannot be pickled (TorchScript) is loaded by
-    each worker from its name or file instead, which must then be reachable from every node.
+    or None to start Ray on this machine, listening on 127.0.0.1 only (Ray has no authentication), with
+    no dashboard and no log lines of its own on the terminal (its errors still reach us). A task whose
+    worker dies is run again, up to ``max_retries`` times. Each task reserves ``cpus_per_task`` CPUs
+    (default: the threads it renders with, at most a node's CPUs). The model travels by Ray's object
+    store; one that cannot be pickled (TorchScript) is loaded by each worker from its name or file
+    instead, which must then be reachable from every node.
     """
 
     def __init__(self, address: str | None = None, *, max_retries: int = 3, cpus_per_task: float | None = None,
@@ -161,14 +186,25 @@ class RayExecutor:
         ray = require("ray", "ray", "atlases with --executor ray")
         if not ray.is_initialized():
             _check_reachable(self.address)
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+            # Setting RAY_BACKEND_LOG_LEVEL would itself print a line ("Set ray log level from
+            # environment variable"); Ray's C++ parts log to files, its Python logger only errors.
+            options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+            local = self.address == "local" or (self.address is None and not os.environ.get("RAY_ADDRESS"))
+            if local:
+                options["_node_ip_address"] = LOOPBACK
+            options.update(self.init_options)
             try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
-                         log_to_driver=False, **self.init_options)
+                with _single_machine(ray) if local else contextlib.nullcontext():
+                    ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise FilterVizError(f"cannot reach the Ray cluster at {self.address}: {first_line(exc)}; "
                                      "start one with `ray start --head`") from None
             self._started = True
+            node = ray.util.get_node_ip_address()
+            if local and options["_node_ip_address"] == LOOPBACK and node != LOOPBACK:
+                self.close()  # it would listen on the network: never, without the user asking
+                raise FilterVizError(f"Ray started on {node}, where other machines could reach it, not on {LOOPBACK}; "
+                                     "with this Ray version, start Ray yourself and give its --address")
         self._nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         if self.gpus_per_task > max([node.get("GPU", 0) for node in self._nodes] + [0]):
             self.close()

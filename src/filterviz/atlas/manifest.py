@@ -2,16 +2,22 @@
 
 A row is written only after the files it names are complete on disk, so after a crash at any moment
 the manifest never claims a file that is missing or stale. Every row carries the fingerprint of what
-produced it (model, recipe, seed...); a row with another fingerprint is work to redo.
+produced it (model, recipe, seed...); a row with another fingerprint is work to redo. The ``files``
+table names every file the atlas may have written, recorded before it is written: only those are ever
+removed. A damaged manifest (a truncated file, other bytes) is a ``ManifestError`` that says how to
+recover: ``set_aside`` moves it away, so that the atlas can start afresh.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import OutputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -22,9 +28,44 @@ CREATE TABLE IF NOT EXISTS examples (
     layer TEXT NOT NULL, filter INTEGER NOT NULL, rank INTEGER NOT NULL, image TEXT NOT NULL,
     value REAL NOT NULL, top INTEGER NOT NULL, left INTEGER NOT NULL, side INTEGER NOT NULL,
     file TEXT NOT NULL, PRIMARY KEY (layer, filter, rank));
-CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '', folder TEXT NOT NULL DEFAULT '', images INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
 """
+# Columns added to example_layers since its first version: what its examples depend on, apart from the
+# images themselves (so that a run without --images can tell whether they still hold), and their folder.
+_EXAMPLE_COLUMNS = {"settings": "TEXT NOT NULL DEFAULT ''", "folder": "TEXT NOT NULL DEFAULT ''",
+                    "images": "INTEGER NOT NULL DEFAULT 0"}
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+# (units, dataset images) -> the files written for them that no row names: see Manifest.__init__.
+EarlierFiles = Callable[[list[tuple[str, int]], list[str]], Iterable[str]]
+
+
+class ManifestError(OutputError):
+    """A manifest that SQLite cannot read: truncated, overwritten, or not a manifest at all."""
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says that the database file is damaged (not busy, not unwritable)."""
+    return isinstance(exc, sqlite3.DatabaseError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGED
+
+
+def damage_error(path: Path, detail: object) -> ManifestError:
+    return ManifestError(f"the atlas manifest {str(path)!r} is damaged ({detail}); run again with --rebuild to set it "
+                         "aside and start this atlas afresh (its pictures are rendered again; no file is deleted)")
+
+
+def set_aside(path: Path) -> Path:
+    """Move a manifest (and its -wal and -shm files) to the first free ``NAME.corrupt-N``; returns it."""
+    number = 1
+    while any(os.path.lexists(f"{path}.corrupt-{number}{tail}") for tail in ("", "-wal", "-shm")):
+        number += 1
+    aside = Path(f"{path}.corrupt-{number}")
+    for tail in ("", "-wal", "-shm"):  # a stale -wal beside a fresh manifest would be read into it
+        if os.path.lexists(f"{path}{tail}"):
+            os.replace(f"{path}{tail}", f"{aside}{tail}")
+    return aside
 
 
 @dataclass(frozen=True)
@@ -58,15 +99,72 @@ class Example:
     file: str
 
 
+@dataclass(frozen=True)
+class ExampleSource:
+    """Where a layer's stored examples came from: ``settings`` fingerprints all they depend on except
+    the images (model, size, top-k, filters...), ``folder`` and ``images`` name the image folder and
+    its image count; ``examples`` is how many are stored."""
+
+    settings: str
+    folder: str
+    images: int
+    examples: int
+
+
 class Manifest:
     """The SQLite manifest of one atlas folder."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, earlier_files: EarlierFiles = lambda units, images: ()) -> None:
+        """Open (or create) the manifest at ``path``. A damaged file is a ``ManifestError``.
+        ``earlier_files(units, images)`` names the files (pages, image copies) that an atlas writes for
+        its units (layer, filter) and dataset images besides those its rows name, to record them for a
+        manifest of an earlier filterviz, which kept no list of files."""
         self.path = Path(path)
         self.connection = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
-        self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
-        self.connection.execute("PRAGMA synchronous=FULL")
-        self.connection.executescript(SCHEMA)
+        try:
+            self.connection.execute("PRAGMA journal_mode=WAL")  # readers never see a half-done transaction
+            self.connection.execute("PRAGMA synchronous=FULL")
+            # A truncated file opens without complaint; only reading every page shows what is missing.
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise damage_error(self.path, problems[0])
+            self._upgrade(earlier_files)
+            self.connection.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.connection.close()
+            if damaged(exc):
+                raise damage_error(self.path, exc) from None
+            raise
+        except BaseException:
+            self.connection.close()
+            raise
+
+    def _tables(self) -> set[str]:
+        return {name for (name,) in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _upgrade(self, earlier_files: EarlierFiles) -> None:
+        """Bring a manifest of an earlier filterviz to this schema, each step in one transaction."""
+        tables = self._tables()
+        if "units" in tables and "files" not in tables:
+            # The files its rows name, and those written for them, are the atlas's: record them, so
+            # that they can be removed when no longer shown.
+            with self.transaction() as sql:
+                sql.execute("CREATE TABLE files (file TEXT PRIMARY KEY)")
+                sql.execute("INSERT OR IGNORE INTO files SELECT file FROM units")
+                images: list[str] = []
+                if "examples" in tables:
+                    sql.execute("INSERT OR IGNORE INTO files SELECT file FROM examples")
+                    images = [image for (image,) in sql.execute("SELECT DISTINCT image FROM examples")]
+                units = [(layer, k) for layer, k in sql.execute("SELECT layer, filter FROM units")]
+                sql.executemany("INSERT OR IGNORE INTO files VALUES (?)",
+                                [(file,) for file in earlier_files(units, images)])
+        if "example_layers" in tables:
+            columns = {row[1] for row in self.connection.execute("PRAGMA table_info(example_layers)")}
+            missing = [name for name in _EXAMPLE_COLUMNS if name not in columns]
+            if missing:
+                with self.transaction() as sql:
+                    for name in missing:
+                        sql.execute(f"ALTER TABLE example_layers ADD COLUMN {name} {_EXAMPLE_COLUMNS[name]}")
 
     def close(self) -> None:
         self.connection.close()
@@ -99,12 +197,22 @@ class Manifest:
         with self.transaction() as sql:
             sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", [(layer, k) for k in filters])
 
-    def forget_examples(self, layers: Sequence[str]) -> None:
-        """Drop the examples of layers whose files are about to be rewritten (see ``forget_units``)."""
+    def forget_examples(self, layers: Sequence[str]) -> int:
+        """Drop the examples of layers whose files are about to be rewritten (see ``forget_units``), or
+        that no longer hold; returns how many examples were dropped."""
+        dropped = 0
         with self.transaction() as sql:
             for layer in layers:
-                sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                dropped += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
                 sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+        return dropped
+
+    def forget_results(self) -> None:
+        """Forget every rendered filter, dataset example and scan, but not the files written: a fresh
+        start that can still remove the files of the atlas as it was."""
+        with self.transaction() as sql:
+            for table in ("units", "examples", "example_layers", "scan"):
+                sql.execute(f"DELETE FROM {table}")
 
     def examples(self, layer: str | None = None) -> list[Example]:
         query = "SELECT * FROM examples" + (" WHERE layer = ?" if layer else "") + " ORDER BY layer, filter, rank"
@@ -113,12 +221,25 @@ class Manifest:
     def example_fingerprints(self) -> dict[str, str]:
         return dict(self.connection.execute("SELECT layer, fingerprint FROM example_layers"))
 
+    def example_sources(self) -> dict[str, ExampleSource]:
+        """By layer: what its examples depend on apart from the images, and the folder they came from."""
+        rows = self.connection.execute("SELECT layer, settings, folder, images, (SELECT COUNT(*) FROM examples "
+                                       "WHERE examples.layer = example_layers.layer) FROM example_layers")
+        return {row[0]: ExampleSource(*row[1:]) for row in rows}
+
+    def describe_examples(self, sources: dict[str, tuple[str, str, int]]) -> None:
+        """Record, by layer, (settings, folder name, image count) of examples already stored."""
+        with self.transaction() as sql:
+            sql.executemany("UPDATE example_layers SET settings = ?, folder = ?, images = ? WHERE layer = ?",
+                            [(*source, layer) for layer, source in sources.items()])
+
     def put_examples(self, fingerprints: dict[str, str], examples: Sequence[Example], scan: str) -> None:
         """Replace the examples of the given layers, and drop the finished scan's checkpoint."""
         with self.transaction() as sql:
             for layer, fingerprint in fingerprints.items():
                 sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
-                sql.execute("INSERT OR REPLACE INTO example_layers VALUES (?, ?)", (layer, fingerprint))
+                sql.execute("INSERT OR REPLACE INTO example_layers (layer, fingerprint) VALUES (?, ?)",
+                            (layer, fingerprint))
             sql.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(e.layer, e.filter, e.rank, e.image, e.value, e.top, e.left, e.side, e.file)
                              for e in examples])
@@ -134,12 +255,29 @@ class Manifest:
             sql.execute("DELETE FROM scan")  # only the scan in progress is worth resuming
             sql.execute("INSERT INTO scan VALUES (?, ?, ?)", (fingerprint, next_image, state))
 
-    def keep_only(self, units: set[tuple[str, int]], example_layers: set[str]) -> None:
-        """Forget units and examples outside the atlas as now chosen."""
+    def keep_only(self, units: set[tuple[str, int]], example_layers: set[str]) -> tuple[int, int]:
+        """Forget units and examples outside the atlas as now chosen; returns how many of each."""
+        examples = 0
         with self.transaction() as sql:
             stale = [key for key in sql.execute("SELECT layer, filter FROM units") if tuple(key) not in units]
             sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", stale)
             for (layer,) in list(sql.execute("SELECT layer FROM example_layers")):
                 if layer not in example_layers:
-                    sql.execute("DELETE FROM examples WHERE layer = ?", (layer,))
+                    examples += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
                     sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
+        return len(stale), examples
+
+    def files(self) -> set[str]:
+        """Every file (relative to the atlas) that the atlas may have written and not removed since."""
+        return {file for (file,) in self.connection.execute("SELECT file FROM files")}
+
+    def claim(self, files: Iterable[str]) -> None:
+        """Record files about to be written, before they are: a run killed in between leaves none that
+        a later run would not know to remove."""
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR IGNORE INTO files VALUES (?)", [(file,) for file in files])
+
+    def release(self, files: Iterable[str]) -> None:
+        """Forget files that were removed."""
+        with self.transaction() as sql:
+            sql.executemany("DELETE FROM files WHERE file = ?", [(file,) for file in files])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..image import write_atomic
 from ..recipes import Recipe
+from .files import read_regular, write_file
 from .manifest import Example, Unit
 from .selection import AtlasLayer
 
@@ -198,16 +198,26 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
 
 
 def _write(out: Path, relative: str, text: str, written: set[str]) -> None:
-    target = out / relative
     written.add(relative)
-    if target.is_file() and target.read_bytes() == text.encode("utf-8"):
+    if read_regular(out, relative) == text.encode("utf-8"):
         return  # unchanged: a resumed atlas rewrites only what changed
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, text)
+    write_file(out, relative, text)  # never through a link (see files.py)
 
 
-def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer]) -> set[str]:
-    """Write every page (index, layers, filters) and the style sheet; returns their paths under ``out``."""
+def site_pages(layers: Sequence[SiteLayer]) -> list[str]:
+    """The paths of every page and the style sheet, as ``write_site`` writes them."""
+    pages = ["style.css", "index.html"]
+    for site_layer in layers:
+        pages.append(layer_page(site_layer.layer))
+        pages.extend(filter_page(site_layer.layer, k) for k in sorted(site_layer.units))
+    return pages
+
+
+def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer],
+               claim: Callable[[Iterable[str]], None] = lambda pages: None) -> set[str]:
+    """Write every page (index, layers, filters) and the style sheet, after telling ``claim`` their
+    paths (the manifest records them before they exist); returns those paths under ``out``."""
+    claim(site_pages(layers))
     written: set[str] = set()
     _write(out, "style.css", STYLE, written)
     _write(out, "index.html", _index(info, layers), written)

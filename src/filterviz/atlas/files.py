@@ -1,0 +1,170 @@
+"""Files inside an atlas folder, written, read and removed without ever following a symbolic link.
+
+An atlas writes and deletes only below its folder (``--out``, which may itself be a link). A symbolic
+link below it, on the way to a file the atlas writes or removes, is refused, never followed and never
+replaced: following it would write or delete outside the atlas, and replacing it would silently undo
+what whoever made it wanted. ``check_tree`` refuses such a link before a run writes anything;
+``write_file`` refuses it again at each write, and ``remove_file`` skips it, for a link made meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import OutputError
+from ..image import write_atomic
+
+OWN_FOLDERS = ("img", "layers", "filters", "examples")  # everything below them is the atlas's to manage
+OWN_FILES = ("index.html", "style.css")
+# ``write_atomic``'s temporary files: "." + the file's name + mkstemp's 8 random characters + ".part".
+PART = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.part")
+
+
+class LinkError(OutputError):
+    """A symbolic link inside an atlas folder, where the atlas writes or removes files."""
+
+
+def _link_error(root: Path, path: Path) -> LinkError:
+    relative = path.relative_to(root).as_posix()
+    return LinkError(f"cannot use atlas folder {str(root)!r}: '{relative}' is a symbolic link (to "
+                     f"{os.readlink(path)!r}); an atlas writes and deletes only inside its folder, so replace the "
+                     "link with a real folder or file, or give another --out")
+
+
+def _parts(relative: str) -> list[str]:
+    parts = relative.split("/")
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"not a plain relative path: {relative!r}")  # a bug, never a user's input
+    return parts
+
+
+def check_path(root: Path, relative: str) -> Path:
+    """``root / relative``, after checking with lstat that neither a folder on the way below ``root``
+    nor the file itself is a symbolic link (or a file where a folder should be)."""
+    path = root
+    parts = _parts(relative)
+    for number, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            break  # nor is anything below it: write_file makes real folders
+        if stat.S_ISLNK(mode):
+            raise _link_error(root, path)
+        if number < len(parts) - 1 and not stat.S_ISDIR(mode):
+            raise OutputError(f"cannot write {str(root / relative)!r}: {str(path)!r} is not a folder")
+    return root / relative
+
+
+def write_file(root: Path, relative: str, data: bytes | str) -> None:
+    """Write ``root / relative`` atomically, making its folders, never through a link (see module)."""
+    target = check_path(root, relative)
+    folder = root
+    for part in _parts(relative)[:-1]:
+        folder = folder / part
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # made a link or file since check_path
+                raise _link_error(root, folder) if folder.is_symlink() else OutputError(
+                    f"cannot write {str(target)!r}: {str(folder)!r} is not a folder") from None
+        except OSError as exc:
+            raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
+    write_atomic(target, data)
+
+
+def regular_size(root: Path, relative: str) -> int | None:
+    """The size of ``root / relative`` if it is a regular file reached without links, else None."""
+    try:
+        path = check_path(root, relative)
+        status = os.lstat(path)
+    except (OSError, OutputError):
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+def read_regular(root: Path, relative: str) -> bytes | None:
+    """The bytes of ``root / relative`` if it is a regular file reached without links, else None."""
+    if regular_size(root, relative) is None:
+        return None
+    try:
+        with open(root / relative, "rb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)) as stream:
+            return stream.read()
+    except OSError:
+        return None
+
+
+def remove_file(root: Path, relative: str) -> bool:
+    """Remove ``root / relative`` if it is a regular file reached without links; returns whether it is
+    gone (False: a link is in the way, or something other than a file is there, and was left alone)."""
+    try:
+        path = check_path(root, relative)
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return True
+    except OutputError:
+        return False
+    if not stat.S_ISREG(mode):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def remove_empty_folders(root: Path, relative: str) -> None:
+    """Remove the folders of ``root / relative`` that are now empty, deepest first (never ``root``,
+    never a link)."""
+    parts = _parts(relative)[:-1]
+    while parts:
+        folder = root.joinpath(*parts)
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return
+            folder.rmdir()
+        except OSError:  # not empty (or gone): so are the folders above it
+            return
+        parts.pop()
+
+
+def _walk(root: Path, folder: str) -> Iterable[tuple[str, os.DirEntry[str]]]:
+    """(relative path, entry) of everything under ``root / folder``, never entering a link."""
+    try:
+        with os.scandir(root / folder) as entries:
+            found = list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in found:
+        relative = f"{folder}/{entry.name}"
+        yield relative, entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(root, relative)
+
+
+def check_tree(root: Path, extra: Iterable[str] = ()) -> None:
+    """Refuse, before anything is written, an atlas folder where one of the atlas's own files or
+    folders (``OWN_FOLDERS``, ``OWN_FILES``, ``extra``), or anything inside those folders, is a link."""
+    for name in (*OWN_FOLDERS, *OWN_FILES, *extra):
+        if (root / name).is_symlink():
+            raise _link_error(root, root / name)
+    for folder in OWN_FOLDERS:
+        for _, entry in _walk(root, folder):
+            if entry.is_symlink():
+                raise _link_error(root, Path(entry.path))
+
+
+def part_leftovers(root: Path, names: set[str]) -> list[str]:
+    """The temporary files that ``write_atomic`` left (a killed run) for any of ``names``, in the
+    atlas's own folders and at its top; nothing else, whatever its name."""
+    found = []
+    candidates = [(entry.name, entry) for entry in os.scandir(root)]
+    candidates += [(relative, entry) for folder in OWN_FOLDERS for relative, entry in _walk(root, folder)]
+    for relative, entry in candidates:
+        match = PART.fullmatch(entry.name)
+        if match and entry.is_file(follow_symlinks=False):
+            folder = relative.rpartition("/")[0]
+            if (f"{folder}/{match['name']}" if folder else match["name"]) in names:
+                found.append(relative)
+    return found
