@@ -1,0 +1,290 @@
+"""ONNX files as today's torch.onnx.export writes them (dynamo=False, its default opset), loaded by filterviz
+and checked against the torch model they came from: activations at the same layers, compared numerically.
+
+The models have random weights and small inputs (see SmallVGG for the VGGs). Full-size exports at 224 px
+(vgg11, vgg11_bn) were checked the same way by hand; they take about 15 s each to load.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import onnx
+import onnx2torch
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tv_models
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+import filterviz
+from filterviz.errors import ModelFileError
+from filterviz.models.aliases import vgg_configs
+from filterviz.models.sources import onnx_files
+
+
+def export(module: nn.Module, path, size: int = 32, **options) -> onnx.ModelProto:
+    """``torch.onnx.export`` as a user calls it today (TorchScript exporter, default opset); returns the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.rand(1, 3, size, size),), path, dynamo=False, **options)
+    return onnx.load(path)
+
+
+def pixels(size: int = 32, count: int = 2) -> torch.Tensor:
+    """Random RGB 0..255 images, (count, 3, size, size)."""
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+
+
+def load(path, **options) -> filterviz.LoadedModel:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return filterviz.load_model(path, device="cpu", preprocess="unit", **options)  # input x / 255
+
+
+def randomize_norms(module: nn.Module) -> nn.Module:
+    """Batch norms that change their input (fresh ones are nearly the identity), so that a layer read
+    before or after one, or a batch norm folded into a conv, shows in the activations."""
+    generator = torch.Generator().manual_seed(1)
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.running_mean.copy_(torch.rand(layer.num_features, generator=generator) * 2 - 1)
+            layer.running_var.copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
+            layer.weight.data.copy_(torch.rand(layer.num_features, generator=generator) * 2 - 1)
+            layer.bias.data.copy_(torch.rand(layer.num_features, generator=generator) * 2 - 1)
+    return module
+
+
+class SmallVGG(nn.Module):
+    """A torchvision VGG whose ``features`` are torchvision's own (``make_layers`` of its config,
+    initialized as ``VGG`` does: every conv bias zero), with ``avgpool = AvgPool2d(1)`` and a small
+    classifier: at 32 px torch cannot export the 7x7 adaptive pool, which at 224 px becomes the same
+    kind of AveragePool node, and the 4096-wide classifier only costs time."""
+
+    def __init__(self, name: str = "vgg11") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        cfg, batch_norm = vgg_configs()[name]
+        self.features = make_layers(cfg, batch_norm=batch_norm)
+        self.avgpool = nn.AvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(512, 10))
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        randomize_norms(self).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # as torchvision's VGG.forward
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def small_vgg(name: str = "vgg11") -> nn.Module:
+    return SmallVGG(name)
+
+
+def read(model: filterviz.LoadedModel, layers: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Several layers' activations from one forward pass."""
+    with torch.no_grad(), model.capture(layers) as run:
+        return run(x)
+
+
+def features_outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every module of ``net.features``, in one pass."""
+    outputs = []
+    with torch.no_grad():
+        for layer in net.features:
+            x = layer(x)
+            outputs.append(x.clone())  # VGG's ReLUs work in place
+    return outputs
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal up to float32 rounding, relative to the tensor's scale."""
+    assert got.shape == want.shape
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+
+
+# -- 1. opsets newer than onnx2torch converts ----------------------------------------------------------------------
+
+
+def test_vgg_export_at_the_default_opset_loads_and_matches_torch(tmp_path):
+    path = tmp_path / "vgg11.onnx"
+    net = small_vgg()
+    proto = export(net, path)
+    opset = proto.opset_import[0].version
+    ops = {(node.op_type, opset) for node in proto.graph.node}
+    if opset >= 19:  # torch's default when this was written: 20, where AveragePool and Identity are version 19
+        assert ("AveragePool", opset) in ops
+        onnx_files.share_initializers(proto.graph)  # else onnx2torch fails on the shared biases first
+        with pytest.raises(NotImplementedError, match="AveragePool"):
+            onnx2torch.convert(proto)
+    model = load(path)
+    if opset >= 19:
+        assert model.source.endswith(f"(opset {opset}, converted to 18)")
+    x = pixels()
+    want = features_outputs(net, x / 255)
+    got = read(model, [f"features.{index}" for index in range(len(want))], x)
+    for index, expected in enumerate(want):
+        assert_close(got[f"features.{index}"], expected)
+    with torch.no_grad():
+        assert_close(model.logits(x), net(x / 255))
+
+
+def test_down_converted_operators_keep_their_meaning(tmp_path):
+    """Operators whose ONNX version changed after 17 (AveragePool with its new dilations, Resize,
+    Reshape, Cast, ReduceMean with axes as an input): the file, down-converted to 17, computes what the
+    torch model does."""
+
+    class Changed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, ceil_mode=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.conv(x))
+            x = F.interpolate(self.pool(x), scale_factor=2, mode="bilinear", align_corners=False)
+            x = x - x.mean((2, 3), keepdim=True)
+            return x.reshape(x.shape[0], 4, -1).to(torch.float64).to(torch.float32)
+
+    path = tmp_path / "changed.onnx"
+    net = Changed().eval()
+    proto = export(net, path, size=17)
+    model = load(path)
+    if proto.opset_import[0].version > 17:
+        assert model.source.endswith(f"(opset {proto.opset_import[0].version}, converted to 17)")
+    x = pixels(17, count=1)  # the exporter fixes the batch size in the Reshape
+    with torch.no_grad():
+        assert_close(model.logits(x), net(x / 255))
+
+
+def test_a_file_the_converter_cannot_bring_down_names_the_opset_to_export_at(tmp_path):
+    """F.pad exports a ConstantOfShape, which ONNX's version converter cannot take from 20 to 19; the
+    opset that the refusal names works."""
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(F.pad(x, (1, 2, 0, 1), mode="reflect"))
+
+    path = tmp_path / "padded.onnx"
+    net = Padded().eval()
+    opset = export(net, path, size=16).opset_import[0].version
+    if opset < 20:
+        pytest.skip(f"torch exports opset {opset}, where ConstantOfShape converts")
+    with pytest.raises(ModelFileError) as error:
+        load(path)
+    message = str(error.value)
+    assert "\n" not in message
+    match = re.fullmatch(rf"padded\.onnx uses ONNX opset {opset}, at which onnx2torch cannot convert its (\w+, )*Pad"
+                         r"(, \w+)* nodes, and ONNX's version converter could not bring it to opset (\d+) \(No Adapter "
+                         r"To Version \$19 for ConstantOfShape\); export it again at opset \3 "
+                         r"\(torch.onnx.export\(\.\.\., opset_version=\3\)\)", message)
+    assert match, message
+    export(net, path, size=16, opset_version=int(match[3]))
+    x = pixels(16)
+    with torch.no_grad():
+        assert_close(load(path).logits(x), net(x / 255))
+
+
+def test_an_opset_the_converter_cannot_bring_down_is_refused_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "vgg11.onnx"
+    opset = export(small_vgg(), path).opset_import[0].version
+    if opset < 19:
+        pytest.skip(f"torch exports opset {opset}, which onnx2torch converts as it is")
+
+    def no_adapter(model, target):
+        raise RuntimeError("No Previous Version of AveragePool exists")
+
+    monkeypatch.setattr("onnx.version_converter.convert_version", no_adapter)
+    with pytest.raises(ModelFileError) as error:
+        load(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"vgg11.onnx uses ONNX opset {opset}, at which onnx2torch cannot convert its ")
+    assert message.endswith("export it again at opset 18 (torch.onnx.export(..., opset_version=18))")
+
+
+# -- 2. onnx2torch failures: shared zero biases fixed, the rest named by node -------------------------------------
+
+
+class ZeroBiases(nn.Module):
+    """Two convs whose biases are all zeros, like every conv of a freshly initialized torchvision VGG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+        for layer in (self.features[0], self.features[2]):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@pytest.mark.parametrize("opset", [18, None])
+@pytest.mark.parametrize("folding", [True, False])
+def test_zero_biases_shared_by_the_exporter_load(tmp_path, opset, folding):
+    """torch.onnx.export stores equal biases once and names the other by an Identity node; onnx2torch
+    then failed with a bare KeyError naming the bias."""
+    path = tmp_path / "zero_biases.onnx"
+    net = ZeroBiases().eval()
+    proto = export(net, path, size=16, do_constant_folding=folding, **({"opset_version": opset} if opset else {}))
+    shared = [node for node in proto.graph.node if node.op_type == "Identity"]
+    assert [list(node.input) for node in shared] == [["features.0.bias"]]
+    if opset == 18:
+        with pytest.raises(KeyError, match="features.2.bias"):
+            onnx2torch.convert(proto)
+    model = load(path)
+    x = pixels(16)
+    with torch.no_grad():
+        assert_close(model.activations(x, "features.2"), net.features[:3](x / 255))
+        assert_close(model.logits(x), net(x / 255))
+
+
+def test_a_node_onnx2torch_fails_on_is_named_in_one_line(tmp_path):
+    """A conv whose weight the graph computes (weight standardization): onnx2torch wants it stored."""
+
+    class Standardized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            weight = self.conv.weight
+            return F.conv2d(x, (weight - weight.mean()) / weight.std(), self.conv.bias)
+
+    path = tmp_path / "standardized.onnx"
+    export(Standardized(), path, size=16)
+    with pytest.raises(ModelFileError) as error:
+        load(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.fullmatch(r"cannot convert standardized\.onnx to PyTorch: onnx2torch fails on node '/Conv' "
+                        r"\(Conv, opset \d+(, converted from \d+)?\): its input '/Div_1_output_0' is computed in "
+                        r"the graph, and onnx2torch needs it stored in the file as a constant \(an initializer\)",
+                        message), message
+
+
+def test_an_operator_onnx2torch_never_converts_is_named_in_one_line(tmp_path):
+    class Sample(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.grid_sample(x, torch.zeros(1, 4, 4, 2), align_corners=False)
+
+    path = tmp_path / "sample.onnx"
+    export(nn.Sequential(nn.Conv2d(3, 4, 3), Sample()), path, size=16)
+    with pytest.raises(ModelFileError) as error:
+        load(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.match(r"cannot convert sample\.onnx to PyTorch: onnx2torch has no converter for node '/1/GridSample' "
+                    r"\(GridSample, opset \d+\) at any opset; export the model without that operator, or at an "
+                    r"opset below 16 ", message), message
