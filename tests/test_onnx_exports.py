@@ -20,8 +20,9 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 import filterviz
+from filterviz.cli import main
 from filterviz.errors import ModelFileError
-from filterviz.models.aliases import vgg_configs
+from filterviz.models.aliases import aliases_for, vgg_configs
 from filterviz.models.sources import onnx_files
 
 
@@ -288,3 +289,58 @@ def test_an_operator_onnx2torch_never_converts_is_named_in_one_line(tmp_path):
     assert re.match(r"cannot convert sample\.onnx to PyTorch: onnx2torch has no converter for node '/1/GridSample' "
                     r"\(GridSample, opset \d+\) at any opset; export the model without that operator, or at an "
                     r"opset below 16 ", message), message
+
+
+# -- 3. torchvision VGG exports answer to Keras names, as the torchvision model does -------------------------------
+
+
+@pytest.mark.parametrize(("name", "folding"), [("vgg11", True), ("vgg11_bn", True), ("vgg11_bn", False)])
+def test_vgg_export_keras_names_give_the_torchvision_layers(tmp_path, name, folding):
+    """Each Keras name reads, from the ONNX file, the activations that the same name reads from the
+    torchvision model (a conv's name: the ReLU after it); batch norms folded into the convs or not."""
+    path = tmp_path / f"{name}.onnx"
+    net = small_vgg(name)
+    proto = export(net, path, do_constant_folding=folding)
+    norms = sum(node.op_type == "BatchNormalization" for node in proto.graph.node)
+    assert norms == (8 if name.endswith("_bn") and not folding else 0)
+    model = load(path)
+    expected = aliases_for(name)
+    assert {alias for alias in model.aliases if alias.startswith("block")} == set(expected)
+    x = pixels()
+    want = features_outputs(net, x / 255)
+    got = read(model, list(expected), x)
+    for alias, module_path in expected.items():
+        assert model.layer_kind(alias) == ("MaxPool2d" if alias.endswith("pool") else "ReLU")
+        assert_close(got[alias], want[int(module_path.split(".")[1])])
+
+
+@pytest.mark.parametrize("name", ["vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg16_bn", "vgg19_bn"])
+def test_every_torchvision_vgg_config_is_recognized(tmp_path, name):
+    proto = export(small_vgg(name), tmp_path / f"{name}.onnx")
+    onnx_files.share_initializers(proto.graph)
+    nodes = {int(m[1]): node.name for node in proto.graph.node if (m := re.match(r"/features/features\.(\d+)/", node.name))}
+    expected = {alias: nodes[int(path.split(".")[1])] for alias, path in aliases_for(name).items()}
+    assert onnx_files.torchvision_vgg_aliases(proto.graph) == expected
+
+
+def test_models_that_only_look_like_vgg_get_no_keras_names(tmp_path):
+    """A VGG with other channel counts, one with a layer more, and any other ``features`` stack: unsure, so none."""
+    narrow = small_vgg()
+    narrow.features = make_layers([32 if c == 64 else c for c in cfgs["A"]])
+    longer = small_vgg()
+    longer.features.append(nn.ReLU())
+    plain = ZeroBiases()
+    for index, net in enumerate((narrow, longer, plain)):
+        proto = export(net, tmp_path / f"net{index}.onnx")
+        onnx_files.share_initializers(proto.graph)
+        assert onnx_files.torchvision_vgg_aliases(proto.graph) == {}
+    model = load(tmp_path / "net0.onnx")
+    assert not [alias for alias in model.aliases if alias.startswith("block")]
+
+
+def test_cli_lists_keras_names_of_a_vgg_export(tmp_path, capsys):
+    path = tmp_path / "vgg11.onnx"
+    export(small_vgg(), path)
+    assert main(["layers", str(path)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["features/features/7/Relu"] == ["ReLU", "256", "8x8", "features.7,", "block3_conv1"]

@@ -3,7 +3,8 @@
 Every ONNX node becomes a layer named after the node. The input layout (NCHW or NHWC) and any fixed
 input size are read from the file. Node names of exported Keras models, such as
 ``functional_1/block3_conv1_1/Relu``, also give their Keras layer name (``block3_conv1``) as an alias
-for the last node of that layer, which is its output after the activation, as in Keras.
+for the last node of that layer, which is its output after the activation, as in Keras. A PyTorch export
+of a torchvision VGG answers to the same Keras names as the torchvision model itself.
 
 Before converting, parameters that the exporter shared through Identity nodes are read from their
 initializer again, and a file whose opset is newer (or older) than onnx2torch converts is brought to an
@@ -16,6 +17,7 @@ import re
 from pathlib import Path
 
 from ...errors import ModelFileError, first_line
+from ..aliases import keras_vgg_aliases, vgg_configs
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec, input_geometry
 from . import require
@@ -301,6 +303,75 @@ def _failing_node(proto: object, versions: dict[str, int]) -> tuple[object, Base
     return None
 
 
+_VGG_NODE = re.compile(r"^(?P<scope>(?:.*/)?features)/features\.(?P<index>\d+)/(?P<op>\w+)$")
+
+
+def torchvision_vgg_aliases(graph: object) -> dict[str, str]:
+    """Keras names (``block3_conv1``, ``block3_pool``) -> node names, for a PyTorch export of a torchvision
+    VGG (vgg11 ... vgg19_bn); empty for any other model.
+
+    The names point to the same layers as on the torchvision model (``keras_vgg_aliases``): a conv name to
+    the ReLU after it, a pool name to the pool. They are given only when the nodes named
+    ``features/features.N/<Op>`` are exactly the stack of one torchvision config, one node per module,
+    each feeding the next, with its channel counts and 3x3 convs and 2x2 pools; anything else gets none,
+    since a wrong alias would be worse than none. An export in eval mode with constant folding (the
+    default) folds each batch norm into its conv, which leaves that module's slot empty.
+    """
+    stack: dict[int, object] = {}
+    scopes = set()
+    for node in graph.node:  # type: ignore[attr-defined]
+        match = _VGG_NODE.match(node.name)
+        if match:
+            if int(match["index"]) in stack:
+                return {}
+            stack[int(match["index"])] = node
+            scopes.add(match["scope"])
+    if len(scopes) != 1:
+        return {}
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}  # type: ignore[attr-defined]
+    nodes = [stack[index] for index in sorted(stack)]
+    if any(after.input[0] != before.output[0] for before, after in zip(nodes, nodes[1:])):  # type: ignore[attr-defined]
+        return {}
+    for cfg, batch_norm in vgg_configs().values():
+        if _is_vgg_stack(stack, shapes, cfg, batch_norm):
+            return {alias: stack[int(path.rsplit(".", 1)[1])].name  # type: ignore[attr-defined]
+                    for alias, path in keras_vgg_aliases(cfg, batch_norm).items()}
+    return {}
+
+
+def _is_vgg_stack(stack: dict[int, object], shapes: dict[str, tuple[int, ...]], cfg: list[int | str],
+                  batch_norm: bool) -> bool:
+    """Whether the nodes by module index are torchvision's ``features`` for ``cfg``, batch norms folded or not."""
+    expected: dict[int, tuple[str, int | None]] = {}
+    index = 0
+    for item in cfg:
+        if item == "M":
+            expected[index] = ("MaxPool", None)
+            index += 1
+        else:
+            expected[index] = ("Conv", int(item))
+            if batch_norm:
+                expected[index + 1] = ("BatchNormalization", None)
+            expected[index + (2 if batch_norm else 1)] = ("Relu", None)
+            index += 3 if batch_norm else 2
+    norms = {i for i, (op, _) in expected.items() if op == "BatchNormalization"}
+    if set(stack) not in (set(expected), set(expected) - norms):  # every batch norm folded, or none
+        return False
+    for i, node in stack.items():
+        op, channels = expected[i]
+        if node.op_type != op:  # type: ignore[attr-defined]
+            return False
+        if op == "Conv":
+            weight = shapes.get(node.input[1]) if len(node.input) > 1 else None  # type: ignore[attr-defined]
+            if weight is None or weight[0] != channels or weight[2:] != (3, 3):
+                return False
+        if op == "MaxPool":
+            kernel = [list(a.ints) for a in node.attribute if a.name == "kernel_shape"]  # type: ignore[attr-defined]
+            if kernel != [[2, 2]]:
+                return False
+    return True
+
+
 def _without_operator(node: object) -> str:
     """What to do about an operator onnx2torch does not convert at all."""
     import onnx.defs
@@ -328,6 +399,8 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     opset = _default_opset(proto)
     proto = _to_convertible_opset(proto, get_converter, path.name)
     converted = f", converted from {opset}" if _default_opset(proto) != opset else ""
+    # By the file's node names, before they are renamed.
+    vgg = torchvision_vgg_aliases(proto.graph)
     original = _name_nodes(proto.graph)
     versions = {o.domain: o.version for o in proto.opset_import}
 
@@ -361,6 +434,7 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     by_original = {given: name for name, given in original.items()}
     aliases = {alias: by_original[node] for alias, node in scope_aliases(list(by_original)).items()
                if alias not in original}
+    aliases.update({alias: by_original[node] for alias, node in vgg.items() if alias not in original})
     spec = file_spec(spec, **geometry)
     source = f"ONNX file {path}" + (f" (opset {opset}, converted to {_default_opset(proto)})" if converted else "")
     return LoadedModel(path.name, module, spec, aliases, source=source,
