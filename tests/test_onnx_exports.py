@@ -344,3 +344,75 @@ def test_cli_lists_keras_names_of_a_vgg_export(tmp_path, capsys):
     assert main(["layers", str(path)]) == 0
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["features/features/7/Relu"] == ["ReLU", "256", "8x8", "features.7,", "block3_conv1"]
+
+
+# -- 4. exports of other torchvision models --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"])
+def test_torchvision_exports_match_their_modules_at_every_alias(tmp_path, name):
+    """Every scope alias that names a module of the torchvision model reads that module's output, in
+    (N, C, H, W) even where the module works channels-last (ConvNeXt); the logits match too."""
+    torch.manual_seed(0)
+    net = randomize_norms(getattr(tv_models, name)(weights=None)).eval()
+    path = tmp_path / f"{name}.onnx"
+    export(net, path)
+    model = load(path)
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(net.named_modules())
+
+    def keep(key: str):
+        def hook(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            outputs.setdefault(key, out.clone())  # the first call; cloned, as an in-place ReLU would change it
+        return hook
+
+    for module_name, module in modules.items():
+        module.register_forward_hook(keep(module_name))
+    x = pixels()
+    with torch.no_grad():
+        assert_close(model.logits(x), net(x / 255))
+    checked = [alias for alias in model.aliases if alias in modules]
+    assert len(checked) >= 10
+    got = read(model, checked, x)
+    for alias in checked:
+        want = outputs[alias]
+        if want.shape != got[alias].shape and want.ndim == 4 and want.shape[1:3] == got[alias].shape[2:]:
+            want = want.permute(0, 3, 1, 2)  # a module that works channels-last
+        assert_close(got[alias], want)
+    if name in ("mobilenet_v3_small", "efficientnet_b0"):
+        # Its batch norm is folded into the conv: the conv's own name would give other activations.
+        assert "features.0.0" not in model.aliases and "features.0" in model.aliases
+    if name == "convnext_tiny":
+        linear = "features/features/1/features/1/0/block/block/3/Add"  # Linear(96, 384) on (N, H, W, C)
+        expected = outputs["features.1.0.block.3"].permute(0, 3, 1, 2)
+        assert_close(model.activations(x, linear), expected)
+        assert model.layer_info(linear, 32).channels == 384
+
+
+def test_conv_alias_kept_when_its_batch_norm_is_not_folded(tmp_path):
+    torch.manual_seed(0)
+    net = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).eval()
+    x = pixels(16)
+    for folding in (True, False):
+        path = tmp_path / f"folding_{folding}.onnx"
+        export(net, path, size=16, do_constant_folding=folding)
+        model = load(path)
+        assert ("0" in model.aliases) is not folding
+        with torch.no_grad():
+            if not folding:
+                assert_close(model.activations(x, "0"), net[0](x / 255))
+            assert_close(model.activations(x, "2"), net(x / 255))
+
+
+def test_gelu_of_opset_20_converts(tmp_path):
+    """ONNX's Gelu (opset 20) has no older version to convert to, and onnx2torch no converter of its own."""
+    path = tmp_path / "gelu.onnx"
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 1), nn.GELU(approximate="tanh"))
+    proto = export(net, path, size=16)
+    model = load(path)
+    x = pixels(16)
+    with torch.no_grad():
+        assert_close(model.logits(x), net(x / 255))
+    if proto.opset_import[0].version >= 20:
+        assert [model.layer_kind(name) for name in ("1", "3")] == ["GELU", "GELU"]

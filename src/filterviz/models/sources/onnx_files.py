@@ -14,6 +14,7 @@ opset it does convert with ONNX's version converter.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from ...errors import ModelFileError, first_line
@@ -31,7 +32,9 @@ _CHANNELS_FIRST_OPS = {
 _LAYOUT_KEEPING_OPS = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Clip", "Gelu", "Mish", "Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Pad", "Resize", "Max", "Min",
-    "Neg", "Abs", "Exp", "Sqrt", "Pow", "Cast",
+    "Neg", "Abs", "Exp", "Sqrt", "Pow", "Cast", "Erf", "Softmax", "Reciprocal",
+    # Normalizes the trailing axes, in place of a channels-last batch norm (ConvNeXt's LayerNorm2d, blocks).
+    "LayerNormalization",
 }
 
 
@@ -71,12 +74,16 @@ def channel_axes(graph: object, input_layout: str) -> dict[str, int | None]:
     axis_of: dict[str, int | None] = {i.name: (3 if input_layout == "NHWC" else 1)
                                       for i in graph.input if i.name not in initializers}  # type: ignore[attr-defined]
     by_node: dict[str, int | None] = {}
+    weights = {init.name: len(init.dims) for init in graph.initializer}  # type: ignore[attr-defined]
     for node in graph.node:  # type: ignore[attr-defined]
-        incoming = next((axis_of.get(name) for name in node.input if name in axis_of), None)
+        # The first input with a known layout: a bias or scale (an initializer) comes first in some Adds.
+        incoming = next((axis_of[name] for name in node.input if axis_of.get(name) is not None), None)
         if node.op_type in _CHANNELS_FIRST_OPS:
             axis = 1
         elif node.op_type in _LAYOUT_KEEPING_OPS:
             axis = incoming
+        elif node.op_type == "MatMul" and len(node.input) == 2 and weights.get(node.input[1]) == 2:
+            axis = incoming  # a Linear layer on the last axis: channels-last in, channels-last out (ConvNeXt)
         elif node.op_type == "Transpose" and incoming is not None:
             perm = [a.ints for a in node.attribute if a.name == "perm"]
             axis = list(perm[0]).index(incoming) if perm else None
@@ -303,6 +310,25 @@ def _failing_node(proto: object, versions: dict[str, int]) -> tuple[object, Base
     return None
 
 
+def folded_conv_scopes(graph: object) -> dict[str, str]:
+    """Conv nodes whose weight torch.onnx.export computed (an initializer it named ``onnx::Conv_N``) rather
+    than took from the module's own parameter -> the scope (module) that holds them.
+
+    An export in eval mode with constant folding (the default) folds a batch norm into the conv before it,
+    so ``/features.0/features.0.0/Conv`` outputs the conv's output after the batch norm: the alias
+    ``features.0.0`` would name the conv module but give other activations. A scope around more than
+    the conv (``features.0``, a whole block) still ends where the module does, batch norm included.
+    """
+    return {node.name: node.name.split("/")[-2] for node in graph.node  # type: ignore[attr-defined]
+            if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1
+            and node.input[1].startswith("onnx::") and node.name.count("/") >= 1}
+
+
+def _names_folded_conv(alias: str, scope: str | None) -> bool:
+    """Whether ``alias`` names the module of a folded conv (``scope``), as it is or without Keras's ``_1``."""
+    return scope is not None and re.sub(r"_\d+$", "", alias) == re.sub(r"_\d+$", "", scope)
+
+
 _VGG_NODE = re.compile(r"^(?P<scope>(?:.*/)?features)/features\.(?P<index>\d+)/(?P<op>\w+)$")
 
 
@@ -383,12 +409,42 @@ def _without_operator(node: object) -> str:
     return f"export the model without that operator{older} (onnx2torch's operators.md lists those it converts)"
 
 
+_CONVERTERS_ADDED = threading.Lock()
+
+
+def add_missing_converters() -> None:
+    """Register the converters this onnx2torch lacks and filterviz supplies, through onnx2torch's own
+    extension API (``add_converter``); none that onnx2torch already has is replaced.
+
+    Gelu: an ONNX operator since opset 20, the opset torch.onnx.export writes by default, which it uses for
+    ``nn.GELU`` (torchvision's ConvNeXt and ViT). ONNX's version converter cannot take it to an older opset
+    ("No Previous Version of Gelu exists"), so without a converter such files do not load at all.
+    """
+    from torch import nn
+    from onnx2torch.node_converters import add_converter, get_converter
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    with _CONVERTERS_ADDED:  # two threads loading at once must not register it twice (a ValueError)
+        try:
+            get_converter(operation_type="Gelu", version=20)
+            return
+        except NotImplementedError:
+            pass
+
+        @add_converter(operation_type="Gelu", version=20)
+        def _gelu(node: object, graph: object) -> object:  # ONNX and torch name the approximations alike
+            approximate = node.attributes.get("approximate", "none")  # type: ignore[attr-defined]
+            return OperationConverterResult(torch_module=nn.GELU(approximate=approximate),
+                                            onnx_mapping=onnx_mapping_from_node(node))
+
+
 def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     """An ONNX file as a LoadedModel; ``spec`` gives its preprocessing (default: raw pixels)."""
     onnx = require("onnx", "onnx", "ONNX models")
     onnx2torch = require("onnx2torch", "onnx", "ONNX models")
     from onnx2torch.node_converters import get_converter
 
+    add_missing_converters()
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
@@ -400,7 +456,7 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     proto = _to_convertible_opset(proto, get_converter, path.name)
     converted = f", converted from {opset}" if _default_opset(proto) != opset else ""
     # By the file's node names, before they are renamed.
-    vgg = torchvision_vgg_aliases(proto.graph)
+    vgg, folded = torchvision_vgg_aliases(proto.graph), folded_conv_scopes(proto.graph)
     original = _name_nodes(proto.graph)
     versions = {o.domain: o.version for o in proto.opset_import}
 
@@ -433,7 +489,7 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     axes = channel_axes(proto.graph, str(geometry["layout"]))
     by_original = {given: name for name, given in original.items()}
     aliases = {alias: by_original[node] for alias, node in scope_aliases(list(by_original)).items()
-               if alias not in original}
+               if alias not in original and not _names_folded_conv(alias, folded.get(node))}
     aliases.update({alias: by_original[node] for alias, node in vgg.items() if alias not in original})
     spec = file_spec(spec, **geometry)
     source = f"ONNX file {path}" + (f" (opset {opset}, converted to {_default_opset(proto)})" if converted else "")
