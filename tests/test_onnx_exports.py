@@ -338,12 +338,16 @@ def test_models_that_only_look_like_vgg_get_no_keras_names(tmp_path):
     assert not [alias for alias in model.aliases if alias.startswith("block")]
 
 
-def test_cli_lists_keras_names_of_a_vgg_export(tmp_path, capsys):
+def test_cli_lists_and_renders_keras_names_of_a_vgg_export(tmp_path, capsys):
+    """README's example, ``filterviz render exported.onnx block3_conv1 0``, on a torchvision VGG export."""
     path = tmp_path / "vgg11.onnx"
     export(small_vgg(), path)
     assert main(["layers", str(path)]) == 0
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["features/features/7/Relu"] == ["ReLU", "256", "8x8", "features.7,", "block3_conv1"]
+    image = tmp_path / "f.png"
+    assert main(["render", str(path), "block3_conv1", "0", "-o", str(image), "--steps", "2", "--quiet"]) == 0
+    assert image.stat().st_size > 0
 
 
 # -- 4. exports of other torchvision models --------------------------------------------------------------------
