@@ -163,6 +163,22 @@ def test_down_converted_operators_keep_their_meaning(tmp_path):
         assert_close(model.logits(x), net(x / 255))
 
 
+def test_an_old_opset_is_converted_up(tmp_path):
+    """onnx2torch converts BatchNormalization from version 9 on; a file at opset 8 goes up to 9."""
+    torch.manual_seed(0)
+    net = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).eval()
+    path = tmp_path / "old.onnx"
+    proto = export(net, path, size=16, opset_version=8, do_constant_folding=False)
+    assert "BatchNormalization" in {node.op_type for node in proto.graph.node}
+    with pytest.raises(NotImplementedError, match="BatchNormalization"):
+        onnx2torch.convert(proto)
+    model = load(path)
+    assert model.source.endswith("(opset 8, converted to 9)")
+    x = pixels(16)
+    with torch.no_grad():
+        assert_close(model.logits(x), net(x / 255))
+
+
 def test_a_file_the_converter_cannot_bring_down_names_the_opset_to_export_at(tmp_path):
     """F.pad exports a ConstantOfShape, which ONNX's version converter cannot take from 20 to 19; the
     opset that the refusal names works."""
@@ -289,6 +305,11 @@ def test_an_operator_onnx2torch_never_converts_is_named_in_one_line(tmp_path):
     assert re.match(r"cannot convert sample\.onnx to PyTorch: onnx2torch has no converter for node '/1/GridSample' "
                     r"\(GridSample, opset \d+\) at any opset; export the model without that operator, or at an "
                     r"opset below 16 ", message), message
+    export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2)), path, size=16, opset_version=9)
+    with pytest.raises(ModelFileError, match=r"no converter for node '/1/Upsample' \(Upsample, opset 9\) at any "
+                                             r"opset; export the model again at opset 10 or newer, where ONNX "
+                                             r"replaced it$"):
+        load(path)
 
 
 # -- 3. torchvision VGG exports answer to Keras names, as the torchvision model does -------------------------------

@@ -402,10 +402,13 @@ def _without_operator(node: object) -> str:
     """What to do about an operator onnx2torch does not convert at all."""
     import onnx.defs
 
-    versions = [schema.since_version for schema in onnx.defs.get_all_schemas_with_history()
-                if schema.name == node.op_type and schema.domain == node.domain]  # type: ignore[attr-defined]
-    older = (f", or at an opset below {min(versions)} (where {node.op_type} does not exist yet) if the exporter "  # type: ignore[attr-defined]
-             "can write it as other operators there" if versions and min(versions) > 1 else "")
+    schemas = sorted((schema for schema in onnx.defs.get_all_schemas_with_history()
+                      if schema.name == node.op_type and schema.domain == node.domain),  # type: ignore[attr-defined]
+                     key=lambda schema: schema.since_version)
+    if schemas and schemas[-1].deprecated:  # such as Upsample, which Resize replaced at opset 10
+        return f"export the model again at opset {schemas[-1].since_version} or newer, where ONNX replaced it"
+    older = (f", or at an opset below {schemas[0].since_version} (where {node.op_type} does not exist yet) "  # type: ignore[attr-defined]
+             "if the exporter can write it as other operators there" if schemas and schemas[0].since_version > 1 else "")
     return f"export the model without that operator{older} (onnx2torch's operators.md lists those it converts)"
 
 
