@@ -35,6 +35,14 @@ def keras_vgg_aliases(
     return aliases
 
 
+def vgg_configs() -> dict[str, tuple[list[int | str], bool]]:
+    """torchvision's VGG models by name (``vgg11`` ... ``vgg19_bn``): their config and whether it has batch norm."""
+    from torchvision.models.vgg import cfgs
+
+    return {f"{name}{suffix}": (cfgs[key], suffix == "_bn")
+            for name, key in _VGG_CFG_KEYS.items() for suffix in ("", "_bn")}
+
+
 def aliases_for(model_name: str) -> dict[str, str]:
     """The alias table of a torchvision model name (empty when it has none)."""
     key = _VGG_CFG_KEYS.get(model_name.removesuffix("_bn"))
