@@ -152,3 +152,26 @@ def test_cli_prints_api_warnings_as_lines(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 0
     assert len(err) == 1 and err[0].startswith("filterviz: warning: filter 4 of features.3 of ") and "is dead" in err[0]
+
+
+def test_atlas_marks_dead_and_stuck_filters_apart(tmp_path):
+    from filterviz.atlas import build_atlas
+    from filterviz.atlas.manifest import Manifest
+
+    model = _switched_off(tiny_model(), threshold=1.5)
+    conv = model.module.features[0]
+    with torch.no_grad():  # filter 1 can never fire
+        conv.weight[1] = 0
+        conv.bias[1] = -1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = build_atlas(model, tmp_path, layers=["features.1"], size=16, steps=3)
+    assert not [w for w in caught if issubclass(w.category, FilterVizWarning)]  # counted, not warned per filter
+    assert (summary.dead, summary.stuck) == (1, 1) and "1 dead, 1 stuck at their start image" in str(summary)
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    units = manifest.units()
+    manifest.connection.close()
+    states = {k: (unit.dead, unit.stuck) for (_, k), unit in units.items()}
+    assert states[0] == (False, True) and states[1] == (True, True) and states[2] == (False, False)
+    page = (tmp_path / "layers").glob("*.html").__next__().read_text()
+    assert "0 (stuck)" in page and "1 (dead)" in page

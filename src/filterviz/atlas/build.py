@@ -54,17 +54,19 @@ class AtlasSummary:
     layers: int
     units: int
     rendered: int  # in this run; the rest were already done
-    dead: int
+    dead: int  # measured dead: the same value on every probe image
     images: int  # dataset images scanned in this run
     examples: int  # dataset examples in the atlas
     seconds: float
+    stuck: int = 0  # alive, but their pictures never left the start image (the recipe could not escape)
     notes: tuple[str, ...] = ()  # what else this run did: results it kept, dropped or set aside, and why
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
         reused = self.units - self.rendered
         return (f"atlas of {self.model}: {self.units} filters in {self.layers} layers ({self.rendered} rendered now, "
-                f"{reused} already done), {self.dead} dead; "
+                f"{reused} already done), {self.dead} dead"
+                + (f", {self.stuck} stuck at their start image" if self.stuck else "") + "; "
                 + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
                 + "".join(f"{note}; " for note in self.notes)
                 + f"{minutes}m{seconds:02d}s; open {self.out / 'index.html'}")
@@ -305,7 +307,7 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
     return AtlasSummary(plan.root, plan.model.name, len(plan.layers), len(all_units), rendered,
                         sum(u.dead for u in all_units), scanned,
                         sum(len(e) for layer in site_layers for e in layer.examples.values()),
-                        time.monotonic() - started, tuple(notes))
+                        time.monotonic() - started, sum(u.stuck and not u.dead for u in all_units), tuple(notes))
 
 
 def _earlier_examples(plan: _Plan, manifest: Manifest, settings: dict[str, str], notes: list[str]) -> set[str]:
@@ -368,12 +370,13 @@ def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult
     manifest.forget_units(layer.name, result.task.filters)
     manifest.claim(unit_image(layer, k) for k in result.task.filters)
     units = []
-    for k, data, start, score, dead in zip(result.task.filters, result.pngs, result.start_scores, result.scores,
-                                           result.dead):
+    stuck = result.stuck or result.dead
+    for k, data, start, score, dead, still in zip(result.task.filters, result.pngs, result.start_scores,
+                                                  result.scores, result.dead, stuck):
         relative = unit_image(layer, k)
         write_file(root, relative, data)
         units.append(Unit(layer.name, k, fingerprint, relative, len(data), hashlib.sha256(data).hexdigest(),
-                          start, score, dead))
+                          start, score, dead, still))
     manifest.put_units(units)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from ..ascent import render_filters
-from ..errors import FilterVizError, first_line
+from ..errors import FilterVizError, FilterVizWarning, first_line
 from ..execution import deterministic
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
@@ -49,6 +50,7 @@ class TaskResult:
     start_scores: tuple[float, ...]
     scores: tuple[float, ...]
     dead: tuple[bool, ...]
+    stuck: tuple[bool, ...] = ()
 
 
 def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> TaskResult:
@@ -57,14 +59,16 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(settings.threads or threads)
-        with deterministic(model.device):
+        # The atlas counts and marks dead and stuck filters itself: no warning per filter.
+        with deterministic(model.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FilterVizWarning)
             result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
                                     precision=settings.precision, batch_size=len(task.filters))
     finally:
         torch.set_num_threads(threads)
     return TaskResult(task, tuple(png_bytes(image) for image in result.images),
                       tuple(float(s) for s in result.start_score), tuple(float(s) for s in result.score),
-                      tuple(bool(d) for d in result.dead))
+                      tuple(bool(d) for d in result.dead), tuple(bool(s) for s in result.stuck))
 
 
 class Executor(Protocol):

@@ -80,7 +80,12 @@ class Unit:
     sha256: str
     start_score: float
     score: float
-    dead: bool
+    dead: bool  # measured dead: the same value on every probe image
+    stuck: bool = False  # its picture never left the start image (dead units are stuck too)
+
+
+# How a unit's state is stored in the ``dead`` column.
+_RENDERED, _DEAD, _STUCK = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -183,13 +188,13 @@ class Manifest:
 
     def units(self) -> dict[tuple[str, int], Unit]:
         rows = self.connection.execute("SELECT * FROM units")
-        return {(row[0], row[1]): Unit(*row[:8], bool(row[8])) for row in rows}
+        return {(row[0], row[1]): Unit(*row[:8], row[8] == _DEAD, row[8] != _RENDERED) for row in rows}
 
     def put_units(self, units: Iterable[Unit]) -> None:
         with self.transaction() as sql:
             sql.executemany("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(u.layer, u.filter, u.fingerprint, u.file, u.bytes, u.sha256, u.start_score,
-                              u.score, int(u.dead)) for u in units])
+                              u.score, _DEAD if u.dead else _STUCK if u.stuck else _RENDERED) for u in units])
 
     def forget_units(self, layer: str, filters: Sequence[int]) -> None:
         """Drop the rows of files about to be rewritten, so that no row ever vouches for a file that

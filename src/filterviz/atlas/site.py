@@ -129,10 +129,11 @@ def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
     layer = site_layer.layer
     cells = []
     for k, unit in sorted(site_layer.units.items()):
-        mark = ' class="dead"' if unit.dead else ""
+        mark = ' class="dead"' if unit.stuck else ""
+        state = " (dead)" if unit.dead else " (stuck)" if unit.stuck else ""
         cells.append(f'<figure{mark}><a href="../{_e(filter_page(layer, k))}">'
                      f'<img loading="lazy" decoding="async" src="../{_e(unit_image(layer, k))}" width="96" '
-                     f'height="96" alt="filter {k}"></a><figcaption>{k}{" (dead)" if unit.dead else ""}'
+                     f'height="96" alt="filter {k}"></a><figcaption>{k}{state}'
                      "</figcaption></figure>")
     body = (f'<nav><a href="../index.html">{_e(info.model)}</a> › {_e(layer.name)}</nav>\n'
             f"<h1>{_e(layer.name)}</h1>\n<p class=\"meta\">{_e(layer.kind)}, {layer.channels} channels"
@@ -180,8 +181,11 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
     recipe = "".join(f"<tr><td>{_e(name)}</td><td>{_e(repr(value))}</td></tr>"
                      for name, value in asdict(info.recipe).items())
     small = ' class="small"' if info.size < 112 else ""  # shown enlarged: keep its pixels sharp
-    dead = ("<dt>dead</dt><dd>its gradient stayed zero at every step: the picture is only the start image</dd>"
-            if unit.dead else "")
+    dead = ("<dt>dead</dt><dd>it takes the same value on every probe image (natural photos and strong noise): "
+            "no picture can show it</dd>" if unit.dead else
+            "<dt>stuck</dt><dd>it responds to photos, but this recipe never left the start image: the picture "
+            "is only the start image; a recipe with escape steps (lucid, maco) renders it</dd>"
+            if unit.stuck else "")
     body = (f'<nav><a href="../../index.html">{_e(info.model)}</a> › <a href="../../{_e(layer_page(layer))}">'
             f"{_e(layer.name)}</a> › filter {k} &nbsp; {' · '.join(links)}</nav>\n"
             f"<h1>{_e(layer.name)}, filter {k}</h1>\n<div class=\"unit\">\n"
