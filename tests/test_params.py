@@ -207,3 +207,13 @@ def test_matrix_resize_equals_interpolate(size):
         expected = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                                    antialias=antialias)
         assert torch.allclose(matrix_resize(x, size, antialias), expected, atol=1e-12)
+
+
+def test_recipes_show_only_the_fields_they_use():
+    from filterviz.recipes import RECIPES
+
+    shown = {name: {line.split(" = ")[0] for line in recipe.describe().splitlines()} for name, recipe in RECIPES.items()}
+    assert not shown["classic"] & {"decorrelate", "init_std", "spectrum"}
+    assert {"decorrelate", "init_std"} <= shown["lucid"] and "spectrum" not in shown["lucid"]
+    assert "spectrum" in shown["maco"] and not shown["maco"] & {"decorrelate", "init_std"}
+    assert {"steps", "escape_steps", "learning_rate"} <= shown["classic"]

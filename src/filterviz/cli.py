@@ -367,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to maximize instead of LAYER FILTER (repeatable: one image each)")
     render.add_argument("--copies", type=_positive, default=1, help="images per objective (default 1)")
     render.add_argument("--diversity", metavar="LAYER", help="add a diversity term at LAYER (with --copies)")
-    render.add_argument("--diversity-weight", type=_finite, default=1.0, help="its weight (default 1)")
+    render.add_argument("--diversity-weight", type=_finite, default=3.0,
+                        help="its weight, in the objective's units (default 3; layers with large activations "
+                             "need more, see README)")
     render.add_argument("-o", "--output", required=True,
                         help="image file to write (.png); several images are tiled, unless the name holds "
                              "{name}, which becomes each objective's name")

@@ -109,9 +109,14 @@ class Recipe:
         return Compose(steps)
 
     def describe(self) -> str:
-        """Every field, one ``name = value`` per line."""
-        return "\n".join(f"{name} = {value!r}" for name, value in asdict(self).items())
+        """Every field that this recipe uses, one ``name = value`` per line (a parameterization's own
+        fields appear only with that parameterization: ``init_std`` with fourier, ``spectrum`` with maco)."""
+        unused = {name for name, owner in _PARAMETERIZATION_FIELDS.items() if owner != self.parameterization}
+        return "\n".join(f"{name} = {value!r}" for name, value in asdict(self).items() if name not in unused)
 
+
+# Fields that only one parameterization reads.
+_PARAMETERIZATION_FIELDS = {"decorrelate": "fourier", "init_std": "fourier", "spectrum": "maco"}
 
 LUCID_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))  # 0.9 ... 1.1
 LUCID_ANGLES = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5

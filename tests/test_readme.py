@@ -1,0 +1,130 @@
+"""README's examples run as written, at tiny sizes and steps, and never render a dead unit.
+
+Every ``filterviz ...`` line of README's command blocks runs through ``main()`` in-process, with its
+output paths moved into a temporary folder, ``--size``/``--steps`` made tiny and atlases cut to two
+filters per layer. Lines that need what this machine cannot have (pretrained weights from the
+network, a cluster) are listed in SKIPPED with the reason; files a line names are made here.
+The Python API block runs too, with its steps made small the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import filterviz
+from filterviz.cli import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# Lines that cannot run here, by a word they hold, and why.
+SKIPPED = {
+    "--executor ray": "starts a Ray cluster (tests/test_atlas.py runs one)",
+    "--address": "needs a running Ray cluster",
+    "vgg16_features-amdegroot": "a VGG16 checkpoint file the user downloaded",
+    "timm:convnext_tiny stages": "pretrained timm weights from the network",
+    "render keras:VGG16": "pretrained Keras weights from the network",
+    "atlas vgg16": "pretrained VGG16 weights from the network",
+    "filterviz demo": "the demo's fallback is run by tests/test_book.py",
+    "~/photos": "a user's photo folder (tests/test_atlas.py runs --images)",
+    "my_model.keras": "a user's Keras file (tests/test_sources.py loads Keras files)",
+    "whole_model.pth": "a user's pickled model (tests/test_sources.py loads one)",
+    "weights.pth --arch": "a user's state dict (tests/test_sources.py loads one)",
+}
+
+
+def _commands(text: str) -> list[str]:
+    """The ``filterviz`` lines of the plain fenced blocks, continuation lines joined, comments cut."""
+    commands = []
+    for block in re.findall(r"^```\n(.*?)^```", text, flags=re.S | re.M):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip()
+            if line.startswith("filterviz "):
+                commands.append(shlex.split(line, comments=True))
+    return [" ".join(shlex.quote(word) for word in words) for words in commands]
+
+
+def _tiny(command: str, folder: Path) -> list[str]:
+    """The command with outputs in ``folder``, tiny sizes and steps, and atlases of two filters a layer
+    (a grid keeps its filters, so every unit a grid line names is checked)."""
+    words = shlex.split(command)[1:]
+    out: list[str] = []
+    skip_value = False
+    for index, word in enumerate(words):
+        if skip_value:
+            skip_value = False
+            continue
+        if word in ("-o", "--output", "--out", "--importance"):
+            out += [word, str(folder / Path(words[index + 1]).name)]
+            skip_value = True
+        elif word in ("--size", "--steps") and words[0] in ("render", "grid", "atlas"):
+            skip_value = True  # replaced below
+        elif word == "--filters" and words[0] == "atlas":
+            skip_value = True
+        else:
+            out.append(word)
+    if out[0] in ("render", "grid", "atlas"):
+        out += ["--size", "32", "--steps", "3"]
+    if out[0] == "atlas":
+        out += ["--filters", "0-1"]
+    return out
+
+
+def test_readme_commands_are_all_accounted_for():
+    commands = _commands(README.read_text())
+    assert len(commands) > 20
+    runnable = [c for c in commands if not any(word in c for word in SKIPPED)]
+    assert len(runnable) >= 12, runnable
+
+
+@pytest.fixture(scope="module")
+def example_files(tmp_path_factory) -> Path:
+    """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX."""
+    folder = tmp_path_factory.mktemp("files")
+    from conftest import tiny_model
+
+    torch.jit.trace(tiny_model(dtype=torch.float32).module, torch.zeros(1, 3, 16, 16)).save(str(folder / "traced.pt"))
+    pytest.importorskip("onnx2torch")
+    import torchvision
+
+    vgg = torchvision.models.vgg11(weights=None).eval()
+    torch.onnx.export(vgg, torch.zeros(1, 3, 224, 224), str(folder / "exported.onnx"), dynamo=False)
+    return folder
+
+
+@pytest.mark.parametrize("command", [c for c in _commands(README.read_text())
+                                     if not any(word in c for word in SKIPPED)])
+def test_readme_command_runs_and_renders_no_dead_unit(command, tmp_path, capsys, monkeypatch, example_files):
+    monkeypatch.chdir(example_files)  # the file names README uses are found there
+    argv = _tiny(command, tmp_path)
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, (argv, captured.err)
+    assert "is dead" not in captured.err, (argv, captured.err)
+    if argv[0] in ("render", "grid", "atlas"):
+        assert any(tmp_path.iterdir()), argv  # it wrote what it said
+
+
+def test_readme_python_block_runs(tmp_path, monkeypatch):
+    text = README.read_text()
+    block = re.search(r"^## Python API\n\n```python\n(.*?)^```", text, flags=re.S | re.M).group(1)
+    block = re.sub(r"steps=\d+", "steps=3", block)
+    monkeypatch.chdir(tmp_path)
+    # The book's defaults (40 steps at 150 px) made small, as in the command lines above.
+    for name, recipe in list(filterviz.RECIPES.items()):
+        monkeypatch.setitem(filterviz.RECIPES, name, recipe.replace(steps=3))
+    monkeypatch.setattr(filterviz.book.generate_pattern, "__defaults__", (48, 3, 1.0, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    said = [str(w.message) for w in caught if issubclass(w.category, filterviz.FilterVizWarning)]
+    # The one dead unit README shows on purpose: the demo's grid, the book's layer choice (its second picture).
+    documented = "filter 61 of blocks.3.depthwise.act of efficientnet-lite0 is dead"
+    assert not [m for m in said if "is dead" in m and not m.startswith(documented)], said
+    assert (tmp_path / "filter.png").exists() and (tmp_path / "atlas" / "index.html").exists()
