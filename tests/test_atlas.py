@@ -243,6 +243,7 @@ def test_ray_executor_equals_local_and_survives_a_killed_worker(tmp_path):
     executor = KillingRayExecutor(init_options={"num_cpus": 2})
     summary = build_atlas(model, tmp_path / "ray", executor=executor, **options)
     assert KillingRayExecutor.marker.exists() and summary.rendered == 18
+    assert "ran 1 task again after their worker or node died (features.1 0-3)" in str(summary)
     assert not ray.is_initialized()
     assert site_files(tmp_path / "ray") == site_files(tmp_path / "local")
 

@@ -272,6 +272,9 @@ def _check_folder(root: Path) -> None:
 def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> AtlasSummary:
     fingerprint = model_fingerprint(plan.model)
     rendered = _render_units(plan, manifest, fingerprint)
+    note = retried_note(getattr(plan.executor, "retried", ()))
+    if note:
+        notes.append(note)
     # What a layer's examples depend on, apart from the images: what a run without images can check.
     settings = {layer.name: _hash(fingerprint, plan.side, plan.top_k, plan.scan_batch_size, layer.path,
                                   plan.filters[layer.name]) for layer in plan.layers}
@@ -363,6 +366,15 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
             _store(plan.root, manifest, by_path[result.task.layer], result, fingerprints[result.task])
             bar.update(len(result.task.filters))
     return pending
+
+
+def retried_note(retried: Sequence[RenderTask]) -> str | None:
+    """What the summary says of tasks that had to run again: how many, and which filters."""
+    if not retried:
+        return None
+    shown = ", ".join(f"{task.layer} {task.filters[0]}-{task.filters[-1]}" for task in retried[:4])
+    more = f" and {len(retried) - 4} more" if len(retried) > 4 else ""
+    return f"ran {len(retried)} task{'s' if len(retried) > 1 else ''} again after their worker or node died ({shown}{more})"
 
 
 def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult, fingerprint: str) -> None:

@@ -73,7 +73,10 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
 
 class Executor(Protocol):
     """Runs render tasks and yields their results as they finish (in any order). An executor may also
-    have ``open()`` (called before any file is written) and ``close()`` (called at the end)."""
+    have ``open()`` (called before any file is written) and ``close()`` (called at the end). ``retried``
+    says which tasks it had to run again (their worker or node died), for the atlas's summary."""
+
+    retried: list[RenderTask]
 
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         ...
@@ -81,6 +84,9 @@ class Executor(Protocol):
 
 class LocalExecutor:
     """Runs the tasks in this process, in order."""
+
+    def __init__(self) -> None:
+        self.retried: list[RenderTask] = []  # a task that fails here fails the atlas: never run again
 
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         for task in tasks:
@@ -168,6 +174,7 @@ class RayExecutor:
         self.init_options = init_options or {}
         self._started = False
         self._nodes: list[dict[str, float]] = []
+        self.retried: list[RenderTask] = []
 
     def task_function(self) -> Any:
         """What runs a task on a worker: ``(boxed model reference, task, settings) -> TaskResult``."""
@@ -233,20 +240,29 @@ class RayExecutor:
             cpus = self.cpus_per_task if self.cpus_per_task is not None else settings.threads or 1
             # A task that asks for more CPUs than any node has would wait forever: ask at most for that.
             cpus = min(cpus, max([node.get("CPU", 0) for node in self._nodes] + [1]))
-            remote = ray.remote(max_retries=self.max_retries, num_cpus=cpus,
-                                num_gpus=self.gpus_per_task)(self.task_function())
+            # Tasks are run again here rather than by Ray's own retries, so that the atlas can say which.
+            remote = ray.remote(max_retries=0, num_cpus=cpus, num_gpus=self.gpus_per_task)(self.task_function())
             boxed = [self._ship(ray, model)]
             pending = {remote.remote(boxed, task, settings): task for task in tasks}
+            attempts = {task: 1 for task in tasks}
+            self.retried = []
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for reference in done:
                     task = pending.pop(reference)
                     try:
-                        yield ray.get(reference)
+                        result = ray.get(reference)
                     except ray.exceptions.RayError as exc:
+                        lost = not isinstance(exc, ray.exceptions.RayTaskError)  # a worker or node died
+                        if lost and attempts[task] <= self.max_retries:
+                            attempts[task] += 1
+                            self.retried.append(task)
+                            pending[remote.remote(boxed, task, settings)] = task
+                            continue
                         raise FilterVizError(
                             f"rendering filters {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray: "
                             f"{_last_line(exc)}") from None
+                    yield result
         finally:
             for reference in pending:  # left over when the caller stopped early
                 ray.cancel(reference, force=True)
