@@ -63,7 +63,7 @@ class InputSpec:
     def describe(self) -> str:
         """One line for people: channel order, normalization, layout and sizes."""
         def numbers(values: tuple[float, ...]) -> str:
-            return ", ".join(f"{v:g}" for v in values)
+            return ", ".join(f"{v:.5g}" for v in values)  # for people: 122.99925 reads as 123
 
         if self.mean == (0.0,) * 3 and self.std == (1.0,) * 3:
             values = "pixels 0..255 as they are"
