@@ -12,7 +12,8 @@ from .book import book_layers, generate_pattern, run_demo
 from .errors import FilterVizError, FilterVizWarning
 from .image import deprocess_image, make_grid, save_image
 from .layers import LayerInfo
-from .models import DEFAULT_MODEL, InputSpec, LoadedModel, known_models, load_model
+from .models import (DEFAULT_MODEL, FileSource, InputSpec, LoadedModel, LoadRequest, ModelSource, PrefixSource,
+                     known_models, load_model, model_sources, register_source)
 from .objectives import Objective, parse_objective
 from .recipes import RECIPES, Recipe, get_recipe
 from .ascent import FilterRender, Render, render, render_filters
@@ -21,6 +22,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "FileSource",
+    "LoadRequest",
+    "ModelSource",
+    "PrefixSource",
     "FilterRender",
     "FilterVizError",
     "FilterVizWarning",
@@ -38,9 +43,11 @@ __all__ = [
     "load_model",
     "get_recipe",
     "make_grid",
+    "model_sources",
     "objectives",
     "parse_objective",
     "render",
+    "register_source",
     "render_filters",
     "run_demo",
     "save_image",

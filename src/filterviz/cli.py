@@ -18,7 +18,7 @@ from . import __version__
 from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError, FilterVizWarning
 from .image import check_writable, make_grid, save_image
-from .models import DEFAULT_MODEL, known_models, load_model
+from .models import DEFAULT_MODEL, describe_sources, known_models, load_model
 from .models.spec import PRESETS
 from .ascent import FilterRender, Render, check_filters, render, render_filters
 from .objectives import Objective, channel, diversity, parse_objective
@@ -154,16 +154,6 @@ def _recipe(args: argparse.Namespace) -> Recipe:
     return get_recipe(args.recipe, **overrides)
 
 
-OTHER_SOURCES = """\
-Other sources:
-  timm:NAME          any timm model, e.g. timm:resnet50 (pip install 'filterviz[timm]')
-  keras:NAME         a keras.applications model as in the book, e.g. keras:VGG16; keras:VGG16+top keeps
-                     the classifier (pip install 'filterviz[keras]')
-  PATH.onnx          an ONNX file (pip install 'filterviz[onnx]')
-  PATH.keras, .h5    a saved Keras model (pip install 'filterviz[keras]')
-  PATH.pt, .pth      TorchScript; a state dict with --arch NAME; a pickled model with --trust-pickle"""
-
-
 def _load(args: argparse.Namespace, weights: str | None = None, load_weights: bool = True) -> object:
     """The model the command line names, with its options; ``load_weights=False``: its architecture
     with the spec of the chosen weights, none read or downloaded."""
@@ -176,7 +166,7 @@ def _cmd_models(args: argparse.Namespace) -> None:
     for name in known_models():
         print(name + ("  (embedded default, works offline)" if name == DEFAULT_MODEL else ""))
     print()
-    print(OTHER_SOURCES)
+    print(describe_sources())
 
 
 def _cmd_layers(args: argparse.Namespace) -> None:

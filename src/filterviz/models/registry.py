@@ -1,6 +1,7 @@
-"""``load_model``: one entry point for every model source.
+"""``load_model``: one entry point for every model source (see ``sources``: each source says which
+names it takes; the first registered source that matches a name loads it).
 
-A model is named by one of:
+Built in, a model is named by one of:
 - a torchvision classification model name (``vgg16``, ``resnet50``...) or the embedded default;
 - ``timm:NAME`` (extra ``[timm]``) or ``keras:NAME`` (extra ``[keras]``, ``keras.applications``);
 - a file: ``.onnx`` (extra ``[onnx]``), ``.keras``/``.h5`` (extra ``[keras]``), or a PyTorch file
@@ -20,24 +21,36 @@ from torch import nn
 from ..errors import FilterVizError, ModelFileError, UnknownModelError
 from ..layers import closest_names
 from .loaded import LoadedModel
-from .sources import embedded
-from .sources.torchvision_zoo import load_torchvision, torchvision_model_names
+from .sources import FileSource, LoadRequest, PrefixSource, model_sources
+# Each of these modules registers its sources, in the order they are asked: names, prefixes, files.
+from .sources import embedded, torchvision_zoo, timm_zoo, keras_models, onnx_files, torch_files  # noqa: F401
 from .spec import InputSpec
-from .weights import PickledObjectsError, load_weights_file, read_state_dict
+from .weights import load_weights_file
 
 DEFAULT_MODEL = embedded.NAME
-TIMM_PREFIX = "timm:"
-KERAS_PREFIX = "keras:"
-ONNX_SUFFIXES = (".onnx",)
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-TORCH_SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
-SUPPORTED_FILES = (".onnx (ONNX), .keras/.h5 (Keras), .pt/.pth/.ts (TorchScript; a state dict with --arch; "
-                   "a pickled model with --trust-pickle)")
 
 
 def known_models() -> list[str]:
-    """Every model name ``load_model`` accepts without a prefix: the embedded default, then torchvision's."""
-    return [embedded.NAME, *torchvision_model_names()]
+    """Every model name ``load_model`` accepts without a prefix: the embedded default, then torchvision's
+    (and those of any source registered with names of its own)."""
+    return [name for source in model_sources() for name in source.names()]
+
+
+def describe_sources() -> str:
+    """The sources other than model names, one per line with the extra each needs (``filterviz models``)."""
+    lines = ["Other sources:"]
+    for source in model_sources():
+        if source.names():
+            continue
+        extra = f" (pip install 'filterviz[{source.extra}]')" if source.extra else ""
+        lines.append(f"  {source.usage:<18} {source.description}{extra}")
+    return "\n".join(lines)
+
+
+def supported_files() -> str:
+    """The model files the registered sources read, for messages."""
+    return "; ".join(f"{source.usage} ({source.description})" for source in model_sources()
+                     if isinstance(source, FileSource))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,73 +77,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
-def _canonical(name: str) -> str:
-    lowered = name.strip().lower()
-    return embedded.NAME if lowered.replace("_", "-") == embedded.NAME else lowered
+def _looks_like_file(model: str) -> bool:
+    suffixes = {suffix for source in model_sources() if isinstance(source, FileSource) for suffix in source.suffixes}
+    return Path(model).exists() or "/" in model or os.sep in model or Path(model).suffix.lower() in suffixes
 
 
-def is_model_file(model: str | os.PathLike[str]) -> bool:
-    """Whether ``model`` names a model file rather than a model by name."""
-    text = os.fspath(model)
-    if text.lower().startswith((TIMM_PREFIX, KERAS_PREFIX)) or _canonical(text) in known_models():
-        return False
-    return _is_file_name(text)
-
-
-def _is_file_name(model: str) -> bool:
-    suffix = Path(model).suffix.lower()
-    return (Path(model).exists() or "/" in model or os.sep in model
-            or suffix in ONNX_SUFFIXES + KERAS_SUFFIXES + TORCH_SUFFIXES)
-
-
-def _load_torch_file(path: Path, weights: object, spec: InputSpec | None, arch: str | None,
-                     trust_pickle: bool, **download: object) -> LoadedModel:
-    from .sources import torch_files
-
-    if torch_files.is_torchscript(path):
-        return torch_files.load_torchscript(path, spec)
-    if arch is not None:
-        loaded = load_model(arch, weights=path, spec=spec, device="cpu", **download)  # type: ignore[arg-type]
-        loaded.name = f"{arch} ({path.name})"
-        return loaded
-    try:
-        read_state_dict(path)
-    except PickledObjectsError:
-        if trust_pickle:
-            return torch_files.load_pickled(path, spec)
-        raise ModelFileError(
-            f"{str(path)!r} holds a pickled model, and unpickling runs code from the file: pass --trust-pickle "
-            "(trust_pickle=True) only if you trust its source, or save it as TorchScript or a state dict"
-        ) from None
-    raise ModelFileError(f"{str(path)!r} holds weights only (a state dict); say which architecture they belong "
-                         "to with --arch NAME (a torchvision name, or timm:NAME)")
-
-
-def _load_file(model: str, weights: object, spec: InputSpec | None, arch: str | None, trust_pickle: bool,
-               **download: object) -> LoadedModel:
+def _check_file(model: str) -> None:
     path = Path(model)
     if not path.is_file():
         what = "a folder, not a file" if path.is_dir() else "no such file"
         raise ModelFileError(f"model file {model!r}: {what}; give a model name (`filterviz models`) or a file: "
-                             f"{SUPPORTED_FILES}")
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        from .sources.onnx_files import load_onnx
+                             f"{supported_files()}")
 
-        loaded = load_onnx(path, spec)
-        if weights is not None:
-            raise FilterVizError("an ONNX file carries its own weights; drop --weights")
-        return loaded
-    if suffix in KERAS_SUFFIXES:
-        from .sources.keras_models import load_file
 
-        return load_file(path, weights, spec)  # type: ignore[arg-type]
-    if suffix in TORCH_SUFFIXES:
-        if weights is not None and arch is None:
-            raise FilterVizError(f"--weights goes with a model name or --arch; {path.name} is a model file")
-        return _load_torch_file(path, weights, spec, arch, trust_pickle, **download)
-    raise ModelFileError(f"unsupported model file type {suffix or '(no suffix)'!r} of {model!r}; "
-                         f"supported: {SUPPORTED_FILES}")
+def _load_named(text: str, request: LoadRequest) -> tuple[LoadedModel, bool]:
+    """The model the first matching source loads, and whether that source read a file."""
+    for source in model_sources():
+        if source.matches(text):
+            if source.reads_files:
+                _check_file(text)
+            return source.load(text, request), source.reads_files
+    if _looks_like_file(text):
+        _check_file(text)
+        suffix = Path(text).suffix.lower()
+        raise ModelFileError(f"unsupported model file type {suffix or '(no suffix)'!r} of {text!r}; "
+                             f"supported: {supported_files()}")
+    hint = closest_names(text.strip().lower(), known_models())
+    close = f" (closest: {', '.join(hint)})" if hint else f" (for example {embedded.NAME}, vgg16, resnet50)"
+    prefixes = ", ".join(source.usage for source in model_sources() if isinstance(source, PrefixSource))
+    raise UnknownModelError(f"unknown model {text!r}{close}; `filterviz models` lists the names and the other "
+                            f"sources ({prefixes}, model files)")
 
 
 def load_model(
@@ -180,31 +156,10 @@ def load_model(
         loaded = LoadedModel(label, model, spec, source=f"user module, weights {weights}" if weights and load_weights else "user module")
     else:
         text = os.fspath(model)
-        key = _canonical(text)
-        if key.startswith(TIMM_PREFIX):
-            from .sources.timm_zoo import load_timm
-
-            loaded = load_timm(text.strip()[len(TIMM_PREFIX):], weights, load_weights=load_weights,
-                               download_timeout=download_timeout)
-        elif key.startswith(KERAS_PREFIX):
-            from .sources.keras_models import load_application
-
-            loaded = load_application(text.strip()[len(KERAS_PREFIX):], weights, load_weights=load_weights,
-                                      download_timeout=download_timeout)
-        elif key == embedded.NAME:
-            loaded = embedded.load_embedded(weights, load_weights=load_weights)
-        elif key in torchvision_model_names():
-            loaded = load_torchvision(key, weights, load_weights=load_weights, **download)  # type: ignore[arg-type]
-        elif _is_file_name(text):
-            loaded = _load_file(text, weights, spec, arch, trust_pickle, **download)
+        request = LoadRequest(weights, spec, arch, trust_pickle, progress, download_timeout, load_weights)
+        loaded, from_file = _load_named(text, request)
+        if from_file:
             spec = None  # already merged with the file's geometry
-        else:
-            hint = closest_names(key, known_models())
-            close = f" (closest: {', '.join(hint)})" if hint else f" (for example {embedded.NAME}, vgg16, resnet50)"
-            raise UnknownModelError(
-                f"unknown model {text!r}{close}; `filterviz models` lists the names and the other sources "
-                "(timm:NAME, keras:NAME, model files)"
-            )
         if spec is not None:
             loaded.spec = spec
         if name is not None:

@@ -21,7 +21,7 @@ from torch import nn
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
-from . import imagenet_categories
+from . import LoadRequest, ModelSource, imagenet_categories, register_source
 
 NAME = "efficientnet-lite0"
 SPEC = InputSpec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), default_size=224)
@@ -107,3 +107,22 @@ def load_embedded(weights: str | os.PathLike[str] | None = None, *, load_weights
         return LoadedModel(NAME, build(RANDOM_WEIGHTS), spec_for(weights), {}, categories,
                            source=f"architecture only, spec of {source}")
     return LoadedModel(NAME, build(weights), spec_for(weights), {}, categories, source=source)
+
+
+class EmbeddedSource(ModelSource):
+    """The embedded EfficientNet-Lite0, by its name (``efficientnet-lite0``, or with ``_``)."""
+
+    usage = NAME
+    description = "EfficientNet-Lite0 with ImageNet weights, embedded: works offline (the default)"
+
+    def matches(self, model: str) -> bool:
+        return model.strip().lower().replace("_", "-") == NAME
+
+    def names(self) -> tuple[str, ...]:
+        return (NAME,)
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        return load_embedded(request.weights, load_weights=request.load_weights)
+
+
+register_source(EmbeddedSource(), builtin=True)

@@ -29,7 +29,7 @@ from ..downloads import unreachable_reason, weights_unavailable
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec, input_geometry
 from ..weights import RANDOM_WEIGHTS
-from . import imagenet_categories, require
+from . import FileSource, LoadRequest, PrefixSource, imagenet_categories, register_source, require
 
 PREFIX = "keras:"
 TOP = "+top"
@@ -252,3 +252,32 @@ def load_file(path: Path, weights: str | os.PathLike[str] | None, spec: InputSpe
         except Exception as exc:
             raise WeightsError(f"cannot load weights {str(weights)!r} into {path.name}: {first_line(exc)}") from None
     return wrap(model, path.name, file_spec(spec, **_input_geometry(model)), f"Keras file {path}")
+
+
+class KerasApplicationSource(PrefixSource):
+    """``keras.applications`` models as ``keras:NAME`` (``keras:VGG16+top`` keeps the classifier)."""
+
+    prefix = PREFIX
+    usage = "keras:NAME"
+    description = "a keras.applications model as in the book, e.g. keras:VGG16; keras:VGG16+top keeps the classifier"
+    extra = "keras"
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        return load_application(self.strip(model), request.weights, load_weights=request.load_weights,
+                                download_timeout=request.download_timeout)
+
+
+class KerasFileSource(FileSource):
+    """Saved Keras models (``.keras``, ``.h5``)."""
+
+    suffixes = SUFFIXES
+    usage = "PATH.keras, .h5"
+    description = "a saved Keras model"
+    extra = "keras"
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        return load_file(Path(model), request.weights, request.spec)
+
+
+register_source(KerasApplicationSource(), builtin=True)
+register_source(KerasFileSource(), builtin=True)

@@ -17,11 +17,11 @@ import re
 import threading
 from pathlib import Path
 
-from ...errors import ModelFileError, first_line
+from ...errors import FilterVizError, ModelFileError, first_line
 from ..aliases import keras_vgg_aliases, vgg_configs
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec, input_geometry
-from . import require
+from . import FileSource, LoadRequest, register_source, require
 
 # ONNX operators whose outputs are (N, C, H, W) whatever their input layout.
 _CHANNELS_FIRST_OPS = {
@@ -498,3 +498,20 @@ def load_onnx(path: Path, spec: InputSpec | None) -> LoadedModel:
     source = f"ONNX file {path}" + (f" (opset {opset}, converted to {_default_opset(proto)})" if converted else "")
     return LoadedModel(path.name, module, spec, aliases, source=source,
                        channels_last=frozenset(n for n, axis in axes.items() if axis == 3))
+
+
+class OnnxFileSource(FileSource):
+    """ONNX files, converted with onnx2torch."""
+
+    suffixes = (".onnx",)
+    usage = "PATH.onnx"
+    description = "an ONNX file"
+    extra = "onnx"
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        if request.weights is not None:
+            raise FilterVizError("an ONNX file carries its own weights; drop --weights")
+        return load_onnx(Path(model), request.spec)
+
+
+register_source(OnnxFileSource(), builtin=True)

@@ -20,7 +20,7 @@ from ..downloads import unreachable_reason, weights_unavailable
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
-from . import imagenet_categories, require
+from . import LoadRequest, PrefixSource, imagenet_categories, register_source, require
 
 PREFIX = "timm:"
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in a hub repository, in order
@@ -174,3 +174,19 @@ def load_timm(name: str, weights: str | os.PathLike[str] | None, *, load_weights
     if getattr(module, "num_classes", 0) == 1000:
         categories = imagenet_categories()
     return LoadedModel(f"{PREFIX}{name}", module, spec, {}, categories, source=source)
+
+
+class TimmSource(PrefixSource):
+    """timm's models as ``timm:NAME``."""
+
+    prefix = PREFIX
+    usage = "timm:NAME"
+    description = "any timm model, e.g. timm:resnet50"
+    extra = "timm"
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        return load_timm(self.strip(model), request.weights, load_weights=request.load_weights,
+                         download_timeout=request.download_timeout)
+
+
+register_source(TimmSource(), builtin=True)

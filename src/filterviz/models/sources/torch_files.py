@@ -23,6 +23,8 @@ from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_l
 from ...layers import OUTPUT, LayerOutput, StopForward, call_name, outputs_by_call, split_call
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
+from ..weights import PickledObjectsError, read_state_dict
+from . import FileSource, LoadRequest, register_source
 
 SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
 
@@ -185,3 +187,39 @@ def load_pickled(path: Path, spec: InputSpec | None) -> LoadedModel:
         raise ModelFileError(f"{str(path)!r} holds a {type(model).__name__}, not a model (torch.nn.Module); "
                              f"for a state dict, say its architecture with --arch NAME")
     return LoadedModel(path.name, model, file_spec(spec), source=f"pickled model {path}")
+
+
+class TorchFileSource(FileSource):
+    """PyTorch files: TorchScript; a state dict with ``arch``; a pickled whole model with ``trust_pickle``."""
+
+    suffixes = SUFFIXES
+    usage = "PATH.pt, .pth"
+    description = "TorchScript; a state dict with --arch NAME; a pickled model with --trust-pickle"
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        path = Path(model)
+        if request.weights is not None and request.arch is None:
+            raise FilterVizError(f"--weights goes with a model name or --arch; {path.name} is a model file")
+        if is_torchscript(path):
+            return load_torchscript(path, request.spec)
+        if request.arch is not None:
+            from ..registry import load_model
+
+            loaded = load_model(request.arch, weights=path, spec=request.spec, device="cpu",
+                                progress=request.progress, download_timeout=request.download_timeout)
+            loaded.name = f"{request.arch} ({path.name})"
+            return loaded
+        try:
+            read_state_dict(path)
+        except PickledObjectsError:
+            if request.trust_pickle:
+                return load_pickled(path, request.spec)
+            raise ModelFileError(
+                f"{str(path)!r} holds a pickled model, and unpickling runs code from the file: pass --trust-pickle "
+                "(trust_pickle=True) only if you trust its source, or save it as TorchScript or a state dict"
+            ) from None
+        raise ModelFileError(f"{str(path)!r} holds weights only (a state dict); say which architecture they "
+                             "belong to with --arch NAME (a torchvision name, or timm:NAME)")
+
+
+register_source(TorchFileSource(), builtin=True)

@@ -23,6 +23,7 @@ from ..downloads import DownloadFailedError, download, unreachable_reason, weigh
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
+from . import LoadRequest, ModelSource, register_source
 
 # The weights a name gets when none are asked for. VGG16's "features" weights are the original VGG
 # weights with the original input standardization, as Keras's VGG16 uses; otherwise torchvision's DEFAULT.
@@ -167,3 +168,23 @@ def load_torchvision(
             f"cannot load {enum} from {file} ({first_line(exc)}); delete the file to download it again"
         ) from None
     return LoadedModel(name, module, choice.spec, aliases, choice.categories, source=f"torchvision {enum}")
+
+
+class TorchvisionSource(ModelSource):
+    """torchvision's classification models by name (``vgg16``, ``resnet50``...)."""
+
+    usage = "vgg16, resnet50, ..."
+    description = "torchvision's classification models, with their weights enums' preprocessing"
+
+    def matches(self, model: str) -> bool:
+        return model.strip().lower() in self.names()
+
+    def names(self) -> list[str]:
+        return torchvision_model_names()
+
+    def load(self, model: str, request: LoadRequest) -> LoadedModel:
+        return load_torchvision(model.strip().lower(), request.weights, load_weights=request.load_weights,
+                                progress=request.progress, download_timeout=request.download_timeout)
+
+
+register_source(TorchvisionSource(), builtin=True)
