@@ -128,3 +128,20 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
     documented = "filter 61 of blocks.3.depthwise.act of efficientnet-lite0 is dead"
     assert not [m for m in said if "is dead" in m and not m.startswith(documented)], said
     assert (tmp_path / "filter.png").exists() and (tmp_path / "atlas" / "index.html").exists()
+
+
+def test_readme_extending_blocks_run(monkeypatch, tmp_path):
+    from filterviz.models import sources
+
+    monkeypatch.setattr(sources, "_added", [])  # what the blocks register is gone after the test
+    monkeypatch.chdir(tmp_path)
+    text = README.read_text()
+    section = re.search(r"^## Extending\n(.*?)^## ", text, flags=re.S | re.M).group(1)
+    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    assert blocks
+    namespace: dict[str, object] = {"__name__": "readme_extending"}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    render = namespace["render"]
+    assert render.model == "zoo:resnet18" and (render.activation > render.start_activation).all()
+    assert any(type(s).__name__ == "RandomZoo" for s in filterviz.model_sources())
