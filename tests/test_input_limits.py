@@ -1,0 +1,215 @@
+"""Bad inputs at the limits: each is refused in one line (``filterviz: error: ...``, exit status 2, no
+traceback, nothing written), before any work; and what only a late check can find stops the run in one
+line, leaving what was done valid and resumable.
+
+Nothing here allocates much: budgets are made small with ``--max-memory``, and a guard fails a test
+that measures a forward pass at a large side or starts an ascent before refusing.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import filterviz
+from filterviz import ascent, execution
+from filterviz.atlas.examples import load_square
+from filterviz.cli import main
+from filterviz.errors import FilterVizError, MemoryBudgetError
+
+from conftest import TinyNet
+
+EMBEDDED = "efficientnet-lite0"
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if an ascent starts, or a forward pass is measured at a large side, before the input
+    is refused: a refusal must come first, from small probes only."""
+    def ascent_started(*args, **kwargs):
+        raise AssertionError("the ascent started before the input was refused")
+
+    measure = execution.saved_bytes_per_image
+
+    def small_only(model, forward, size, dtype):
+        assert size <= 256, f"a forward pass was measured at {size} px, not estimated from small probes"
+        return measure(model, forward, size, dtype)
+
+    monkeypatch.setattr(ascent, "_render_chunk", ascent_started)
+    monkeypatch.setattr(execution, "saved_bytes_per_image", small_only)
+
+
+def refused(capsys, folder: Path, *argv: object) -> str:
+    """Run the command line; it must exit 2 with one ``filterviz: error:`` line and write nothing in
+    ``folder``. Returns the line."""
+    before = sorted(folder.rglob("*"))
+    code = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("filterviz: error: "), err
+    assert sorted(folder.rglob("*")) == before, f"something was written: {sorted(folder.rglob('*'))}"
+    return lines[0]
+
+
+def works(capsys, *argv: object) -> str:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err
+    return captured.out
+
+
+def camera(side: int = 96) -> np.ndarray:
+    """scikit-image's camera man, a real grayscale photo, at ``side`` px (uint8)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.asarray(Image.fromarray(skimage_data.camera()).resize((side, side), Image.Resampling.BILINEAR))
+
+
+# -- image files: decompression bombs, non-images, 16-bit and float images ---------------------------------------
+
+
+@pytest.fixture
+def small_images(tmp_path) -> Path:
+    """A dataset of two small photos (24x24, 576 pixels each)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number in range(2):
+        Image.fromarray(np.roll(camera(24), 5 * number, axis=1)).convert("RGB").save(folder / f"photo{number}.png")
+    return folder
+
+
+@pytest.mark.parametrize("limit", [2000, 1000], ids=["over the limit (PIL warns)", "over twice it (PIL fails)"])
+def test_a_decompression_bomb_in_images_is_refused_from_its_header(capsys, tmp_path, small_images, monkeypatch,
+                                                                     limit):
+    # PIL's limit made small, so that a 60x60 file (3600 pixels) stands for a bomb without being one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    Image.new("RGB", (60, 60)).save(small_images / "zbomb.png")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    line = refused(capsys, tmp_path, "atlas", EMBEDDED, "-o", tmp_path / "atlas", "--layers", "blocks.0",
+                   "--filters", "0", "--size", "16", "--steps", "0", "--images", small_images)
+    assert "zbomb.png' has 3,600 pixels, more than the" in line and "PIL.Image.MAX_IMAGE_PIXELS" in line
+    assert f"{limit:,}" in line
+    assert not decoded  # refused from the header: no pixel was decoded
+
+
+def test_an_image_damaged_past_its_header_stops_the_scan_in_one_line_and_the_atlas_resumes(capsys, tmp_path,
+                                                                                           small_images):
+    data = (small_images / "photo1.png").read_bytes()
+    (small_images / "photo1.png").write_bytes(data[:len(data) // 2])  # a sound header, half the pixels
+    out = tmp_path / "atlas"
+    argv = ["atlas", EMBEDDED, "-o", out, "--layers", "blocks.0", "--filters", "0-1", "--size", "16", "--steps", "0",
+            "--images", small_images, "-q"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"filterviz: error: cannot read image '.*photo1.png' \(image file is "
+                                      r"truncated.*\); remove it from the folder", err[0]), err
+    (small_images / "photo1.png").unlink()
+    argv.remove("-q")
+    assert main([str(a) for a in argv]) == 0
+    assert "(0 rendered now, 2 already done)" in capsys.readouterr().err  # the renders were kept
+
+
+def _crops_match_the_photo(atlas: Path, photo: Path, side: int) -> int:
+    """Check every example crop of the atlas against the 8-bit photo's pixels at its place; returns how
+    many crops were compared."""
+    reference = load_square(photo, side).astype(int)
+    with sqlite3.connect(atlas / "manifest.sqlite") as sql:
+        rows = sql.execute("SELECT top, left, side, file FROM examples").fetchall()
+    for top, left, crop, file in rows:
+        pixels = np.asarray(Image.open(atlas / file).convert("RGB"), dtype=int)
+        assert np.abs(pixels - reference[top:top + crop, left:left + crop]).max() <= 1, file
+    return len(rows)
+
+
+@pytest.mark.parametrize("kind", ["16-bit PNG", "float TIFF"])
+def test_16_bit_and_float_images_are_read_on_their_real_range(capsys, tmp_path, kind):
+    photo = camera()
+    eight = tmp_path / "camera8.png"
+    Image.fromarray(photo).save(eight)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if kind == "16-bit PNG":  # 0..65535, as a 16-bit scan or export of the same photo holds it
+        wide = folder / "camera16.png"
+        Image.fromarray(photo.astype(np.uint16) * 257).save(wide)
+        assert Image.open(wide).mode == "I;16"
+    else:  # 0..1 floats, as scikit-image's img_as_float gives them
+        wide = folder / "camera.tif"
+        Image.fromarray((photo / 255.0).astype(np.float32)).save(wide)
+        assert Image.open(wide).mode == "F"
+    for side in (96, 40):
+        assert np.abs(load_square(wide, side).astype(int) - load_square(eight, side).astype(int)).max() <= 1
+    out = tmp_path / "atlas"
+    works(capsys, "atlas", EMBEDDED, "-o", out, "--layers", "blocks.0", "--filters", "0-1", "--size", "40",
+          "--steps", "0", "--top-k", "1", "--images", folder, "-q")
+    assert _crops_match_the_photo(out, eight, 40) == 2
+
+
+def test_float_images_outside_0_to_1_and_32_bit_integers_use_their_own_range(tmp_path):
+    photo = camera(32)
+    cases = {"wide.tif": (photo.astype(np.float32) * 4 - 100), "int.tif": photo.astype(np.int32) * 257}
+    for name, values in cases.items():
+        Image.fromarray(values).save(tmp_path / name)
+    stretched = (photo.astype(float) - photo.min()) / (photo.max() - photo.min()) * 255
+    got = load_square(tmp_path / "wide.tif", 32)[..., 0].astype(float)
+    assert np.abs(got - stretched).max() <= 1  # no declared range: min..max
+    assert np.abs(load_square(tmp_path / "int.tif", 32)[..., 0].astype(int) - photo).max() <= 1  # 0..65535
+
+
+@pytest.fixture
+def spectrum_images(tmp_path) -> Path:
+    folder = tmp_path / "spectrum"
+    folder.mkdir()
+    Image.fromarray(camera(130)).save(folder / "a.png")
+    return folder
+
+
+def test_spectrum_folder_bombs_and_non_images_are_refused_before_work(capsys, tmp_path, spectrum_images,
+                                                                      monkeypatch, no_work):
+    render = ["render", EMBEDDED, "blocks.0", "0", "--recipe", "maco", "--size", "32", "--steps", "1",
+              "-o", tmp_path / "out.png", "--spectrum", spectrum_images]
+    small = camera(64)
+    (spectrum_images / "notes.png").write_text("not an image")
+    line = refused(capsys, tmp_path, *render)
+    assert re.search(r"cannot read image '.*notes.png' \(cannot identify image file.*\); remove it", line)
+    (spectrum_images / "notes.png").unlink()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 25_000)  # 130x130 = 16,900 pass; 200x200 = 40,000 do not
+    Image.new("RGB", (200, 200)).save(spectrum_images / "bomb.png")
+    line = refused(capsys, tmp_path, *render)
+    assert "bomb.png' has 40,000 pixels, more than the 25,000 that PIL decodes safely" in line
+    (spectrum_images / "bomb.png").unlink()
+    Image.fromarray(small).save(spectrum_images / "small.png")
+    line = refused(capsys, tmp_path, *render)
+    assert "small.png' is 64x64, smaller than the 128 px that a spectrum is estimated at" in line
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (np.array([["a"]] * 3), r"holds <U1 values, not real numbers"),
+    (np.full((3, 8, 5), np.nan), r"holds NaN, infinite or negative values"),
+    (-np.ones((3, 8, 5)), r"holds NaN, infinite or negative values"),
+    (np.zeros((3, 8, 5)), r"is all zeros"),
+    (np.ones((8, 5)), r"has shape \(8, 5\); expected \(3, H, W//2\+1\)"),
+    (None, r"does not exist"),
+    (b"not numpy", r"cannot read spectrum .*give a .npy file"),
+])
+def test_a_bad_spectrum_file_is_one_line(capsys, tmp_path, content, expected, no_work):
+    path = tmp_path / "inputs" / "spectrum.npy"
+    path.parent.mkdir()
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
+    line = refused(capsys, tmp_path, "render", EMBEDDED, "blocks.0", "0", "--recipe", "maco", "--size", "32",
+                   "-o", tmp_path / "out.png", "--spectrum", path)
+    assert re.search(expected, line), line
