@@ -213,3 +213,40 @@ def test_a_bad_spectrum_file_is_one_line(capsys, tmp_path, content, expected, no
     line = refused(capsys, tmp_path, "render", EMBEDDED, "blocks.0", "0", "--recipe", "maco", "--size", "32",
                    "-o", tmp_path / "out.png", "--spectrum", path)
     assert re.search(expected, line), line
+
+
+# -- direction files ---------------------------------------------------------------------------------------------
+
+
+def _save(path: Path, content: object) -> None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        np.savez(path, **content)
+    elif content is not None:
+        np.save(path, content, allow_pickle=True)
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("text.npy", np.array(["a", "b"]), r"holds text \(dtype <U1\), not real numbers"),
+    ("objects.npy", np.array([1.0, "x", None], dtype=object),
+     r"holds Python objects \(dtype object\), which filterviz does not load because loading them runs code"),
+    ("pickled.npy", pickle.dumps([1.0] * 16), r"is a Python pickle; give a .npy file of one vector"),
+    ("notes.npy", b"1 2 3", r"is not a .npy file; give a .npy file of one vector"),
+    ("archive.npz", {"direction": np.ones(16)}, r"is an .npz archive \(np.savez\), not one array"),
+    ("complex.npy", np.ones(16) + 1j, r"holds complex numbers \(dtype complex128\)"),
+    ("matrix.npy", np.ones((4, 4)), r"holds a 4x4 array, not one vector"),
+    ("scalar.npy", np.float64(3.0), r"holds a single number, not a vector"),
+    ("zero.npy", np.zeros(16), r"is all zeros, which points nowhere"),
+    ("nan.npy", np.r_[np.ones(3), np.nan, np.ones(12)], r"holds nan at index 3; give finite numbers"),
+    ("inf.npy", np.r_[np.inf, np.ones(15)], r"holds inf at index 0; give finite numbers"),
+    ("missing.npy", None, r"direction file '.*missing.npy' does not exist"),
+])
+def test_a_bad_direction_file_is_one_line_before_work(capsys, tmp_path, name, content, expected, no_work):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _save(inputs / name, content)
+    line = refused(capsys, tmp_path, "render", EMBEDDED, "--objective", f"direction:blocks.0:{inputs / name}",
+                   "--size", "16", "-o", tmp_path / "out.png")
+    assert re.search(expected, line), line
+    assert "allow_pickle" not in line  # never advise loading code
