@@ -250,3 +250,38 @@ def test_a_bad_direction_file_is_one_line_before_work(capsys, tmp_path, name, co
                    "--size", "16", "-o", tmp_path / "out.png")
     assert re.search(expected, line), line
     assert "allow_pickle" not in line  # never advise loading code
+
+
+# -- the demo on a model with too few activation layers ----------------------------------------------------------
+
+
+class OneRelu(nn.Module):
+    def __init__(self, activations: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU() if activations else nn.Identity()
+        self.head = nn.Conv2d(4, 2, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+@pytest.mark.parametrize(("activations", "expected"), [
+    (1, r"has 1 such layer: act; use a deeper model"), (0, r"has no such layers; use a deeper model")])
+def test_the_demo_on_a_model_with_too_few_activation_layers_is_one_line(capsys, tmp_path, activations, expected):
+    path = tmp_path / "inputs" / "small.pt"
+    path.parent.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(OneRelu(activations).eval(), torch.rand(1, 3, 16, 16)).save(path)
+    line = refused(capsys, tmp_path, "demo", "--model", path, "-o", tmp_path / "figures", "--device", "cpu")
+    assert "the demo shows filters of 4 activation layers (ReLU and the like) at 4 different strides" in line
+    assert re.search(expected, line), line
+
+
+def test_run_demo_names_the_layers_it_found(tmp_path):
+    torch.manual_seed(0)
+    tiny = filterviz.load_model(TinyNet(), spec=filterviz.InputSpec(default_size=16), device="cpu", name="tiny")
+    with pytest.raises(FilterVizError, match=r"tiny has 2 such layers: features.1, features.6"):
+        filterviz.run_demo(tmp_path / "figures", tiny)
+    assert not (tmp_path / "figures").exists()
