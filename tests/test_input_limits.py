@@ -285,3 +285,65 @@ def test_run_demo_names_the_layers_it_found(tmp_path):
     with pytest.raises(FilterVizError, match=r"tiny has 2 such layers: features.1, features.6"):
         filterviz.run_demo(tmp_path / "figures", tiny)
     assert not (tmp_path / "figures").exists()
+
+
+# -- TorchScript models made by torch.jit.script -----------------------------------------------------------------
+
+
+def doubled_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x) * 2.0
+
+
+class ScriptedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(doubled_relu(self.conv(x))) + x  # a helper function, and F.relu inside it
+
+
+class ScriptedNet(nn.Module):
+    """Calls functions, loops over modules and over a range, and calls a module in a branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.ModuleList([ScriptedBlock(), ScriptedBlock()])
+        self.head = nn.Conv2d(4, 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        for _ in range(2):
+            x = x * 0.5
+        if x.shape[-1] > 2:
+            x = self.head(x)
+        return torch.flatten(x.mean(dim=(2, 3)), 1)
+
+
+def test_a_scripted_model_that_calls_functions_lists_and_renders_its_layers(capsys, tmp_path):
+    torch.manual_seed(0)
+    net = ScriptedNet().eval()
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(net).save(path)
+    out = works(capsys, "layers", path, "--size", "16", "--preprocess", "unit")
+    names = [line.split()[0] for line in out.splitlines()[2:]]
+    assert names == ["stem", "blocks.0.conv", "blocks.0.act", "blocks.0", "blocks.1.conv", "blocks.1.act", "blocks.1",
+                     "head"]
+    works(capsys, "render", path, "blocks.1.act", "2", "--size", "16", "--steps", "2", "--preprocess", "unit",
+          "-o", tmp_path / "act.png", "-q")
+    assert (tmp_path / "act.png").is_file()
+    model = filterviz.load_model(path, preprocess="unit", device="cpu")
+    pixels = torch.rand(2, 3, 16, 16) * 255
+    seen = {}
+    net.blocks[1].act.register_forward_hook(lambda module, inputs, output: seen.setdefault("act", output))
+    net.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("head", output))
+    with torch.no_grad():
+        torch.testing.assert_close(model.logits(pixels), net(pixels / 255))
+        torch.testing.assert_close(model.activations(pixels, "blocks.1.act"), seen["act"])
+        torch.testing.assert_close(model.activations(pixels, "head"), seen["head"])  # inside the branch
