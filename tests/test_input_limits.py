@@ -347,3 +347,17 @@ def test_a_scripted_model_that_calls_functions_lists_and_renders_its_layers(caps
         torch.testing.assert_close(model.logits(pixels), net(pixels / 255))
         torch.testing.assert_close(model.activations(pixels, "blocks.1.act"), seen["act"])
         torch.testing.assert_close(model.activations(pixels, "head"), seen["head"])  # inside the branch
+
+
+# -- memory: a forward pass beyond the model's own size is refused before it runs --------------------------------
+
+
+def test_layers_at_a_size_beyond_the_budget_is_refused_before_the_model_runs(capsys, tmp_path, embedded, monkeypatch):
+    line = refused(capsys, tmp_path, "layers", EMBEDDED, "--size", "1024", "--max-memory", "16M")
+    assert re.search(r"a 1024 px image of efficientnet-lite0 needs about .* at blocks.1.expand.conv \(a forward "
+                     r"pass\), more than the memory budget of 16.0 MiB \(--max-memory\): use --size \d+ or less", line)
+    monkeypatch.setattr(embedded, "max_memory", 16 * 2 ** 20)
+    with pytest.raises(MemoryBudgetError, match=r"an 800 px image .* \(a forward pass up to blocks.3\)"):
+        embedded.layer_info("blocks.3", 800)
+    size = int(re.search(r"--size (\d+) or less", line).group(1))
+    assert embedded.layers(size)  # the advice is taken: it runs

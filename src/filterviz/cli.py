@@ -167,9 +167,11 @@ Other sources:
 def _load(args: argparse.Namespace, weights: str | None = None, load_weights: bool = True) -> object:
     """The model the command line names, with its options; ``load_weights=False``: its architecture
     with the spec of the chosen weights, none read or downloaded."""
-    return load_model(args.model, weights if weights is not None else args.weights, args.device,
-                      preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
-                      progress=not args.quiet, load_weights=load_weights)
+    model = load_model(args.model, weights if weights is not None else args.weights, args.device,
+                       preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
+                       progress=not args.quiet, load_weights=load_weights)
+    model.max_memory = getattr(args, "max_memory", None)  # every run of it, checks included, keeps to it
+    return model
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -352,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", help=f"model name or file, e.g. {DEFAULT_MODEL}, vgg16, timm:resnet50, "
                                       "keras:VGG16, model.onnx (see `filterviz models`)")
     layers.add_argument("--size", type=_positive, help="input size for the spatial sizes shown")
+    layers.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                        help="memory the model may use at --size, e.g. 2G (default: a safe share of free memory)")
     layers.set_defaults(run=_cmd_layers)
 
     render = commands.add_parser(
