@@ -241,6 +241,8 @@ def _save(path: Path, content: object) -> None:
     ("nan.npy", np.r_[np.ones(3), np.nan, np.ones(12)], r"holds nan at index 3; give finite numbers"),
     ("inf.npy", np.r_[np.inf, np.ones(15)], r"holds inf at index 0; give finite numbers"),
     ("missing.npy", None, r"direction file '.*missing.npy' does not exist"),
+    ("short.npy", np.ones(5), r"direction '.*short.npy' has 5 numbers, but layer blocks.0 of efficientnet-lite0 "
+                              r"has 16 channels; give a vector of 16 numbers"),
 ])
 def test_a_bad_direction_file_is_one_line_before_work(capsys, tmp_path, name, content, expected, no_work):
     inputs = tmp_path / "inputs"
@@ -250,6 +252,17 @@ def test_a_bad_direction_file_is_one_line_before_work(capsys, tmp_path, name, co
                    "--size", "16", "-o", tmp_path / "out.png")
     assert re.search(expected, line), line
     assert "allow_pickle" not in line  # never advise loading code
+
+
+def test_a_direction_of_one_row_is_that_row_and_a_wrong_length_fails_before_work(tmp_path, embedded, no_work):
+    np.save(tmp_path / "row.npy", np.arange(1, 17, dtype=np.float32)[None])
+    objective = filterviz.parse_objective(f"direction:blocks.0:{tmp_path / 'row.npy'}")
+    assert objective.terms[0][1].vector == tuple(float(v) for v in range(1, 17))
+    np.save(tmp_path / "long.npy", np.ones(17))
+    with pytest.raises(FilterVizError, match="has 17 numbers, but layer blocks.0 .* has 16 channels"):
+        ascent.check_render(embedded, [f"direction:blocks.0:{tmp_path / 'long.npy'}"], size=16)
+    with pytest.raises(FilterVizError, match="has 17 numbers, but the model's output of .* has 1000 channels"):
+        ascent.check_render(embedded, [f"direction:<output>:{tmp_path / 'long.npy'}"], size=16)
 
 
 # -- the demo on a model with too few activation layers ----------------------------------------------------------
@@ -349,7 +362,68 @@ def test_a_scripted_model_that_calls_functions_lists_and_renders_its_layers(caps
         torch.testing.assert_close(model.activations(pixels, "head"), seen["head"])  # inside the branch
 
 
-# -- memory: a forward pass beyond the model's own size is refused before it runs --------------------------------
+# -- transforms larger than the image ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--size", "8", "--jitter", "8"], r"--jitter 8 leaves no image: it crops that many px off the 8 px image; "
+                                       r"use --jitter 7 or less"),
+    (["--size", "8", "--pad", "2", "--jitter", "4", "--final-jitter", "8"],
+     r"--final-jitter 8 leaves no image: the view is 8 px .*; use --final-jitter 7 or less"),
+    (["--size", "8", "--crop", "0.01,0.5"], r"--crop 0.01,0.5 takes boxes of 0.08 px of the 8 px view, less than "
+                                            r"1 px; use a smallest box \(LOW\) of 0.125 or more"),
+    (["--size", "8", "--scales", "1e9"], r"--scales 1e\+09 zooms into less than 1 px of the 8 px view; use factors "
+                                         r"of 8 or less"),
+    (["--size", "8", "--scales", "0.000001,1"], r"--scales 1e-06 shrinks the 8 px view to less than 1 px; use "
+                                                r"factors of 0.125 or more"),
+    (["--size", "16", "--pad", "3000", "--max-memory", "64M"],
+     r"a 16 px image of efficientnet-lite0 \(seen as 1 view of 6016 px\) needs about .* at blocks.0, more than the "
+     r"memory budget of 64.0 MiB \(--max-memory\): use --pad \d+ or less, or "),
+    (["--size", "16", "--view-size", "4000", "--max-memory", "64M"],
+     r"\(seen as 1 view of 4000 px\) needs about .*: use --view-size \d+ or less"),
+])
+def test_transforms_larger_than_the_image_are_refused_before_work(capsys, tmp_path, options, expected, no_work):
+    line = refused(capsys, tmp_path, "render", EMBEDDED, "blocks.0", "0", *options, "-o", tmp_path / "out.png")
+    assert re.search(expected, line), line
+
+
+def test_grid_and_atlas_refuse_such_transforms_too(capsys, tmp_path, no_work):
+    line = refused(capsys, tmp_path, "grid", EMBEDDED, "blocks.0", "--filters", "0-1", "--size", "4", "--recipe",
+                   "lucid", "--jitter", "40", "-o", tmp_path / "grid.png")
+    assert "--jitter 40 leaves no image: it crops that many px off the 28 px padded image (--size 4, --pad 12)" in line
+    line = refused(capsys, tmp_path, "atlas", EMBEDDED, "--layers", "blocks.0", "--filters", "0", "--size", "4",
+                   "--crop", "0.1,1", "-o", tmp_path / "atlas")
+    assert "--crop 0.1,1 takes boxes of 0.4 px of the 4 px view" in line
+
+
+# -- memory: refused before any work, with the figures -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["render", EMBEDDED, "blocks.0", "0", "--size", "2048", "--max-memory", "64M"],
+     r"a 2048 px image of efficientnet-lite0 needs about .* at stem.conv \(a forward pass up to blocks.0\), more than "
+     r"the memory budget of 64.0 MiB \(--max-memory\): use --size \d+ or less, or --max-memory \d+[MG]"),
+    (["render", EMBEDDED, "blocks.3", "0", "--size", "200", "--max-memory", "4M"],
+     r"a 200 px image of efficientnet-lite0 needs about \d.* MiB at blocks.3, more than the memory budget of 4.0 MiB "
+     r"\(--max-memory\): use --size \d+ or less, or --max-memory \d+M"),
+    (["render", EMBEDDED, "blocks.0", "0", "--size", "64", "--copies", "8", "--diversity", "blocks.0",
+      "--max-memory", "4M"],
+     r"8 copies compared with each other \(a diversity term\) must share one batch: 8 images of 64 px of "
+     r"efficientnet-lite0 need about .*: use --copies [1-7] or less, or --size \d+ or less"),
+    (["render", EMBEDDED, "blocks.0", "0", "--size", "64", "--copies", "64", "--max-memory", "4M"],
+     r"64 images of 64 px of efficientnet-lite0 are kept as results until they are written, which with a batch "
+     r"needs about .*: use at most \d+ images at a time \(fewer --copies, --objective or --filters\), or --size"),
+    (["grid", EMBEDDED, "blocks.0", "--filters", "0-7", "--size", "64", "--batch-size", "8", "--max-memory", "4M"],
+     r"a batch of 8 images of 64 px of efficientnet-lite0 needs about .*: use --batch-size [1-7] or less"),
+    (["render", EMBEDDED, "blocks.0", "0", "--recipe", "maco", "--size", "1000", "--max-memory", "200M"],
+     r"a 1000 px image of efficientnet-lite0 \(seen as 2 views of 160 px\) needs about .*: use --size \d+ or less"),
+    (["layers", EMBEDDED, "--size", "1024", "--max-memory", "16M"],
+     r"a 1024 px image of efficientnet-lite0 needs about .* at blocks.1.expand.conv \(a forward pass\), more than "
+     r"the memory budget of 16.0 MiB \(--max-memory\): use --size \d+ or less"),
+])
+def test_too_large_for_the_memory_budget_is_refused_before_work(capsys, tmp_path, argv, expected, no_work):
+    line = refused(capsys, tmp_path, *argv, *(["-o", tmp_path / "out.png"] if argv[0] != "layers" else []))
+    assert re.search(expected, line), line
 
 
 def test_layers_at_a_size_beyond_the_budget_is_refused_before_the_model_runs(capsys, tmp_path, embedded, monkeypatch):
@@ -361,3 +435,77 @@ def test_layers_at_a_size_beyond_the_budget_is_refused_before_the_model_runs(cap
         embedded.layer_info("blocks.3", 800)
     size = int(re.search(r"--size (\d+) or less", line).group(1))
     assert embedded.layers(size)  # the advice is taken: it runs
+
+
+def test_an_atlas_checks_its_largest_render_task_and_its_dataset_scan(capsys, tmp_path, small_images, no_work):
+    atlas = ["atlas", EMBEDDED, "-o", tmp_path / "atlas", "--layers", "stem.act,blocks.0", "--size", "64",
+             "--steps", "1", "--max-memory", "4M"]
+    line = refused(capsys, tmp_path, *atlas, "--chunk-size", "16")
+    assert re.search(r"a batch of 16 images of 64 px of efficientnet-lite0 needs about .* at blocks.0, more than the "
+                     r"memory budget of 4.0 MiB \(--max-memory\): use --chunk-size [1-9] or less", line), line
+    line = refused(capsys, tmp_path, *atlas, "--chunk-size", "1", "--images", small_images)
+    assert re.search(r"the dataset scan runs 16 images of 64 px at a time through efficientnet-lite0, keeping the "
+                     r"outputs of 2 layers, which needs about .*, more than the memory budget of 4.0 MiB", line), line
+
+
+def test_the_estimate_from_small_probes_is_close_to_a_measurement(embedded):
+    def forward(pixels):
+        return embedded.activations(pixels, "blocks.3")
+
+    estimate = execution.measure_saved_bytes(embedded, forward, 288, None)
+    assert (estimate.low, estimate.high) == execution.PROBE_SIDES
+    measured = execution.saved_bytes_per_image(embedded, forward, 288, None)
+    assert 0.8 * measured <= estimate.at(288) <= 1.25 * measured
+
+
+def test_the_advice_fits(embedded):
+    budget = 8 * 2 ** 20
+    with pytest.raises(MemoryBudgetError, match=r"use --size \d+ or less") as refusal:
+        ascent.check_render(embedded, ["channel:blocks.3:0"], size=400, max_memory=budget)
+    size = int(re.search(r"--size (\d+) or less", str(refusal.value)).group(1))
+    ascent.check_render(embedded, ["channel:blocks.3:0"], size=size, max_memory=budget)  # no error
+    with pytest.raises(MemoryBudgetError, match=r"use --batch-size (\d+) or less") as refusal:
+        ascent.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=8)
+    batch = int(re.search(r"--batch-size (\d+) or less", str(refusal.value)).group(1))
+    ascent.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=batch)
+
+
+# -- sizes of 1, 2 and 3 px, and no steps --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_the_smallest_sizes_give_a_result_or_one_line(capsys, tmp_path, tiny_file, size):
+    runs = [
+        ["render", EMBEDDED, "blocks.0", "0", "--steps", "0"],
+        ["render", EMBEDDED, "blocks.6", "3", "--steps", "1", "--recipe", "lucid"],
+        ["render", EMBEDDED, "blocks.0", "0", "--steps", "1", "--recipe", "maco"],
+        ["grid", EMBEDDED, "blocks.6", "--filters", "0-1", "--steps", "1"],
+        ["grid", tiny_file, "features.1", "--filters", "0-1", "--steps", "0", "--preprocess", "unit"],
+    ]
+    for number, argv in enumerate(runs):
+        out = tmp_path / f"run{number}.png"
+        code = main([str(arg) for arg in argv] + ["--size", str(size), "-o", str(out), "-q"])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if code == 0:
+            assert out.is_file() and all(line.startswith("filterviz: warning: ") for line in err.splitlines()), err
+        else:
+            assert code == 2 and len(err.splitlines()) == 1 and err.startswith("filterviz: error: "), err
+            assert not out.exists()
+    atlas = tmp_path / "atlas"
+    works(capsys, "atlas", EMBEDDED, "-o", atlas, "--layers", "blocks.0", "--filters", "0-1", "--size", size,
+          "--steps", "0", "-q")
+    assert (atlas / "index.html").is_file()
+    line = refused(capsys, tmp_path, "render", tiny_file, "features.6", "0", "--size", size, "--preprocess", "unit",
+                   "-o", tmp_path / "x.png")
+    assert "size %d is too small for layer features.6 of tiny.pt" % size in line

@@ -304,7 +304,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     summary = build_atlas(model, args.out, layers=layers or None, filters=filters, recipe=recipe,
                           seed=0 if args.seed is None else args.seed, images=args.images, top_k=args.top_k,
                           executor=executor, chunk_size=args.chunk_size, precision=args.precision, threads=args.threads,
-                          progress=not args.quiet, rebuild=args.rebuild, size=args.size)
+                          progress=not args.quiet, rebuild=args.rebuild, size=args.size, max_memory=args.max_memory)
     if not args.quiet:
         _say(str(summary))
 
@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_cmd_grid)
 
     atlas = commands.add_parser(
-        "atlas", parents=[common, optimize], help="a browsable site of every filter of a model",
+        "atlas", parents=[common, ascent], help="a browsable site of every filter of a model",
         description="Render every filter of a model's layers into a static site (index, a page per layer and per "
                     "filter), with the dataset images that excite each filter most. Running the same command "
                     "again continues an interrupted atlas; a changed option redoes only what it changes.")
