@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +18,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
-from .errors import FilterIndexError, FilterVizError, FilterVizWarning, InputSizeError
-from .execution import auto_batch_size, autocast, autocast_dtype, channels_last
+from .errors import FilterIndexError, FilterVizError, FilterVizWarning, InputSizeError, MemoryBudgetError, first_line
+from .execution import SavedBytes, auto_batch_size, autocast, autocast_dtype, channels_last, measure_saved_bytes
+from .layers import OUTPUT
 from .image import deprocess_image, stretch_image
 from .liveness import flat_on_probe, probe_count
+from .memory import article, budget_words, largest, memory_budget, more_memory, readable
 from .models.loaded import LoadedModel
-from .objectives import IMAGE, Channel, Objective, Regularizer, batch_scores, channel, parse_objective
+from .objectives import (IMAGE, Channel, ClassScore, Direction, Objective, Regularizer, batch_scores, channel,
+                         parse_objective)
 from .params import FourierImage, MacoImage, PixelImage, classic_start, load_spectrum
 from .recipes import Recipe, get_recipe
 from .redirect import Redirection, redirected
@@ -159,19 +162,42 @@ def _selected_scorer(run: Callable[[torch.Tensor], torch.Tensor], conv_tail: Con
 
 
 def _check_layers_and_channels(model: LoadedModel, objectives: list[Objective], size: int) -> None:
-    """Resolve every layer name and check every channel index before any work, with one-line errors."""
+    """Resolve every layer name and check every channel index, class index and direction length before
+    any work, with one-line errors."""
     channels: dict[str, int] = {}
     for objective in objectives:
         for _, term in objective.terms:
-            if term.layer.startswith("<"):  # the image or the model's output
+            if term.layer == IMAGE:
                 continue
             if term.layer not in channels:
-                channels[term.layer] = model.layer_info(term.layer, size).channels
+                channels[term.layer] = (_output_width(model, size) if term.layer == OUTPUT
+                                        else model.layer_info(term.layer, size).channels)
+            count = channels[term.layer]
+            what = "the model's output" if term.layer == OUTPUT else f"layer {term.layer}"
             index = getattr(term, "channel", None)
-            if index is not None and not 0 <= index < channels[term.layer]:
+            if index is not None and not 0 <= index < count:
                 raise FilterIndexError(
-                    f"channel {index} is out of range for layer {term.layer} of {model.name}, which has "
-                    f"{channels[term.layer]} channels: use 0-{channels[term.layer] - 1}")
+                    f"channel {index} is out of range for {what} of {model.name}, which has {count} channels: "
+                    f"use 0-{count - 1}")
+            if isinstance(term, ClassScore) and not 0 <= term.index < count:
+                raise FilterIndexError(f"class {term.index} is out of range: the model has {count} classes, "
+                                       f"0-{count - 1}")
+            if isinstance(term, Direction) and len(term.vector) != count:
+                source = f" {term.source!r}" if term.source else ""
+                raise FilterVizError(f"direction{source} has {len(term.vector)} numbers, but {what} of {model.name} "
+                                     f"has {count} channels; give a vector of {count} numbers, one per channel")
+
+
+def _output_width(model: LoadedModel, size: int) -> int:
+    """How many numbers per image the model's output has (its classes), from one small forward pass."""
+    side = min(size, model.spec.default_size)
+    pixels = torch.full((1, 3, side, side), 128.0, dtype=model.dtype, device=model.device)
+    try:
+        with torch.no_grad():
+            output = model.logits(pixels)
+    except (RuntimeError, ValueError) as exc:
+        raise InputSizeError(f"{model.name} cannot run at size {side} ({first_line(exc)})") from None
+    return int(output.shape[1]) if output.ndim > 1 else int(output.numel())
 
 
 def plan_batches(objectives: Sequence[Objective], batch: int) -> list[list[int]]:
@@ -240,6 +266,273 @@ def _warn_stuck(result: "Render", redirection: Redirection | None, probe_count: 
         warnings.warn(message, FilterVizWarning, stacklevel=3)
 
 
+@dataclass
+class _Pass:
+    """A model made ready for ascent steps: ``run`` (a capture, or the selected convolution's input),
+    whether its weights are channels-last, and the redirection of its ReLUs (None: none)."""
+
+    run: Callable[[torch.Tensor], Any]
+    nhwc: bool
+    redirection: Redirection | None
+
+
+@contextlib.contextmanager
+def _forward_pass(model: LoadedModel, layers: list[str], conv_tail: ConvTail | None, nhwc: bool,
+                  escape: bool) -> Iterator[_Pass]:
+    """The model ready to run ``layers`` (or the selected convolution's input), as ascent steps and the
+    memory measurement before them both need it; everything is undone at the end."""
+    with contextlib.ExitStack() as stack:
+        on = stack.enter_context(channels_last(model.module, nhwc))
+        redirection = stack.enter_context(redirected(model.module)) if escape else None
+        if conv_tail is not None:
+            run = stack.enter_context(conv_input(model, conv_tail.conv))
+        else:
+            run = stack.enter_context(model.capture(layers))
+        yield _Pass(run, on, redirection)
+
+
+def view_side(recipe: Recipe, size: int) -> int:
+    """The side of the views that the model sees at each step: the image padded and jittered (scales,
+    turns, crops and flips keep the side), or resized to ``view_size``."""
+    if recipe.view_size:
+        return recipe.view_size
+    return size + 2 * recipe.pad - recipe.jitter - recipe.final_jitter
+
+
+def image_bytes(recipe: Recipe, size: int, element: int) -> int:
+    """About how many bytes one image of ``size`` px needs outside the model: its parameters with their
+    gradient and optimizer moments, and what its parameterization, transforms and penalties keep for
+    the backward pass. Counted from the recipe, in numbers of ``element`` bytes: nothing is allocated
+    to find out."""
+    pixels = 3 * size * size
+    half = 3 * size * (size // 2 + 1)  # a real spectrum's complex numbers
+    parameters = {"pixel": pixels, "fourier": 2 * half, "maco": half}[recipe.parameterization]
+    slots = 2 + (2 if recipe.optimizer in ("adam", "nadam") else 0)  # itself, its gradient, two moments
+    # What the parameterization's forward pass keeps, in images: the spectrum, its inverse transform,
+    # the colors and the sigmoid (fourier); MACO also standardizes its phase and its image.
+    kept = {"pixel": 1, "fourier": 6, "maco": 10}[recipe.parameterization] * pixels
+    side = size + 2 * recipe.pad
+    stages = 1 + sum(bool(x) for x in (recipe.pad, recipe.jitter, recipe.scales, recipe.angles, recipe.crop,
+                                       recipe.flip, recipe.final_jitter, recipe.noise))  # 1: the views' copy
+    grids = sum(bool(x) for x in (recipe.scales, recipe.angles, recipe.crop))  # two numbers per pixel each
+    views = recipe.views * (3 * stages + 2 * grids) * side * side
+    penalties = 2 * pixels * sum(bool(w) for w in (recipe.tv, recipe.l1, recipe.l2, recipe.blur))
+    importance = 8 * size * size if recipe.parameterization == "maco" else 0  # float64, per pixel
+    return int((parameters * slots + kept + views + penalties) * element + importance)
+
+
+def result_bytes(recipe: Recipe, size: int) -> int:
+    """The bytes one finished image of ``size`` px is kept in until it is written: its pixels as the
+    model computed them and in float64, its 8-bit picture and its tile in a grid (and MACO's importance
+    map, in float64, twice)."""
+    pixels = 3 * size * size
+    importance = 16 * size * size if recipe.parameterization == "maco" else 0
+    return (4 + 4 + 8 + 1 + 1) * pixels + importance
+
+
+def _image_need(model: LoadedModel, recipe: Recipe, saved: SavedBytes) -> Callable[..., int]:
+    """``need(size, view, **changes)``: the bytes one image needs (with recipe fields changed, such as
+    ``views`` or ``pad``), the larger of an ascent step (its views' saved activations, times 1.5 for
+    what the backward pass holds besides, and the image's own) and a scoring of the whole image without
+    gradients (at its start and end), which holds at most what a pass with gradients would keep."""
+    element = model.element_size
+
+    def need(size: int, view: int, **changes: Any) -> int:
+        changed = recipe.replace(**changes) if changes else recipe
+        step = 1.5 * changed.views * saved.at(view) + image_bytes(changed, size, element)
+        whole = saved.at(size) + 3 * size * size * element
+        return int(max(step, whole))
+    return need
+
+
+def _where(layers: list[str]) -> str:
+    """The layers a memory message names: the model's own, or the first and how many more."""
+    names = ["the model's output" if layer == OUTPUT else layer for layer in layers]
+    if not names:
+        return "the image"
+    return names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more layers"
+
+
+def _check_memory(model: LoadedModel, recipe: Recipe, size: int, layers: list[str], need: Callable[..., int],
+                  max_memory: int | None, count: int, together: int, batch_size: int | None,
+                  batch_option: str = "--batch-size") -> None:
+    """Refuse, before anything runs at ``size``, a render whose smallest batch does not fit the budget
+    (one image, the copies that must share a batch (``together``), or a given ``batch_size``), or whose
+    ``count`` finished images, kept until they are written, do not fit beside a batch. The message
+    gives the figures and the largest size, view size, pad, views, copies or batch that fit."""
+    budget = memory_budget(model.device, max_memory)
+    view = view_side(recipe, size)
+    checks = [(1, "image")]
+    if together > 1:
+        checks.append((together, "copies"))
+    if batch_size is not None and min(batch_size, count) > 1:
+        checks.append((min(batch_size, count), "batch"))
+    for images, kind in checks:
+        total = images * need(size, view)
+        if total <= budget:
+            continue
+        if kind == "image":
+            what = f"{article(size)} {size} px image of {model.name}"
+            verb = "needs"
+        elif kind == "copies":
+            what = (f"{images} copies compared with each other (a diversity term) must share one batch: "
+                    f"{images} images of {size} px of {model.name}")
+            verb = "need"
+        else:
+            what = f"a batch of {images} images of {size} px of {model.name}"
+            verb = "needs"
+        if view != size:
+            what += f" (seen as {recipe.views} view{'s' * (recipe.views > 1)} of {view} px)"
+        options = _memory_options(recipe, size, need, budget, images)
+        fit = budget // max(need(size, view), 1)
+        if kind == "copies" and fit >= 1:
+            options.insert(0, f"--copies {fit} or less")
+        elif kind == "batch" and fit >= 1:
+            options.insert(0, f"{batch_option} {fit} or less")
+        options.append(more_memory(total, model.device))
+        raise MemoryBudgetError(f"{what} {verb} about {readable(total)} at {_where(layers)}, "
+                                f"{budget_words(budget, max_memory, model.device)}: use {', or '.join(options)}")
+    kept = count * result_bytes(recipe, size)
+    if count > 1 and kept + need(size, view) > budget:
+        fit = max(int((budget - need(size, view)) // result_bytes(recipe, size)), 0)
+        best = largest(lambda side: count * result_bytes(recipe, side) + need(side, view_side(recipe, side)) <= budget,
+                       size)
+        options = [f"at most {fit} images at a time (fewer --copies, --objective or --filters)"] if fit else []
+        options += [f"--size {best} or less"] if best and best < size else []
+        options.append(more_memory(kept + need(size, view), model.device))
+        raise MemoryBudgetError(f"{count} images of {size} px of {model.name} are kept as results until they are "
+                                f"written, which with a batch needs about {readable(kept + need(size, view))}, "
+                                f"{budget_words(budget, max_memory, model.device)}: use {', or '.join(options)}")
+
+
+def _memory_options(recipe: Recipe, size: int, need: Callable[..., int], budget: int, images: int) -> list[str]:
+    """The changes that would let ``images`` images fit, each alone: the largest size, view size, pad
+    or views that fit with everything else as it is."""
+    def fits(side: int, view: int, **changes: Any) -> bool:
+        return images * need(side, view, **changes) <= budget
+
+    options = []
+    smallest = max(1, recipe.jitter + recipe.final_jitter - 2 * recipe.pad + 1)  # a smaller one leaves no view
+    best = largest(lambda side: fits(side, view_side(recipe, side)), size, low=min(smallest, size))
+    if best is not None and best < size:
+        options.append(f"--size {best} or less")
+    view = view_side(recipe, size)
+    if recipe.view_size:
+        best = largest(lambda side: fits(size, side), recipe.view_size)
+        if best is not None and best < recipe.view_size:
+            options.append(f"--view-size {best} or less")
+    elif recipe.pad:
+        low = max(0, (recipe.jitter + recipe.final_jitter - size) // 2 + 1)
+        best = largest(lambda pad: fits(size, view_side(recipe.replace(pad=pad), size), pad=pad), recipe.pad,
+                       low=low)
+        if best is not None and best < recipe.pad:
+            options.append(f"--pad {best} or less")
+    if recipe.views > 1:
+        best = largest(lambda views: fits(size, view, views=views), recipe.views)
+        if best is not None and best < recipe.views:
+            options.append(f"--views {best}" + (" or less" if best > 1 else ""))
+    return options
+
+
+@dataclass
+class _RenderPlan:
+    """A render, checked: everything it runs with, and what it knows of its memory."""
+
+    recipe: Recipe
+    targets: list[Objective]
+    keys: list[int]
+    size: int
+    view: int
+    layers: list[str]
+    spectrum: np.ndarray | None
+    dtype: torch.dtype | None
+    selection: tuple[str, list[int]] | None
+    conv_tail: ConvTail | None
+    nhwc: bool
+    together: int
+    max_memory: int | None
+    saved: SavedBytes
+    need: Callable[..., int]
+
+
+def _plan(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Recipe | str, *,
+          keys: Sequence[int] | None, start: np.ndarray | None, batch_size: int | None, precision: str,
+          max_memory: int | None, select_channels: bool, memory_format: str, batch_option: str = "--batch-size",
+          **overrides: Any) -> _RenderPlan:
+    """Check a render before any work: its objectives, sizes, transforms, layers, channels and direction
+    vectors, its spectrum, and that its smallest batch fits the memory budget (estimated at small
+    sides). Only then is the model run at the render's own sizes (to check the layers there)."""
+    recipe = get_recipe(recipe, **overrides)
+    targets = [parse_objective(o) if isinstance(o, str) else o for o in objectives]
+    if not targets:
+        raise FilterVizError("nothing to render; give at least one objective")
+    keys = list(range(len(targets))) if keys is None else [int(k) for k in keys]
+    if len(keys) != len(targets):
+        raise FilterVizError(f"{len(keys)} keys for {len(targets)} objectives")
+    if batch_size is not None and batch_size < 1:
+        raise FilterVizError(f"batch size must be 1 or more, not {batch_size}")
+    size = recipe.size
+    if start is not None:
+        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != 3:
+            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, 3), not {start.shape}")
+        size = start.shape[1]
+    if size is None:
+        size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
+    if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
+        raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
+                             f"use --size {model.spec.min_size} or more")
+    recipe.check_sizes(size)
+    if memory_format not in ("channels_last", "contiguous"):
+        raise FilterVizError(f"memory_format must be channels_last or contiguous, not {memory_format!r}")
+    dtype = autocast_dtype(precision, model.device)
+    view = view_side(recipe, size)  # what the model sees at each step; whole images are scored too
+    # The model runs at both sides. Small ones are checked as they are; a side beyond the model's own
+    # is checked there first (names, channels), and at itself only once its memory is known to fit.
+    own = model.spec.default_size
+    for side in sorted({min(size, own), min(view, own)}):
+        _check_layers_and_channels(model, targets, side)
+    targets = [_with_regularizers(objective, recipe) for objective in targets]
+    layers = sorted({layer for objective in targets for layer in objective.layers} - {IMAGE})
+    spectrum = load_spectrum(recipe.spectrum) if recipe.parameterization == "maco" else None
+    selection = single_channels(targets) if select_channels else None
+    conv_tail = find_conv_tail(model, selection[0]) if selection else None
+    nhwc = memory_format == "channels_last"
+    together = max([len(group) for group in plan_batches(targets, len(targets))
+                    if targets[group[0]].batchwise] or [1])
+    budget = max_memory if max_memory is not None else model.max_memory
+    with _forward_pass(model, layers, conv_tail, nhwc, escape=False) as probe:
+        saved = measure_saved_bytes(model, probe.run, view, dtype)  # at small sides, then scaled
+    need = _image_need(model, recipe, saved)
+    _check_memory(model, recipe, size, layers, need, budget, len(targets), together, batch_size, batch_option)
+    for side in sorted({size, view}):
+        if side > own:
+            _check_layers_and_channels(model, targets, side)
+    return _RenderPlan(recipe, targets, keys, size, view, layers, spectrum, dtype, selection, conv_tail, nhwc,
+                       together, budget, saved, need)
+
+
+def check_render(
+    model: LoadedModel,
+    objectives: Sequence[Objective | str],
+    recipe: Recipe | str = "classic",
+    *,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    max_memory: int | None = None,
+    select_channels: bool = True,
+    memory_format: str = "channels_last",
+    batch_option: str = "--batch-size",
+    **overrides: Any,
+) -> None:
+    """Raise the error that ``render`` with these arguments would raise before its first step (a bad
+    objective, size, transform, layer, channel, direction or spectrum, or a batch beyond the memory
+    budget), without rendering: what an atlas checks before it writes anything. ``batch_option`` is
+    how the message names the batch size's option."""
+    _plan(model, objectives, recipe, keys=None, start=None, batch_size=batch_size, precision=precision,
+          max_memory=max_memory, select_channels=select_channels, memory_format=memory_format,
+          batch_option=batch_option, **overrides)
+
+
 def render(
     model: LoadedModel,
     objectives: Sequence[Objective | str],
@@ -265,66 +558,37 @@ def render(
 
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
     ``bf16``, ``fp16`` or ``auto``; see ``execution.autocast_dtype``), ``batch_size`` (default: the
-    device's, capped so a batch fits in ``max_memory`` bytes, default a safe share of free memory),
-    ``select_channels`` (when every image is scored on one channel of a convolution layer, compute
-    only those channels), and ``memory_format`` (``channels_last`` or ``contiguous``).
+    device's, capped so a batch fits in ``max_memory`` bytes, default the model's ``max_memory``, else a
+    safe share of free memory), ``select_channels`` (when every image is scored on one channel of a
+    convolution layer, compute only those channels), and ``memory_format`` (``channels_last`` or
+    ``contiguous``). Everything is checked before the first step (see ``check_render``): a batch that
+    would not fit the memory budget is refused with the figures, before anything runs at its size.
     """
-    recipe = get_recipe(recipe, **overrides)
-    targets = [parse_objective(o) if isinstance(o, str) else o for o in objectives]
-    if not targets:
-        raise FilterVizError("nothing to render; give at least one objective")
-    keys = list(range(len(targets))) if keys is None else [int(k) for k in keys]
-    if len(keys) != len(targets):
-        raise FilterVizError(f"{len(keys)} keys for {len(targets)} objectives")
-    size = recipe.size
-    if start is not None:
-        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != 3:
-            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, 3), not {start.shape}")
-        size = start.shape[1]
-    if size is None:
-        size = model.spec.fixed_size[0] if model.spec.fixed_size else 150
-    if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
-        raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
-                             f"use --size {model.spec.min_size} or more")
-    _check_layers_and_channels(model, targets, size)
-    targets = [_with_regularizers(objective, recipe) for objective in targets]
-    layers = sorted({layer for objective in targets for layer in objective.layers} - {IMAGE})
-    spectrum = load_spectrum(recipe.spectrum) if recipe.parameterization == "maco" else None
+    plan = _plan(model, objectives, recipe, keys=keys, start=start, batch_size=batch_size, precision=precision,
+                 max_memory=max_memory, select_channels=select_channels, memory_format=memory_format, **overrides)
+    recipe, targets, keys, size, view, dtype = plan.recipe, plan.targets, plan.keys, plan.size, plan.view, plan.dtype
     transforms = recipe.transforms()
-
-    dtype = autocast_dtype(precision, model.device)
-    selection = single_channels(targets) if select_channels else None
-    conv_tail = find_conv_tail(model, selection[0]) if selection else None
     parts: list[list[torch.Tensor | None]] = []
-    if memory_format not in ("channels_last", "contiguous"):
-        raise FilterVizError(f"memory_format must be channels_last or contiguous, not {memory_format!r}")
-    together = max([len(group) for group in plan_batches(targets, len(targets))
-                    if targets[group[0]].batchwise] or [1])
     with contextlib.ExitStack() as stack:
-        nhwc = stack.enter_context(channels_last(model.module, memory_format == "channels_last"))
-        redirection = stack.enter_context(redirected(model.module)) if recipe.escape_steps else None
-        if conv_tail is not None:
-            conv_run = stack.enter_context(conv_input(model, conv_tail.conv))
-            forward: Callable[[torch.Tensor], object] = conv_run
-        else:
-            run = stack.enter_context(model.capture(layers))
-            forward = run
-        view_side = recipe.view_size or size + 2 * recipe.pad  # what the model sees at each step
-        batch = batch_size or auto_batch_size(model, forward, view_side, recipe.views, max_memory, dtype, together)
+        step = stack.enter_context(_forward_pass(model, plan.layers, plan.conv_tail, plan.nhwc,
+                                                 bool(recipe.escape_steps)))
+        image_part = plan.need(size, view) - int(1.5 * recipe.views * plan.saved.at(view))
+        batch = batch_size or auto_batch_size(model, step.run, view, recipe.views, plan.max_memory, dtype,
+                                              plan.together, extra=max(image_part, 0), saved=plan.saved)
         chunks = plan_batches(targets, batch)
         description = _progress_label(targets)
         bar = stack.enter_context(tqdm(total=recipe.steps * len(chunks), desc=f"{model.name} {description}",
                                        unit="step", disable=None if progress else True, leave=False))
         for chunk in chunks:
-            if conv_tail is not None:
-                picked = torch.tensor([selection[1][i] for i in chunk], device=model.device)
-                score = _selected_scorer(conv_run, conv_tail, picked, nhwc)
+            if plan.conv_tail is not None:
+                picked = torch.tensor([plan.selection[1][i] for i in chunk], device=model.device)
+                score = _selected_scorer(step.run, plan.conv_tail, picked, step.nhwc)
             else:
-                score = _scorer(run, [targets[i] for i in chunk], nhwc)
+                score = _scorer(step.run, [targets[i] for i in chunk], step.nhwc)
             with autocast(model.device, dtype):
                 parts.append(_render_chunk(model, score, [keys[i] for i in chunk], recipe, size, seed,
-                                           None if start is None else start[chunk], spectrum,
-                                           transforms, bar.update, redirection))
+                                           None if start is None else start[chunk], plan.spectrum,
+                                           transforms, bar.update, step.redirection))
     order = np.argsort([index for chunk in chunks for index in chunk], kind="stable")  # back to input order
     pixels, before, after, alive, importance = (
         torch.cat(column)[torch.as_tensor(order)] if column[0] is not None else None for column in zip(*parts))
@@ -333,14 +597,14 @@ def render(
     dead = np.zeros_like(stuck)
     if stuck.any():  # only now is it worth asking whether the unit responds to anything at all
         indices = np.flatnonzero(stuck)
-        dead[indices] = flat_on_probe(model, [targets[i] for i in indices], size)
+        dead[indices] = flat_on_probe(model, [targets[i] for i in indices], size, max_memory=plan.max_memory)
     result = Render(
         model=model.name, objectives=targets, recipe=recipe,
         pixels=pixels.permute(0, 2, 3, 1).double().numpy(),
         start_score=start_score, score=final_score, stuck=stuck, dead=dead,
         importance=None if importance is None else importance.double().numpy(),
     )
-    _warn_stuck(result, redirection, probe_count())
+    _warn_stuck(result, step.redirection, probe_count())
     return result
 
 
@@ -428,7 +692,8 @@ def render_filters(
         model.spec.fixed_size[0] if model.spec.fixed_size else 150)
     if side < 1:
         raise FilterVizError(f"size must be at least 1 px, not {side}")
-    info = model.layer_info(layer, side)
+    # Channels only: ``render`` checks the layer at the full side once its memory is known to fit.
+    info = model.layer_info(layer, min(side, model.spec.default_size))
     check_filters(filters, info.channels, layer, model.name)
     result = render(model, [channel(layer, f) for f in filters], chosen.replace(size=side), seed=seed,
                     keys=filters, start=start, batch_size=batch_size, progress=progress, precision=precision,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FilterVizWarning, OutputError, WeightsUnavailableError
+from .errors import FilterVizError, FilterVizWarning, OutputError, WeightsUnavailableError
 from .image import deprocess_image, make_grid, save_image
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .ascent import FilterRender, render_filters
@@ -23,6 +23,7 @@ __all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "
 
 GRID_FILTERS = 64
 GRID_TILE = 64
+BOOK_FIGURES = 4  # vggconv1..4.png: the first activation layer at each of four strides
 
 
 def generate_pattern(
@@ -84,11 +85,18 @@ def run_demo(
         except WeightsUnavailableError as exc:
             warnings.warn(f"{exc}; using the embedded {DEFAULT_MODEL} instead", FilterVizWarning, stacklevel=2)
             model = load_model(DEFAULT_MODEL, device=device)
+    layers = book_layers(model, BOOK_FIGURES)
+    if len(layers) < BOOK_FIGURES:  # the figures are the book's four; fewer would not be its demo
+        found = f": {', '.join(layers)}" if layers else ""
+        raise FilterVizError(
+            f"the demo shows filters of {BOOK_FIGURES} activation layers (ReLU and the like) at {BOOK_FIGURES} "
+            f"different strides, as the book's block1_conv1 ... block4_conv1; {model.name} has "
+            f"{len(layers) or 'no'} such layer{'s' * (len(layers) != 1)}{found}; use a deeper model, or show its "
+            "layers with `filterviz render` or `filterviz grid`")
     try:  # only now: a bad model or weights leaves no empty folder behind
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
-    layers = book_layers(model)
     figures = []
     for number, layer in enumerate(layers, start=1):
         render = render_filters(model, layer, [0], seed=seed, progress=progress)

@@ -157,9 +157,11 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 def _load(args: argparse.Namespace, weights: str | None = None, load_weights: bool = True) -> object:
     """The model the command line names, with its options; ``load_weights=False``: its architecture
     with the spec of the chosen weights, none read or downloaded."""
-    return load_model(args.model, weights if weights is not None else args.weights, args.device,
-                      preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
-                      progress=not args.quiet, load_weights=load_weights)
+    model = load_model(args.model, weights if weights is not None else args.weights, args.device,
+                       preprocess=args.preprocess, arch=args.arch, trust_pickle=args.trust_pickle,
+                       progress=not args.quiet, load_weights=load_weights)
+    model.max_memory = getattr(args, "max_memory", None)  # every run of it, checks included, keeps to it
+    return model
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -292,7 +294,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     summary = build_atlas(model, args.out, layers=layers or None, filters=filters, recipe=recipe,
                           seed=0 if args.seed is None else args.seed, images=args.images, top_k=args.top_k,
                           executor=executor, chunk_size=args.chunk_size, precision=args.precision, threads=args.threads,
-                          progress=not args.quiet, rebuild=args.rebuild, size=args.size)
+                          progress=not args.quiet, rebuild=args.rebuild, size=args.size, max_memory=args.max_memory)
     if not args.quiet:
         _say(str(summary))
 
@@ -342,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", help=f"model name or file, e.g. {DEFAULT_MODEL}, vgg16, timm:resnet50, "
                                       "keras:VGG16, model.onnx (see `filterviz models`)")
     layers.add_argument("--size", type=_positive, help="input size for the spatial sizes shown")
+    layers.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                        help="memory the model may use at --size, e.g. 2G (default: a safe share of free memory)")
     layers.set_defaults(run=_cmd_layers)
 
     render = commands.add_parser(
@@ -386,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_cmd_grid)
 
     atlas = commands.add_parser(
-        "atlas", parents=[common, optimize], help="a browsable site of every filter of a model",
+        "atlas", parents=[common, ascent], help="a browsable site of every filter of a model",
         description="Render every filter of a model's layers into a static site (index, a page per layer and per "
                     "filter), with the dataset images that excite each filter most. Running the same command "
                     "again continues an interrupted atlas; a changed option redoes only what it changes.")

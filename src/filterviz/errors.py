@@ -54,6 +54,15 @@ class OutputError(FilterVizError):
     """An output path that cannot be written."""
 
 
+class MemoryBudgetError(FilterVizError):
+    """A run that would need more memory than its budget (estimated before anything runs at its size)."""
+
+
+class InputFileError(FilterVizError):
+    """An input file (an image, a direction vector, a spectrum) that is missing, unreadable, or not what
+    filterviz can use."""
+
+
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line of text (shortened to ``limit``), to quote in a one-line message."""
     text = str(exc).strip()

@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
-from .errors import FilterVizError
+from .errors import FilterVizError, MemoryBudgetError
+from .memory import MEMORY_SHARE, free_memory, memory_budget, readable  # noqa: F401 - re-exported
 from .models.loaded import LoadedModel
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -22,7 +24,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # CPU_WORKING_SET of saved activations.
 DEVICE_BATCH = {"cpu": 64, "cuda": 256, "mps": 64}
 CPU_WORKING_SET = 48 * 2 ** 20
-MEMORY_SHARE = {"cpu": 0.25, "cuda": 0.5, "mps": 0.25}  # of the free memory, when no budget is given
+# Sides at which a forward pass is measured before its need is scaled to a larger side: small enough
+# to cost little on any model, large enough that a stride-32 network still has 2x2 positions.
+PROBE_SIDES = (64, 128)
 
 
 def cpu_supports_bf16() -> bool:
@@ -88,23 +92,9 @@ def channels_last(module: torch.nn.Module, enabled: bool = True) -> Iterator[boo
         module.to(memory_format=torch.contiguous_format)
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now (for a CPU, the memory available to new processes)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def saved_bytes_per_image(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int,
                           dtype: torch.dtype | None) -> int:
-    """Bytes that one image's ``forward(pixels)`` keeps for the backward pass (measured)."""
+    """Bytes that one image's ``forward(pixels)`` keeps for the backward pass (measured by running it)."""
     total = [0]
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -117,36 +107,80 @@ def saved_bytes_per_image(model: LoadedModel, forward: Callable[[torch.Tensor], 
     return total[0]
 
 
-def _readable(size: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+@dataclass(frozen=True)
+class SavedBytes:
+    """What one image keeps for the backward pass, as a function of its side: measured at ``low`` and
+    ``high`` px (the same side when measured once) and extrapolated linearly in the pixel count, as
+    activations grow with H*W. ``measured`` is False when no probe side could run (the model takes
+    only sizes beyond its probes): then only the input is counted."""
+
+    low: int
+    low_bytes: int
+    high: int
+    high_bytes: int
+    measured: bool = True
+
+    def at(self, side: int) -> int:
+        """The estimate for one image of ``side`` px."""
+        if side <= self.low or self.low == self.high:
+            reference, amount = (self.low, self.low_bytes) if side <= self.low else (self.high, self.high_bytes)
+            return int(amount * side * side / (reference * reference))
+        slope = max(self.high_bytes - self.low_bytes, 0) / (self.high ** 2 - self.low ** 2)
+        return int(self.low_bytes + slope * (side * side - self.low ** 2))
+
+
+def measure_saved_bytes(model: LoadedModel, forward: Callable[[torch.Tensor], object], side: int,
+                        dtype: torch.dtype | None) -> SavedBytes:
+    """What one image of ``side`` px keeps for the backward pass, without running anything large: a
+    side up to PROBE_SIDES[-1] is measured as it is; a larger one at two probe sides (doubled while
+    the model cannot run at them, up to twice its own size) and extrapolated."""
+    if side <= PROBE_SIDES[-1]:
+        amount = saved_bytes_per_image(model, forward, side, dtype)
+        return SavedBytes(side, amount, side, amount)
+    low, high = PROBE_SIDES
+    limit = max(2 * model.spec.default_size, PROBE_SIDES[-1])
+    while high < side and high <= limit:
+        try:
+            return SavedBytes(low, saved_bytes_per_image(model, forward, low, dtype),
+                              high, saved_bytes_per_image(model, forward, high, dtype))
+        except (RuntimeError, ValueError):  # too small for this model: probe larger
+            low, high = high, 2 * high
+    if side <= limit:  # a side near the model's own is cheap to measure as it is
+        amount = saved_bytes_per_image(model, forward, side, dtype)
+        return SavedBytes(side, amount, side, amount)
+    pixels = 3 * side * side * torch.empty((), dtype=model.dtype).element_size()
+    return SavedBytes(side, pixels, side, pixels, measured=False)
+
+
+_readable = readable  # the name earlier code used
 
 
 def auto_batch_size(model: LoadedModel, forward: Callable[[torch.Tensor], object], size: int, views: int,
-                    max_memory: int | None, dtype: torch.dtype | None, together: int = 1) -> int:
+                    max_memory: int | None, dtype: torch.dtype | None, together: int = 1, extra: int = 0,
+                    saved: SavedBytes | None = None) -> int:
     """Images per batch: the device's batch (on a CPU, as many as keep CPU_WORKING_SET), capped so that a
-    batch's saved activations (times 1.5 for what the backward pass holds besides) fit in ``max_memory``
-    bytes (default: a share of free memory). ``together`` images must fit in one batch (copies that
-    read each other): if they cannot, that is an error."""
+    batch's saved activations (times 1.5 for what the backward pass holds besides, plus ``extra`` bytes
+    per image: the image's own parameters and transforms) fit in ``max_memory`` bytes (default: a share
+    of free memory). ``together`` images must fit in one batch (copies that read each other): if they
+    cannot, that is an error. ``saved`` is the measurement if already made (see
+    ``measure_saved_bytes``; nothing large is run to make it)."""
     kind = model.device.type
-    saved = max(saved_bytes_per_image(model, forward, size, dtype), 1) * views
+    saved = saved or measure_saved_bytes(model, forward, size, dtype)
+    activations = max(saved.at(size), 1) * views
     cap = DEVICE_BATCH.get(kind, 8)
     if kind == "cpu":
-        cap = max(1, min(cap, CPU_WORKING_SET // saved))
-    budget = max_memory if max_memory is not None else int(free_memory(model.device) * MEMORY_SHARE.get(kind, 0.25))
-    per_image = 1.5 * saved
+        cap = max(1, min(cap, CPU_WORKING_SET // activations))
+    budget = memory_budget(model.device, max_memory)
+    per_image = 1.5 * activations + extra
     fits = int(budget // per_image)
     if fits < 1:
-        raise FilterVizError(f"one image needs about {_readable(per_image)}, more than the memory budget of "
-                             f"{_readable(budget)}; use a smaller --size or a larger --max-memory")
+        raise MemoryBudgetError(f"one image needs about {readable(per_image)}, more than the memory budget of "
+                                f"{readable(budget)}; use a smaller --size or a larger --max-memory")
     if fits < together:
-        raise FilterVizError(f"{together} copies that are compared with each other (a diversity term) must share "
-                             f"one batch, which needs about {_readable(per_image * together)}, more than the memory "
-                             f"budget of {_readable(budget)}; use at most {fits} --copies, a smaller --size or a "
-                             "larger --max-memory")
+        raise MemoryBudgetError(f"{together} copies that are compared with each other (a diversity term) must share "
+                                f"one batch, which needs about {readable(per_image * together)}, more than the "
+                                f"memory budget of {readable(budget)}; use at most {fits} --copies, a smaller --size "
+                                "or a larger --max-memory")
     return min(cap, fits)
 
 

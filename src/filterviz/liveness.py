@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .memory import memory_budget
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, Rows
 
@@ -64,21 +65,31 @@ def _model_terms(objective: Objective) -> Objective:
 
 
 def flat_on_probe(model: LoadedModel, objectives: list[Objective], size: int,
-                  photos: np.ndarray | None = None) -> np.ndarray:
+                  photos: np.ndarray | None = None, max_memory: int | None = None) -> np.ndarray:
     """For each objective, whether it takes the same value on every probe image (``probe_images``):
-    True means dead, a unit that no input tried moves. (N,) bool."""
+    True means dead, a unit that no input tried moves. (N,) bool. Beyond the model's own size the probe
+    runs in batches that fit ``max_memory`` (default: the model's, else a share of the free memory)."""
     parts = [_model_terms(objective) for objective in objectives]
     layers = sorted({layer for part in parts for layer in part.layers})
     flat = np.array([not part.terms for part in parts])
     if not layers:
         return flat
-    pixels = torch.as_tensor(probe_images(size, photos), dtype=model.dtype, device=model.device)
-    pixels = pixels.permute(0, 3, 1, 2)
+    images = probe_images(size, photos)
+    count = len(images)
+    batch = count
+    if size > model.spec.default_size:  # only then can the probe be too large for one batch
+        budget = memory_budget(model.device, max_memory if max_memory is not None else model.max_memory)
+        batch = int(max(1, min(count, budget // max(model.forward_bytes(size, layers)[0], 1))))
+    values: list[list[torch.Tensor]] = [[] for _ in parts]
     with torch.no_grad(), model.capture(layers) as run:
-        data = run(pixels)
-    count = pixels.shape[0]
+        for first in range(0, count, batch):
+            pixels = torch.as_tensor(images[first:first + batch], dtype=model.dtype, device=model.device)
+            data = run(pixels.permute(0, 3, 1, 2))
+            for index, part in enumerate(parts):
+                if part.terms:
+                    values[index] += [part.score(data, Rows(slice(row, row + 1), row)) for row in range(len(pixels))]
     for index, part in enumerate(parts):
         if part.terms:
-            values = torch.stack([part.score(data, Rows(slice(row, row + 1), row)) for row in range(count)])
-            flat[index] = bool((values == values[0]).all())
+            scores = torch.stack(values[index])
+            flat[index] = bool((scores == scores[0]).all())
     return flat

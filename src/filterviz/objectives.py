@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import FilterVizError
+from .errors import FilterVizError, InputFileError, first_line
 from .layers import OUTPUT
 
 IMAGE = "<image>"  # the image being optimized (RGB 0..255), as a layer name for regularizers
@@ -137,10 +138,12 @@ class ClassScore(Term):
 
 @dataclass(frozen=True)
 class Direction(Term):
-    """The activation vector's dot product with a unit direction in channel space, mean over positions."""
+    """The activation vector's dot product with a unit direction in channel space, mean over positions.
+    ``source`` names the file it was read from, for messages (it changes nothing else)."""
 
     layer: str
     vector: tuple[float, ...]
+    source: str = field(default="", compare=False)
     kind: ClassVar[str] = "direction"
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
@@ -330,8 +333,63 @@ def class_logprob(index: int) -> Objective:
     return Objective.of(ClassScore(int(index), log_probability=True))
 
 
-def direction(layer: str, vector: Sequence[float]) -> Objective:
-    return Objective.of(Direction(layer, tuple(float(v) for v in vector)))
+def direction(layer: str, vector: Sequence[float], source: str = "") -> Objective:
+    """A direction in ``layer``'s channel space: a vector of finite numbers, not all zero (its length is
+    checked against the layer's channels before a render)."""
+    values = tuple(float(v) for v in vector)
+    where = f"direction {source!r}" if source else "a direction"
+    if not values:
+        raise FilterVizError(f"{where} is empty; give a vector with one number per channel of {layer}")
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise FilterVizError(f"{where} holds {values[bad]} at index {bad}; give finite numbers")
+    if not any(values):
+        raise FilterVizError(f"{where} is all zeros, which points nowhere; give a vector with a nonzero number")
+    return Objective.of(Direction(layer, values, source))
+
+
+def load_direction(path: str) -> np.ndarray:
+    """A direction vector from a ``.npy`` file (``np.save``): one row of real numbers (an array of one
+    row or column is taken as that row). Anything else (no file, an ``.npz`` archive, a pickle, text,
+    strings, objects, complex numbers, a 2-D array) is a one-line error saying what the file holds."""
+    where = f"direction file {path!r}"
+    advice = "give a .npy file of one vector, e.g. np.save(FILE, np.asarray(vector, dtype=np.float32))"
+    if not path:
+        raise InputFileError(f"direction needs a file: direction:LAYER:FILE.npy; {advice}")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(6)
+    except FileNotFoundError:
+        raise InputFileError(f"{where} does not exist; {advice}") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{where} is a folder; {advice}") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read {where}: {exc.strerror or exc}") from None
+    if head.startswith(b"PK"):
+        raise InputFileError(f"{where} is an .npz archive (np.savez), not one array; save one of its arrays "
+                             "with np.save(FILE, archive[NAME])")
+    if head != b"\x93NUMPY":
+        kind = "a Python pickle" if head[:1] == b"\x80" else "not a .npy file"
+        raise InputFileError(f"{where} is {kind}; {advice}")
+    try:
+        array = np.load(path, allow_pickle=False)  # a pickle in it would run code: never loaded
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise InputFileError(f"{where} holds Python objects (dtype object), which filterviz does not load "
+                                 f"because loading them runs code; {advice}") from None
+        raise InputFileError(f"cannot read {where} ({first_line(exc)}); {advice}") from None
+    except (OSError, EOFError) as exc:
+        raise InputFileError(f"cannot read {where} ({first_line(exc)}); {advice}") from None
+    if array.dtype.kind not in "biuf":
+        what = {"U": "text", "S": "bytes", "c": "complex numbers", "O": "Python objects", "V": "records",
+                "M": "dates", "m": "time spans"}.get(array.dtype.kind, f"{array.dtype} values")
+        raise InputFileError(f"{where} holds {what} (dtype {array.dtype}), not real numbers; {advice}")
+    if sum(length > 1 for length in array.shape) > 1:
+        raise InputFileError(f"{where} holds a {'x'.join(map(str, array.shape))} array, not one vector; "
+                             f"{advice} (one row of it: np.save(FILE, array[0]))")
+    if array.ndim == 0:
+        raise InputFileError(f"{where} holds a single number, not a vector; {advice}")
+    return array.reshape(-1).astype(np.float64)
 
 
 def diversity(layer: str) -> Objective:
@@ -405,13 +463,9 @@ def _parse_term(text: str) -> Objective:
         index = _int(rest, "a class index")
         return weight * (class_logit(index) if kind == "class" else class_logprob(index))
     if kind == "direction":
-        import numpy as np
-
-        try:
-            vector = np.load(tail).ravel()
-        except (OSError, ValueError) as exc:
-            raise FilterVizError(f"cannot read direction vector {tail!r} ({exc}); give a .npy file") from None
-        return weight * direction(head, vector.tolist())
+        if not head:
+            raise FilterVizError(f"direction needs a layer and a file: direction:LAYER:FILE.npy, not {text.strip()!r}")
+        return weight * direction(head, load_direction(tail).tolist(), tail)
     if kind in ("layer", "diversity"):
         if not rest:
             raise FilterVizError(f"{kind} needs a layer: {kind}:LAYER")

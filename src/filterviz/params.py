@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FilterVizError
+from .errors import FilterVizError, InputFileError, first_line
+from .imagefiles import check_image, open_image
 
 # Square root of the color covariance of ImageNet photos (Lucid's published estimate): columns are
 # the decorrelated color axes, scaled so that the largest has norm 1.
@@ -129,7 +130,11 @@ class FourierImage(nn.Module):
         self.spectrum.copy_(torch.view_as_real(spectrum))
 
 
-def estimate_spectrum(images: Sequence[np.ndarray], size: int = 128, crops: int = 8, seed: int = 0) -> np.ndarray:
+SPECTRUM_SIZE = 128  # px: the side at which a folder's spectrum is estimated
+
+
+def estimate_spectrum(images: Sequence[np.ndarray], size: int = SPECTRUM_SIZE, crops: int = 8,
+                      seed: int = 0) -> np.ndarray:
     """The mean Fourier magnitude of natural photos, (3, size, size//2+1), in decorrelated color.
 
     Each photo (H, W, 3) uint8 gives ``crops`` random square crops (at least ``size``, resized to it),
@@ -157,28 +162,61 @@ def estimate_spectrum(images: Sequence[np.ndarray], size: int = 128, crops: int 
     return total / count
 
 
+SPECTRUM_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
 def load_spectrum(source: str | os.PathLike[str] | None = None) -> np.ndarray:
     """A magnitude spectrum (3, h, w//2+1): the packaged one (from scikit-image's photos), a ``.npy``/
-    ``.npz`` file, or estimated from a folder of images."""
+    ``.npz`` file (finite, non-negative real numbers), or estimated from a folder of images (each at
+    least 128 px on its short side). Every bad input is a one-line error before any work: the folder's
+    files are checked by their headers (no image, a damaged one, a decompression bomb, too small)
+    before any is decoded."""
     if source is None:
         return _packaged_spectrum()
     path = Path(source)
     if path.is_dir():
-        from PIL import Image
-
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SPECTRUM_SUFFIXES and p.is_file())
         if not files:
-            raise FilterVizError(f"no images (.png, .jpg) in {str(path)!r} to estimate a spectrum from")
-        return estimate_spectrum([np.asarray(Image.open(f).convert("RGB")) for f in files])
+            raise InputFileError(f"no images (.png, .jpg) in {str(path)!r} to estimate a spectrum from")
+        for file in files:
+            width, height = check_image(file)
+            if min(width, height) < SPECTRUM_SIZE:
+                raise InputFileError(f"image {str(file)!r} is {width}x{height}, smaller than the {SPECTRUM_SIZE} px "
+                                     "that a spectrum is estimated at; remove it from the folder")
+        key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        return _folder_spectrum(key).copy()
+    if not path.exists():
+        raise InputFileError(f"spectrum {str(path)!r} does not exist; give a .npy file of shape (3, H, W//2+1), "
+                             "or a folder of images")
     try:
-        data = np.load(path)
-        spectrum = data["magnitude"] if isinstance(data, np.lib.npyio.NpzFile) else data
-    except (OSError, ValueError, KeyError) as exc:
-        raise FilterVizError(f"cannot read spectrum {str(path)!r} ({exc}); give a .npy file of shape "
-                             "(3, H, W//2+1), or a folder of images") from None
-    if spectrum.ndim != 3 or spectrum.shape[0] != 3:
-        raise FilterVizError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1)")
-    return np.asarray(spectrum, dtype=np.float64)
+        data = np.load(path, allow_pickle=False)  # a pickle in it would run code: never loaded
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                data = data["magnitude"]
+        spectrum = np.asarray(data)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise InputFileError(f"cannot read spectrum {str(path)!r} ({first_line(exc, 120)}); give a .npy file of "
+                             "shape (3, H, W//2+1), or a folder of images") from None
+    if spectrum.dtype.kind not in "biuf":
+        raise InputFileError(f"spectrum {str(path)!r} holds {spectrum.dtype} values, not real numbers; give a .npy "
+                             "file of magnitudes, shape (3, H, W//2+1)")
+    if spectrum.ndim != 3 or spectrum.shape[0] != 3 or min(spectrum.shape) < 1:
+        raise InputFileError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1)")
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    if not np.isfinite(spectrum).all() or (spectrum < 0).any():
+        raise InputFileError(f"spectrum {str(path)!r} holds NaN, infinite or negative values; a magnitude "
+                             "spectrum is finite and 0 or more")
+    if not spectrum.any():
+        raise InputFileError(f"spectrum {str(path)!r} is all zeros, which makes a blank image; give magnitudes "
+                             "of natural photos")
+    return spectrum
+
+
+@lru_cache(maxsize=4)
+def _folder_spectrum(files: tuple[tuple[str, int, int], ...]) -> np.ndarray:
+    """The spectrum of a folder's images (keyed by their paths, sizes and times, so a changed folder is
+    read again): each render of an atlas asks for it."""
+    return estimate_spectrum([np.asarray(open_image(name)) for name, _, _ in files])
 
 
 @lru_cache(maxsize=1)

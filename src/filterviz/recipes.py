@@ -83,6 +83,32 @@ class Recipe:
             if not ok:
                 raise FilterVizError(f"recipe {self.name}: {message}")
 
+    def check_sizes(self, size: int) -> None:
+        """Refuse transforms that leave less than a pixel of a ``size`` px image, saying what would work:
+        a jitter as large as the (padded) image, zoom factors or crop boxes that show less than a pixel
+        of it, or shrink it below one."""
+        padded = size + 2 * self.pad
+        if self.jitter >= padded:
+            raise FilterVizError(f"--jitter {self.jitter} leaves no image: it crops that many px off the "
+                                 f"{_described(size, self.pad)}; use --jitter {padded - 1} or less, or a larger "
+                                 "--size or --pad")
+        side = padded - self.jitter
+        if self.final_jitter >= side:
+            raise FilterVizError(f"--final-jitter {self.final_jitter} leaves no image: the view is {side} px when it "
+                                 f"comes ({_described(size, self.pad)}, less --jitter {self.jitter}); use "
+                                 f"--final-jitter {side - 1} or less, or a larger --size")
+        if self.scales and max(self.scales) > side:
+            raise FilterVizError(f"--scales {max(self.scales):g} zooms into less than 1 px of the {side} px view; "
+                                 f"use factors of {side} or less")
+        if self.scales and min(self.scales) * side < 1:
+            raise FilterVizError(f"--scales {min(self.scales):g} shrinks the {side} px view to less than 1 px; "
+                                 f"use factors of {_at_least(1 / side)} or more")
+        if self.crop is not None and self.crop[0] * side < 1:
+            raise FilterVizError(f"--crop {self.crop[0]:g},{self.crop[1]:g} takes boxes of "
+                                 f"{self.crop[0] * side:.2g} px "
+                                 f"of the {side} px view, less than 1 px; use a smallest box (LOW) of "
+                                 f"{_at_least(1 / side)} or more, or a larger --size")
+
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (unknown names are an error, not ignored)."""
         known = {f.name for f in fields(self)}
@@ -113,6 +139,22 @@ class Recipe:
         fields appear only with that parameterization: ``init_std`` with fourier, ``spectrum`` with maco)."""
         unused = {name for name, owner in _PARAMETERIZATION_FIELDS.items() if owner != self.parameterization}
         return "\n".join(f"{name} = {value!r}" for name, value in asdict(self).items() if name not in unused)
+
+
+def _described(size: int, pad: int) -> str:
+    """An image's side in words: ``8 px image`` or ``32 px padded image (--size 8, --pad 12)``."""
+    if not pad:
+        return f"{size} px image"
+    return f"{size + 2 * pad} px padded image (--size {size}, --pad {pad})"
+
+
+def _at_least(value: float) -> str:
+    """``value`` rounded up to three significant digits, so that the advice itself passes the check."""
+    text = f"{value:.3g}"
+    while float(text) < value:
+        value *= 1.0005
+        text = f"{value:.3g}"
+    return text
 
 
 # Fields that only one parameterization reads.

@@ -27,10 +27,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import FilterVizError, OutputError
+from ..ascent import check_render
+from ..errors import FilterVizError, MemoryBudgetError, OutputError
 from ..execution import autocast_dtype
+from ..memory import budget_words, largest, memory_budget, more_memory, readable
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
+from ..objectives import channel
 from ..recipes import Recipe, get_recipe
 from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
                        receptive_field, scan_images, unpack)
@@ -146,6 +149,7 @@ def build_atlas(
     scan_batch_size: int = 16,
     progress: bool = False,
     rebuild: bool = False,
+    max_memory: int | None = None,
     **overrides: Any,
 ) -> AtlasSummary:
     """Render every filter of ``layers`` (default: ``default_layers``) into a static site in ``out``.
@@ -167,13 +171,33 @@ def build_atlas(
 
     Without ``images``, the examples that an earlier run found are kept while they still match (model,
     size, top-k, filters), else dropped; the summary says which, and what else the run removed.
+
+    ``max_memory`` (default: the model's, else a safe share of the free memory) bounds a render task's
+    batch (``chunk_size`` filters of the deepest layer shown) and a batch of the dataset scan; either
+    beyond it is refused before anything is written, with the figures.
     """
+    before = model.max_memory
+    if max_memory is not None:
+        model.max_memory = max_memory  # every run of the model in this atlas keeps to it, on any executor
+    try:
+        return _build_atlas(model, out, layers, filters, recipe, seed, images, top_k, executor, chunk_size,
+                            precision, threads, scan_batch_size, progress, rebuild, overrides)
+    finally:
+        model.max_memory = before
+
+
+def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequence[str] | None,
+                 filters: Iterable[int | range] | None, recipe: Recipe | str, seed: int,
+                 images: str | os.PathLike[str] | None, top_k: int, executor: Executor | None, chunk_size: int,
+                 precision: str, threads: int | None, scan_batch_size: int, progress: bool, rebuild: bool,
+                 overrides: dict[str, Any]) -> AtlasSummary:
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
     side = chosen.size or (model.spec.fixed_size[0] if model.spec.fixed_size else 150)
     chosen = chosen.replace(size=side)
     if chunk_size < 1 or top_k < 1 or scan_batch_size < 1:
         raise FilterVizError("chunk size, top-k and scan batch size must be 1 or more")
+    chosen.check_sizes(side)
     names = list(layers) if layers else default_layers(model, side)
     if not names:
         raise FilterVizError(f"{model.name} has no convolution layers to show; name layers with --layers")
@@ -187,6 +211,7 @@ def build_atlas(
     root = Path(out)
     files = list_images(images, skip=root) if images is not None else []
     check_images(files)
+    _check_memory(model, atlas, wanted, chosen, chunk_size, precision, scan_batch_size if files else 0)
     _check_folder(root)
     if root.is_dir():
         check_tree(root, [MANIFEST + tail for tail in ("", "-wal", "-shm")])
@@ -219,6 +244,38 @@ def build_atlas(
     finally:
         if hasattr(plan.executor, "close"):
             plan.executor.close()
+
+
+def _check_memory(model: LoadedModel, layers: list[AtlasLayer], filters: dict[str, list[int]], recipe: Recipe,
+                  chunk_size: int, precision: str, scan_batch: int) -> None:
+    """Before anything is written: the largest render task (a chunk of filters, rendered as one batch)
+    of the deepest layer shown must fit the memory budget, with everything else a render checks first
+    (transforms, spectrum); and so must a batch of the dataset scan (``scan_batch`` images, 0: none),
+    which keeps every shown layer's output."""
+    order = {info.name: index for index, info in enumerate(model.layers(recipe.size))}
+    deepest = max(layers, key=lambda layer: order.get(layer.path, -1))
+    count = max(len(chunk) for layer in layers for chunk in _chunks(filters[layer.name], chunk_size))
+    check_render(model, [channel(deepest.path, filters[deepest.name][0])] * count, recipe, batch_size=count,
+                 precision=precision, batch_option="--chunk-size")
+    if not scan_batch:
+        return
+    side = recipe.size or 0
+    budget = memory_budget(model.device, model.max_memory)
+    paths = [layer.path for layer in layers]
+
+    def need(size: int) -> int:
+        return scan_batch * model.forward_bytes(size, paths)[0]
+
+    total = need(side)
+    if total > budget:
+        fits = largest(lambda size: need(size) <= budget, side)
+        advice = [f"--size {fits} or less"] if fits else []
+        where = model.forward_bytes(side, paths)[1]
+        raise MemoryBudgetError(
+            f"the dataset scan runs {scan_batch} images of {side} px at a time through {model.name}, keeping the "
+            f"outputs of {len(paths)} layers, which needs about {readable(total)} at {where}, "
+            f"{budget_words(budget, model.max_memory, model.device)}: use "
+            f"{', or '.join(advice + [more_memory(total, model.device)])}")
 
 
 def _clip(filters: Iterable[int | range] | None, channels: int) -> list[int]:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import FilterVizError
 from ..execution import deterministic
+from ..imagefiles import check_image, open_image
 from ..models.loaded import LoadedModel
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -48,19 +49,20 @@ def list_images(folder: str | os.PathLike[str], skip: str | os.PathLike[str] | N
 
 
 def _open_rgb(path: Path, decode: bool = True) -> Image.Image | None:
-    """The image at ``path`` in RGB (or, with ``decode=False``, only its header checked); a file that
-    is not a readable image is a one-line error naming it."""
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB") if decode else None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise FilterVizError(f"cannot read image {str(path)!r} ({exc}); remove it from the folder") from None
+    """The image at ``path`` as 8-bit RGB on its real range (16-bit and float images are scaled, not
+    clipped; see ``imagefiles.to_rgb8``), or with ``decode=False`` None once its header is checked. A
+    file that is not a readable image, or is a decompression bomb, is a one-line error naming it."""
+    if not decode:
+        check_image(path)
+        return None
+    return open_image(path)
 
 
 def check_images(files: Sequence[Path]) -> None:
-    """Fail at once, naming the file, if an image cannot be opened (its header is read, not its pixels)."""
+    """Fail at once, naming the file, if an image cannot be opened or is a decompression bomb (its
+    header is read, not its pixels); a file damaged past its header is found when it is decoded."""
     for path in files:
-        _open_rgb(path, decode=False)
+        check_image(path)
 
 
 def folder_fingerprint(root: Path, files: Sequence[Path]) -> str:

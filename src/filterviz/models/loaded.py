@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import InputSizeError, first_line
+from ..errors import InputSizeError, MemoryBudgetError, first_line
 from ..layers import OUTPUT, LayerGraph, LayerInfo, LayerOutput, ModuleGraph, resolve_layer, split_call
+from ..memory import article, budget_words, largest, memory_budget, more_memory, readable
 from .spec import InputSpec
 
 
@@ -25,6 +27,8 @@ class LoadedModel:
     pixels to its input; ``aliases`` maps extra layer names (such as Keras's ``block3_conv1``) to
     module paths; ``categories`` names its output classes, when known; ``source`` says where the
     weights came from; ``origin``, when set, loads the same model again (in another process).
+    ``max_memory`` is the bytes a run with it may use (None: a safe share of the free memory); a
+    forward pass at a size whose estimate exceeds it is refused before it runs.
     """
 
     name: str
@@ -36,6 +40,7 @@ class LoadedModel:
     graph: LayerGraph | None = field(default=None, repr=False)
     channels_last: frozenset[str] = frozenset()
     origin: Callable[[], "LoadedModel"] | None = field(default=None, repr=False)
+    max_memory: int | None = field(default=None, repr=False)
     _probes: dict[int, dict[str, LayerOutput] | str] = field(default_factory=dict, repr=False)
     _shapes: dict[tuple[str, int], tuple[tuple[int, ...] | None, str]] = field(default_factory=dict, repr=False)
 
@@ -69,6 +74,7 @@ class LoadedModel:
         """Kind, output shape and call count of every layer call at input ``size`` (cached), or the
         error that stopped the forward pass."""
         if size not in self._probes:
+            self.check_forward_memory(size)
             pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
             try:
                 probe = self.graph.probe(self.spec.to_model_input(pixels))
@@ -154,6 +160,7 @@ class LoadedModel:
         return self._shapes[path, size]
 
     def _measure_shape(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
+        self.check_forward_memory(size, path)
         pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
         try:
             with torch.no_grad(), self.truncated(path) as run:
@@ -178,6 +185,58 @@ class LoadedModel:
             else:
                 low = middle
         return high
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    @property
+    def element_size(self) -> int:
+        """Bytes per number of the model's activations (its weights' type)."""
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def forward_bytes(self, size: int, layers: Sequence[str] | None = None) -> tuple[int, str]:
+        """About how many bytes one image of side ``size`` needs in a forward pass without gradients that
+        ends after the last of ``layers`` (None: the whole model), and the layer where the most is held.
+
+        The need is the input (twice: the pixels and the model's input), three times the largest output
+        on the way (a layer's input, its output and a branch beside them) and the outputs that are
+        kept. Output sizes come from the layer table at the model's own size, scaled by the pixel
+        ratio (a fixed-size model's are not: its input is resized to that size), so nothing runs at
+        ``size`` to find out.
+        """
+        side = self.spec.default_size
+        element = self.element_size
+        need = 2 * 3 * size * size * element
+        probe = self._probe(side)
+        if isinstance(probe, str) or not probe:  # the table cannot be had: the input is what is known
+            return need, "the input"
+        names = list(probe)
+        paths = [self.resolve(layer) for layer in layers or () if layer != OUTPUT]
+        ends = [names.index(path) + 1 for path in paths if path in names]
+        end = max(ends) if ends and OUTPUT not in (layers or ()) else len(names)
+        scale = 1.0 if self.spec.fixed_size else (size / side) ** 2
+        sizes = {name: math.prod(out.shape) * element for name, out in list(probe.items())[:end]}
+        where = max(sizes, key=sizes.__getitem__)
+        kept = sum(sizes.get(path, 0) for path in set(paths))
+        return int(need + (3 * sizes[where] + kept) * scale), where
+
+    def check_forward_memory(self, size: int, layer: str | None = None) -> None:
+        """Refuse, before it runs, a forward pass of one image of side ``size`` (up to ``layer``; None:
+        the whole model) that would need more than ``max_memory``. Sizes up to the model's own are
+        never refused: they are what the estimate itself is measured at."""
+        if size <= self.spec.default_size:
+            return
+        budget = memory_budget(self.device, self.max_memory)
+        wanted = [layer] if layer else None
+        need, where = self.forward_bytes(size, wanted)
+        if need <= budget:
+            return
+        fits = largest(lambda side: self.forward_bytes(side, wanted)[0] <= budget, size)
+        what = f"a forward pass up to {layer}" if layer else "a forward pass"
+        advice = f"use --size {fits} or less, or {more_memory(need, self.device)}" if fits else (
+            f"use {more_memory(need, self.device)}")
+        raise MemoryBudgetError(f"{article(size)} {size} px image of {self.name} needs about {readable(need)} "
+                                f"at {where} ({what}), {budget_words(budget, self.max_memory, self.device)}: "
+                                f"{advice}")
 
     # -- forward passes -------------------------------------------------------------------------
 

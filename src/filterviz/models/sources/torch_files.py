@@ -43,6 +43,8 @@ class ScriptGraph:
     def __init__(self, root: torch.jit.ScriptModule) -> None:
         self.root = root
         self.modules = {name: module for name, module in root.named_modules() if name}
+        # One compiled function per node that is run alone, by (module type, method, node numbers).
+        self._functions: dict[tuple[object, ...], tuple[torch.jit.ScriptFunction, list[int]]] = {}
 
     def names(self) -> list[str]:
         return list(self.modules)
@@ -56,25 +58,36 @@ class ScriptGraph:
         if not enter(path):
             out = getattr(module, method)(*args)
         else:
-            out = self._interpret(module, path, getattr(module, method).graph, args, enter, seen)
+            graph = getattr(module, method).graph
+            values: dict[int, object] = {}
+            paths: dict[int, str] = {}
+            graph_inputs = list(graph.inputs())
+            values[graph_inputs[0].unique()] = module
+            paths[graph_inputs[0].unique()] = path
+            for value, arg in zip(graph_inputs[1:], args):
+                values[value.unique()] = arg
+            key = (module._c._type().qualified_name(), method)
+            results = self._run_block(graph, key, values, paths, path, enter, seen)
+            out = results[0] if len(results) == 1 else tuple(results)
         if path and method == "forward":
             seen(path, out)
         return out
 
-    def _interpret(self, module: torch.jit.ScriptModule, path: str, graph: torch.Graph, args: list[object],
-                   enter: Callable[[str], bool], seen: Callable[[str, object], None]) -> object:
-        values: dict[int, object] = {}
-        paths: dict[int, str] = {}
-        graph_inputs = list(graph.inputs())
-        values[graph_inputs[0].unique()] = module
-        paths[graph_inputs[0].unique()] = path
-        for value, arg in zip(graph_inputs[1:], args):
-            values[value.unique()] = arg
-        for node in graph.nodes():
+    def _run_block(self, block: torch.Graph | torch.Block, key: tuple[object, ...], values: dict[int, object],
+                   paths: dict[int, str], path: str, enter: Callable[[str], bool],
+                   seen: Callable[[str, object], None]) -> list[object]:
+        """Run a graph's (or a branch's, or a loop body's) nodes one by one; returns its outputs.
+
+        Module calls are stepped into (to see their layers); branches and loops are run here, so that
+        the modules they call are seen too; every other node (an ATen operator, a call of a scripted
+        function such as ``F.relu`` or a helper, a device or type query...) is run as TorchScript
+        compiled from that node alone, since no layer can hide inside it.
+        """
+        for number, node in enumerate(block.nodes()):
             kind = node.kind()
             inputs = [values[v.unique()] for v in node.inputs()]
             if kind == "prim::Constant":
-                outputs = [node.output().toIValue()]
+                outputs = [None if node.output().type().kind() == "FunctionType" else node.output().toIValue()]
             elif kind == "prim::GetAttr":
                 owner = node.input().unique()
                 attribute = node.s("name")
@@ -84,6 +97,12 @@ class ScriptGraph:
             elif kind == "prim::CallMethod":
                 sub_path = paths.get(node.inputsAt(0).unique(), "")
                 outputs = [self._call(inputs[0], sub_path, node.s("name"), inputs[1:], enter, seen)]
+            elif kind == "prim::If":
+                branches = list(node.blocks())
+                outputs = self._run_block(branches[0 if inputs[0] else 1], (*key, number, bool(inputs[0])),
+                                          values, paths, path, enter, seen)
+            elif kind == "prim::Loop":
+                outputs = self._loop(node, inputs, (*key, number), values, paths, path, enter, seen)
             elif kind == "prim::ListConstruct":
                 outputs = [list(inputs)]
             elif kind == "prim::TupleConstruct":
@@ -94,18 +113,42 @@ class ScriptGraph:
                 outputs = [inputs[0][inputs[1]]]
             elif kind == "prim::NumToTensor":
                 outputs = [torch.tensor(inputs[0])]
-            elif kind.startswith("aten::"):
-                result = _call_aten(node, inputs)
-                outputs = list(result) if node.outputsSize() > 1 else [result]
-            else:
+            elif any(isinstance(value, torch.jit.ScriptModule) for value in inputs) or list(node.blocks()):
                 raise FilterVizError(
-                    f"cannot step into {path or 'the model'} of this TorchScript file: it uses {kind}; "
-                    "layers inside modules with control flow are not reachable, choose a layer outside them"
-                )
+                    f"cannot step into {path or 'the model'} of this TorchScript file: it uses {kind}; layers "
+                    f"inside {path or 'it'} are not reachable, choose a layer outside it (`filterviz layers` lists "
+                    "the ones that are)")
+            else:
+                outputs = self._compiled(node, (*key, number), inputs)
             for value, output in zip(node.outputs(), outputs):
                 values[value.unique()] = output
-        results = [values[v.unique()] for v in graph.outputs()]
-        return results[0] if len(results) == 1 else tuple(results)
+        return [values[v.unique()] for v in block.outputs()]
+
+    def _loop(self, node: torch.Node, inputs: list[object], key: tuple[object, ...], values: dict[int, object],
+              paths: dict[int, str], path: str, enter: Callable[[str], bool],
+              seen: Callable[[str, object], None]) -> list[object]:
+        """A ``prim::Loop``: (trip count, condition, carried values...) in, the carried values out; the
+        body takes (iteration, carried...) and gives (condition, carried...)."""
+        (body,) = list(node.blocks())
+        trips, going, carried = inputs[0], bool(inputs[1]), list(inputs[2:])
+        body_inputs = list(body.inputs())
+        iteration = 0
+        while going and iteration < trips:
+            values[body_inputs[0].unique()] = iteration
+            for value, item in zip(body_inputs[1:], carried):
+                values[value.unique()] = item
+            results = self._run_block(body, key, values, paths, path, enter, seen)
+            going, carried = bool(results[0]), results[1:]
+            iteration += 1
+        return carried
+
+    def _compiled(self, node: torch.Node, key: tuple[object, ...], inputs: list[object]) -> list[object]:
+        """Run one node as a TorchScript function made of it alone (made once per node of a type's code)."""
+        if key not in self._functions:
+            self._functions[key] = _node_function(node)
+        function, used = self._functions[key]
+        result = function(*[inputs[index] for index in used])
+        return list(result) if node.outputsSize() > 1 else [result]
 
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         events: list[tuple[str, str, tuple[int, ...]]] = []
@@ -151,18 +194,27 @@ class ScriptGraph:
         yield run
 
 
-def _call_aten(node: torch.Node, inputs: list[object]) -> object:
-    """Call the exact overload a TorchScript node names, passing keyword-only arguments by keyword."""
-    schema = torch._C.parse_schema(node.schema())
-    packet = getattr(torch.ops.aten, schema.name.split("::", 1)[1])
-    operator = getattr(packet, schema.overload_name or "default")
-    args, kwargs = [], {}
-    for argument, value in zip(schema.arguments, inputs):
-        if argument.kwarg_only:
-            kwargs[argument.name] = value
+def _node_function(node: torch.Node) -> tuple[torch.jit.ScriptFunction, list[int]]:
+    """A TorchScript function that runs ``node`` alone, and which of its inputs it takes (in order):
+    constants (functions among them, which Python cannot hold) are copied into it instead."""
+    graph = torch._C.Graph()
+    mapped: dict[int, torch.Value] = {}
+    used: list[int] = []
+    for index, value in enumerate(node.inputs()):
+        if value.unique() in mapped:
+            continue
+        if value.node().kind() == "prim::Constant":
+            constant = graph.createClone(value.node(), lambda other: other)
+            graph.insertNode(constant)
+            mapped[value.unique()] = constant.output()
         else:
-            args.append(value)
-    return operator(*args, **kwargs)
+            mapped[value.unique()] = graph.addInput().setType(value.type())
+            used.append(index)
+    clone = graph.createClone(node, lambda value: mapped[value.unique()])
+    graph.insertNode(clone)
+    for output in clone.outputs():
+        graph.registerOutput(output)
+    return torch._C._create_function_from_graph(f"filterviz_node_{node.kind().replace(':', '_')}", graph), used
 
 
 def load_torchscript(path: Path, spec: InputSpec | None) -> LoadedModel:
