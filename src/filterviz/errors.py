@@ -54,6 +54,10 @@ class OutputError(FilterVizError):
     """An output path that cannot be written."""
 
 
+class PathError(OutputError):
+    """A path that no file can have here: empty, too long, or holding a NUL character."""
+
+
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line of text (shortened to ``limit``), to quote in a one-line message."""
     text = str(exc).strip()
