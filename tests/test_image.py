@@ -75,6 +75,21 @@ def test_stretch_maps_percentiles_to_the_full_range():
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o002, 0o664), (0o022, 0o644)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    from filterviz.image import write_atomic
+
+    previous = os.umask(umask)
+    try:
+        save_image(np.zeros((2, 2, 3), np.uint8), tmp_path / "a.png")
+        write_atomic(tmp_path / "b.txt", "text")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == mode
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.txt"]  # no temporary file left
+
+
 @pytest.mark.parametrize(("name", "message"), [
     ("a.psd", r"Pillow reads .psd files here but cannot write a color picture as one; use .png \(or another type "
               r"that Pillow writes: .jpg, .webp, "),

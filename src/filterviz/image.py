@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -269,24 +270,41 @@ def png_bytes(image: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
+_TEMP_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _open_temp(target: Path) -> tuple[int, Path]:
+    """A new temporary file next to ``target``, open for writing. Created with mode 0666, from which
+    the system takes away the umask (and applies a folder's default ACL), as for any new file; mkstemp's
+    0600 is meant for secrets, and a fixed chmod would ignore the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temp = target.parent / f".{target.name}.{''.join(secrets.choice(_TEMP_CHARACTERS) for _ in range(8))}.part"
+        try:
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target))
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then a rename, so an
-    interrupted run never leaves a half-written file. Text is written as UTF-8."""
+    interrupted run never leaves a half-written file. Text is written as UTF-8. The file gets the
+    mode of any new file (0666 less the umask)."""
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, temp = _open_temp(target)
     except OSError as exc:
-        raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {quote_path(target)}: {exc.strerror or exc}") from None
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 is meant for secrets, not pictures
         with os.fdopen(fd, "wb") as stream:
             stream.write(payload)
         os.replace(temp, target)
     except BaseException as exc:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+            raise OutputError(f"cannot write {quote_path(target)}: {exc.strerror or exc}") from None
         raise
     return target
 
