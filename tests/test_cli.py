@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,33 @@ def test_precision_and_memory_options(capsys, tmp_path):
     code, _, err = run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-1", "--max-memory", "64M",
                        "--precision", "auto", "--size", "16", "--steps", "1", "-o", out, "-q")
     assert code == 0 and os.path.exists(out)
+
+
+@pytest.mark.parametrize("argv", [
+    ["render", EMBEDDED, "stem.act", "3", "--size", "16", "--steps", "1", "--seed", "0", "-q", "-o", "{out}"],
+    ["render", EMBEDDED, "--size", "16", "stem.act", "3", "--steps", "1", "--seed", "0", "-q", "-o", "{out}"],
+    ["render", "--size", "16", "-o", "{out}", EMBEDDED, "--steps", "1", "stem.act", "-q", "--seed", "0", "3"],
+    ["render", "-q", "--device", "cpu", EMBEDDED, "--seed=0", "stem.act", "--steps", "1", "3", "--size", "16",
+     "-o", "{out}"],
+])
+def test_options_may_come_before_between_and_after_positionals(capsys, tmp_path, argv):
+    # The book's command with options first: `filterviz render vgg11 --weights random features.1 0` read
+    # "features.1 0" as unrecognized arguments, as argparse fills optional positionals from the first run.
+    out = tmp_path / "order.png"
+    reference = tmp_path / "reference.png"
+    assert run(capsys, "render", EMBEDDED, "stem.act", "3", "--size", "16", "--steps", "1", "--seed", "0", "-q",
+               "-o", str(reference))[0] == 0
+    code, _, err = run(capsys, *[str(out) if arg == "{out}" else arg for arg in argv])
+    assert code == 0, err
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_options_anywhere_in_grid_layers_and_atlas(capsys, tmp_path):
+    code, _, err = run(capsys, "grid", "-o", str(tmp_path / "g.png"), "--size", "8", EMBEDDED, "--steps", "1",
+                       "stem.act", "--filters", "0-1", "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "layers", "--size", "32", EMBEDDED)
+    assert code == 0 and "stem.act" in out, err
+    code, _, err = run(capsys, "atlas", "--layers", "stem.act", "-o", str(tmp_path / "site"), EMBEDDED, "--filters",
+                       "0", "--steps", "1", "--size", "16", "-q")
+    assert code == 0 and (tmp_path / "site" / "index.html").exists(), err

@@ -27,10 +27,27 @@ from .recipes import RECIPES, Recipe, get_recipe
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the message and where to get help), exit status 2."""
+    """argparse, but a usage error is one line (the message and where to get help), exit status 2, and
+    a command's options may come anywhere: before, between or after its positionals."""
+
+    _intermixing = False
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        # Plain argparse takes positionals in runs between options, and fills render's optional LAYER
+        # FILTER with nothing from the first run (`render vgg11 --weights random features.1 0` would
+        # leave "features.1 0" unrecognized). Each command's parser (the one without subcommands, which
+        # intermixed parsing cannot take) reads all options first, then all positionals.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _say(message: str) -> None:
