@@ -248,3 +248,19 @@ def test_options_anywhere_in_grid_layers_and_atlas(capsys, tmp_path):
     code, _, err = run(capsys, "atlas", "--layers", "stem.act", "-o", str(tmp_path / "site"), EMBEDDED, "--filters",
                        "0", "--steps", "1", "--size", "16", "-q")
     assert code == 0 and (tmp_path / "site" / "index.html").exists(), err
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    # `filterviz layers vgg16 | head -1`: the reader is gone before the listing is written.
+    import subprocess
+    import sys
+
+    import filterviz
+
+    source = str(Path(filterviz.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-m", "filterviz", "layers", EMBEDDED, "--size", "32"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == ""  # 128 + SIGPIPE, as a tool killed by it

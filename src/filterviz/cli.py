@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import typing
 import warnings
@@ -469,12 +470,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", FilterVizWarning)
             warnings.showwarning = _show_warning
             args.run(args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
     except FilterVizError as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted; every file written so far is complete (none is left half-written)")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`filterviz layers vgg16 | head -1`): stop quietly, as other command-line
+        # tools do, with the status of a process ended by SIGPIPE. Python's own flush at exit would
+        # fail again and complain, so stdout goes to /dev/null from here on.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file behind stdout (a test's capture)
+            pass
+        return 128 + 13
     return 0
 
 
