@@ -55,7 +55,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "unknown image type": (["render", EMBEDDED, "stem.act", "0", "-o", os.path.join(tmp, "a.xyz")],
                                r"unknown image type '.xyz'; use .png"),
         "bad filter list": (["grid", EMBEDDED, "stem.act", "--filters", "3-1", "-o", out],
-                            r"cannot read filters '3-1'; use .* such as 0-63"),
+                            r"cannot read filters '3-1': range 3-1 runs backwards \(write 1-3\); use .* such as 0-63"),
         "grid filter out of range": (["grid", EMBEDDED, "stem.act", "--filters", "0-40", "-o", out],
                                      r"filter 40 is out of range.*use 0-31"),
         "bad device": (["render", EMBEDDED, "stem.act", "0", "--device", "gpu0", "-o", out], r"unknown device 'gpu0'"),
@@ -76,7 +76,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "negative seed": (["render", EMBEDDED, "stem.act", "0", "--seed", "-1", "-o", out],
                           r"argument --seed: invalid non-negative integer seed value: '-1'"),
         "zero size": (["render", EMBEDDED, "stem.act", "0", "--size", "0", "-o", out],
-                      r"argument --size: invalid positive integer value: '0'"),
+                      r"argument --size: invalid image side \(1 to 8192 px\) value: '0'"),
         "demo into a file": (["demo", "-o", garbage], r"cannot write figures into .*garbage.pth': it is a file"),
     }
 
@@ -248,6 +248,19 @@ def test_options_anywhere_in_grid_layers_and_atlas(capsys, tmp_path):
     code, _, err = run(capsys, "atlas", "--layers", "stem.act", "-o", str(tmp_path / "site"), EMBEDDED, "--filters",
                        "0", "--steps", "1", "--size", "16", "-q")
     assert code == 0 and (tmp_path / "site" / "index.html").exists(), err
+
+
+def test_scales_none_switches_off_a_presets_zoom(capsys, tmp_path):
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "1", "--recipe", "lucid", "--scales", "none", "--angles",
+                       "none", "--steps", "1", "--size", "16", "-o", str(tmp_path / "a.png"), "-q")
+    assert code == 0, err
+
+
+def test_name_with_copies_writes_one_file_each(capsys, tmp_path):
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "1", "--copies", "2", "--steps", "1", "--size", "16",
+                       "-o", str(tmp_path / "{name}.png"), "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["channel_stem.act_1_0.png", "channel_stem.act_1_1.png"]
 
 
 def test_closed_pipe_ends_quietly(tmp_path):
