@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "unknown image type": (["render", EMBEDDED, "stem.act", "0", "-o", os.path.join(tmp, "a.xyz")],
                                r"unknown image type '.xyz'; use .png"),
         "bad filter list": (["grid", EMBEDDED, "stem.act", "--filters", "3-1", "-o", out],
-                            r"cannot read filters '3-1'; use .* such as 0-63"),
+                            r"cannot read filters '3-1': range 3-1 runs backwards \(write 1-3\); use .* such as 0-63"),
         "grid filter out of range": (["grid", EMBEDDED, "stem.act", "--filters", "0-40", "-o", out],
                                      r"filter 40 is out of range.*use 0-31"),
         "bad device": (["render", EMBEDDED, "stem.act", "0", "--device", "gpu0", "-o", out], r"unknown device 'gpu0'"),
@@ -75,7 +76,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "negative seed": (["render", EMBEDDED, "stem.act", "0", "--seed", "-1", "-o", out],
                           r"argument --seed: invalid non-negative integer seed value: '-1'"),
         "zero size": (["render", EMBEDDED, "stem.act", "0", "--size", "0", "-o", out],
-                      r"argument --size: invalid positive integer value: '0'"),
+                      r"argument --size: invalid image side \(1 to 8192 px\) value: '0'"),
         "demo into a file": (["demo", "-o", garbage], r"cannot write figures into .*garbage.pth': it is a file"),
     }
 
@@ -217,3 +218,62 @@ def test_precision_and_memory_options(capsys, tmp_path):
     code, _, err = run(capsys, "grid", EMBEDDED, "stem.act", "--filters", "0-1", "--max-memory", "64M",
                        "--precision", "auto", "--size", "16", "--steps", "1", "-o", out, "-q")
     assert code == 0 and os.path.exists(out)
+
+
+@pytest.mark.parametrize("argv", [
+    ["render", EMBEDDED, "stem.act", "3", "--size", "16", "--steps", "1", "--seed", "0", "-q", "-o", "{out}"],
+    ["render", EMBEDDED, "--size", "16", "stem.act", "3", "--steps", "1", "--seed", "0", "-q", "-o", "{out}"],
+    ["render", "--size", "16", "-o", "{out}", EMBEDDED, "--steps", "1", "stem.act", "-q", "--seed", "0", "3"],
+    ["render", "-q", "--device", "cpu", EMBEDDED, "--seed=0", "stem.act", "--steps", "1", "3", "--size", "16",
+     "-o", "{out}"],
+])
+def test_options_may_come_before_between_and_after_positionals(capsys, tmp_path, argv):
+    # The book's command with options first: `filterviz render vgg11 --weights random features.1 0` read
+    # "features.1 0" as unrecognized arguments, as argparse fills optional positionals from the first run.
+    out = tmp_path / "order.png"
+    reference = tmp_path / "reference.png"
+    assert run(capsys, "render", EMBEDDED, "stem.act", "3", "--size", "16", "--steps", "1", "--seed", "0", "-q",
+               "-o", str(reference))[0] == 0
+    code, _, err = run(capsys, *[str(out) if arg == "{out}" else arg for arg in argv])
+    assert code == 0, err
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_options_anywhere_in_grid_layers_and_atlas(capsys, tmp_path):
+    code, _, err = run(capsys, "grid", "-o", str(tmp_path / "g.png"), "--size", "8", EMBEDDED, "--steps", "1",
+                       "stem.act", "--filters", "0-1", "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "layers", "--size", "32", EMBEDDED)
+    assert code == 0 and "stem.act" in out, err
+    code, _, err = run(capsys, "atlas", "--layers", "stem.act", "-o", str(tmp_path / "site"), EMBEDDED, "--filters",
+                       "0", "--steps", "1", "--size", "16", "-q")
+    assert code == 0 and (tmp_path / "site" / "index.html").exists(), err
+
+
+def test_scales_none_switches_off_a_presets_zoom(capsys, tmp_path):
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "1", "--recipe", "lucid", "--scales", "none", "--angles",
+                       "none", "--steps", "1", "--size", "16", "-o", str(tmp_path / "a.png"), "-q")
+    assert code == 0, err
+
+
+def test_name_with_copies_writes_one_file_each(capsys, tmp_path):
+    code, _, err = run(capsys, "render", EMBEDDED, "stem.act", "1", "--copies", "2", "--steps", "1", "--size", "16",
+                       "-o", str(tmp_path / "{name}.png"), "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["channel_stem.act_1_0.png", "channel_stem.act_1_1.png"]
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    # `filterviz layers vgg16 | head -1`: the reader is gone before the listing is written.
+    import subprocess
+    import sys
+
+    import filterviz
+
+    source = str(Path(filterviz.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-m", "filterviz", "layers", EMBEDDED, "--size", "32"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == ""  # 128 + SIGPIPE, as a tool killed by it

@@ -73,3 +73,67 @@ def test_stretch_maps_percentiles_to_the_full_range():
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
     expected = np.clip(np.rint((x - np.percentile(x, 1)) / (np.percentile(x, 99) - np.percentile(x, 1)) * 255), 0, 255)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o002, 0o664), (0o022, 0o644)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    from filterviz.image import write_atomic
+
+    previous = os.umask(umask)
+    try:
+        save_image(np.zeros((2, 2, 3), np.uint8), tmp_path / "a.png")
+        write_atomic(tmp_path / "b.txt", "text")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == mode
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.txt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("a.psd", r"Pillow reads .psd files here but cannot write a color picture as one; use .png \(or another type "
+              r"that Pillow writes: .jpg, .webp, "),
+    ("a.xbm", r"cannot write a color picture as one"),
+    ("a.txt", r"unknown image type '.txt'"),
+    ("a", r"a file name without a type suffix"),
+    ("n" * 241 + ".png", r"is 260 bytes long \(with the 15 bytes"),
+    ("file.txt/a.png", r"'.*file.txt' is a file, not a folder"),
+])
+def test_check_writable_says_what_is_wrong(tmp_path, name, message):
+    from filterviz.image import check_writable
+
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OutputError, match=message):
+        check_writable(tmp_path / name)
+    check_writable(tmp_path / ("n" * 236 + ".png"))  # the longest name that works, with the temporary file's
+
+
+def test_writable_types_are_those_pillow_saves_in_color():
+    from filterviz.image import writable_types
+
+    types = writable_types()
+    assert {".png", ".jpg", ".jpeg", ".webp", ".tif", ".bmp", ".gif"} <= set(types)
+    assert not {".psd", ".xbm", ".txt", ""} & set(types)
+
+
+def test_check_folder_writable(tmp_path):
+    from filterviz.image import check_folder_writable
+
+    (tmp_path / "file.txt").write_text("x")
+    assert check_folder_writable(tmp_path / "new" / "deeper", "figures") == tmp_path / "new" / "deeper"
+    with pytest.raises(OutputError, match="cannot write figures into .*file.txt': it is a file; give a folder"):
+        check_folder_writable(tmp_path / "file.txt", "figures")
+    with pytest.raises(OutputError, match="file.txt' is a file, not a folder"):
+        check_folder_writable(tmp_path / "file.txt" / "sub", "figures")
+    assert os.listdir(tmp_path) == ["file.txt"]  # checks make no folder
+
+
+def test_too_large_a_picture_is_refused():
+    from filterviz.image import check_image_size
+
+    with pytest.raises(OutputError, match=r"the picture would be 20000x20000 px \(1.1 GiB of pixels\), more than "
+                                          r"the 178956970 px that Pillow opens; smaller"):
+        check_image_size("a.png", 20000, 20000, "smaller")
+    with pytest.raises(OutputError, match=r"WEBP holds at most 16383 px a side; smaller, or write .png"):
+        check_image_size("a.webp", 16384, 8, "smaller")
+    check_image_size("a.png", 16384, 8, "smaller")

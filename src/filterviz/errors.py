@@ -63,6 +63,10 @@ class InputFileError(FilterVizError):
     filterviz can use."""
 
 
+class PathError(OutputError):
+    """A path that no file can have here: empty, too long, or holding a NUL character."""
+
+
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line of text (shortened to ``limit``), to quote in a one-line message."""
     text = str(exc).strip()

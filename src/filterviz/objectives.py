@@ -445,6 +445,9 @@ def _parse_term(text: str) -> Objective:
             "joined by + and - with optional weights (0.3*...)"
         )
     weight = float(match.group(1)) if match.group(1) else 1.0
+    if not math.isfinite(weight):  # 1e999 reads as infinity, which no score can be multiplied by
+        raise FilterVizError(f"weight {match.group(1)} of objective term {text.strip()!r} is too large; use a finite "
+                             "number such as 0.3")
     kind, rest = match.group(2), match.group(3) or ""
     head, _, tail = rest.rpartition(":")  # layer names may hold ':' themselves; indices come last
     if kind == "channel":
@@ -480,9 +483,11 @@ def parse_objective(text: str) -> Objective:
     if pieces[0].strip() or len(pieces) < 3:
         _parse_term(pieces[0].strip().lstrip("+").strip() or text)  # raises, listing what is accepted
         raise FilterVizError(f"cannot read objective {text!r}; e.g. channel:block4_conv1:17 or class:207")
-    total = None
-    for sign, term in zip(pieces[1::2], pieces[2::2]):
-        part = _parse_term(term)
-        part = -1.0 * part if sign == "-" else part
-        total = part if total is None else total + part
-    return total  # type: ignore[return-value]
+    total = Objective.sum((-1.0 if sign == "-" else 1.0) * _parse_term(term)
+                          for sign, term in zip(pieces[1::2], pieces[2::2]))
+    if not total.terms:  # "0*class:1", "class:1 - class:1": every weight is 0, so no image is better than another
+        raise FilterVizError(f"objective {text.strip()!r} has nothing to maximize: its weights add up to 0 for every "
+                             "term; e.g. channel:block4_conv1:17 or class:207")
+    if not all(math.isfinite(weight) for weight, _ in total.terms):  # 1e308*tv + 1e308*tv
+        raise FilterVizError(f"objective {text.strip()!r} adds up to an infinite weight; use smaller weights")
+    return total

@@ -9,11 +9,30 @@ or ``--recipe lucid --steps 256`` on the command line.
 
 from __future__ import annotations
 
+import math
+import numbers
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .errors import FilterVizError
 from .transforms import Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale, Resize
+
+# More steps than anyone waits for: a typo (or a wrong unit) caught before hours of work.
+MAX_STEPS = 1_000_000
+# The largest image side: a square of it is about as large a picture as Pillow opens again (it refuses
+# more pixels as a decompression bomb), and far beyond what any model is rendered at.
+MAX_SIDE = 8192
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# How each field's type is named in a message.
+_TYPE_WORDS = {"int": "an integer", "int | None": "an integer or None", "float": "a number", "bool": "True or False",
+               "str": "text", "str | None": "text or None", "tuple[float, ...]": "a tuple of numbers",
+               "tuple[float, float] | None": "a pair of numbers or None"}
 
 Parameterization = Literal["pixel", "fourier", "maco"]
 Optimizer = Literal["ascent", "adam", "nadam"]
@@ -64,24 +83,35 @@ class Recipe:
 
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.parameterization in ("pixel", "fourier", "maco"), "parameterization must be pixel, fourier or maco"),
             (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
             (self.deprocess in ("book", "none", "stretch"), "deprocess must be book, none or stretch"),
-            (self.steps >= 0, "steps must be 0 or more"),
-            (self.escape_steps >= 0, "escape_steps must be 0 or more"),
+            (0 <= self.steps <= MAX_STEPS, f"steps must be 0 to {MAX_STEPS}"),
+            (0 <= self.escape_steps <= MAX_STEPS, f"escape_steps must be 0 to {MAX_STEPS}"),
             (self.views >= 1, "views must be 1 or more"),
-            (self.learning_rate == self.learning_rate and abs(self.learning_rate) != float("inf"),
-             "learning_rate must be a finite number"),
+            (math.isfinite(self.learning_rate), "learning_rate must be a finite number"),
+            # 0 would leave the start image as it is, and a negative rate would minimize the objective
+            # (negate the objective for that).
+            (self.learning_rate > 0, "learning_rate must be more than 0"),
             (min(self.pad, self.jitter, self.final_jitter) >= 0, "pad and jitter must be 0 or more"),
-            (self.size is None or self.size >= 1, "size must be at least 1 px"),
-            (self.view_size is None or self.view_size >= 1, "view_size must be at least 1 px"),
-            (self.crop is None or 0 < self.crop[0] <= self.crop[1] <= 1, "crop must be 0 < low <= high <= 1"),
-            (all(s > 0 for s in self.scales), "scales must be positive"),
+            (self.size is None or 1 <= self.size <= MAX_SIDE, f"size must be 1 to {MAX_SIDE} px"),
+            (self.view_size is None or 1 <= self.view_size <= MAX_SIDE, f"view_size must be 1 to {MAX_SIDE} px"),
+            (self.crop is None or (len(self.crop) == 2 and 0 < self.crop[0] <= self.crop[1] <= 1),
+             "crop must be 0 < low <= high <= 1"),
+            (all(math.isfinite(s) and s > 0 for s in self.scales), "scales must be positive finite numbers"),
+            (all(math.isfinite(a) for a in self.angles), "angles must be finite numbers (degrees)"),
+            # Standard deviations and penalty weights: a negative one is a mistake (a negative penalty
+            # would reward noise; to reward a regularizer, add it to the objective).
+            (math.isfinite(self.init_std) and self.init_std >= 0, "init_std must be a finite number, 0 or more"),
+            (math.isfinite(self.noise) and self.noise >= 0, "noise must be a finite number, 0 or more"),
+            (all(math.isfinite(w) and w >= 0 for w in (self.tv, self.l1, self.l2, self.blur)),
+             "tv, l1, l2 and blur must be finite numbers, 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
-                raise FilterVizError(f"recipe {self.name}: {message}")
+                raise FilterVizError(f"recipe {self._shown_name}: {message}")
 
     def check_sizes(self, size: int) -> None:
         """Refuse transforms that leave less than a pixel of a ``size`` px image, saying what would work:
@@ -108,6 +138,34 @@ class Recipe:
                                  f"{self.crop[0] * side:.2g} px "
                                  f"of the {side} px view, less than 1 px; use a smallest box (LOW) of "
                                  f"{_at_least(1 / side)} or more, or a larger --size")
+
+    def _check_types(self) -> None:
+        """Refuse a field of the wrong type (``steps="40"``, ``scales=1.1``) in one line, rather than let
+        a comparison below fail with a TypeError; numbers of other types (numpy's) and lists for tuples
+        are taken, as the plain Python values they stand for."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            kind = str(item.type)
+            if value is None and "None" in kind:
+                continue
+            if kind.startswith("tuple") and isinstance(value, (tuple, list)) and all(_is_number(v) for v in value):
+                value = tuple(float(v) for v in value)
+            elif kind.startswith("int") and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value = int(value)
+            elif kind == "float" and _is_number(value):
+                value = float(value)
+            elif not (kind == "bool" and isinstance(value, bool)
+                      or kind in ("str", "str | None") and isinstance(value, str)
+                      or kind not in _TYPE_WORDS and isinstance(value, str)):  # a Literal's choice: checked below
+                choices = typing.get_args(globals().get(kind))
+                words = f"one of {', '.join(choices)}" if choices else _TYPE_WORDS.get(kind, kind)
+                raise FilterVizError(f"recipe {self._shown_name}: {item.name} must be {words}, not {value!r}")
+            object.__setattr__(self, item.name, value)  # frozen: set once, here, as the plain value
+
+    @property
+    def _shown_name(self) -> str:
+        """The name as a message shows it: as it is, or quoted when it holds line breaks or other controls."""
+        return self.name if isinstance(self.name, str) and self.name.isprintable() else repr(self.name)
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (unknown names are an error, not ignored)."""

@@ -212,7 +212,7 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     files = list_images(images, skip=root) if images is not None else []
     check_images(files)
     _check_memory(model, atlas, wanted, chosen, chunk_size, precision, scan_batch_size if files else 0)
-    _check_folder(root)
+    check_atlas_folder(root)
     if root.is_dir():
         check_tree(root, [MANIFEST + tail for tail in ("", "-wal", "-shm")])
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
@@ -316,12 +316,16 @@ def _open_manifest(path: Path, rebuild: bool, notes: list[str]) -> Manifest:
     return manifest
 
 
-def _check_folder(root: Path) -> None:
+def check_atlas_folder(root: Path) -> None:
     """An atlas goes into a new or empty folder, or an atlas folder: it writes files of its own names
     (index.html, img/...) over whatever is there, so it must never take over a folder of other files."""
     if root.exists() and not root.is_dir():
         raise OutputError(f"cannot write an atlas into {str(root)!r}: it is a file; give a folder")
-    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
+    try:
+        taken = root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir())
+    except OSError as exc:  # a folder that cannot be listed
+        raise OutputError(f"cannot use folder {str(root)!r} for an atlas: {exc.strerror or exc}") from None
+    if taken:
         raise OutputError(f"folder {str(root)!r} is not empty and holds no atlas ({MANIFEST}); give a new or "
                           "empty folder")
 
