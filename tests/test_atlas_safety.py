@@ -255,3 +255,16 @@ def test_each_input_of_a_picture_rerenders_what_it_changes(tmp_path, photos, cha
         model.module.to("cpu")
     back = build_atlas(model, tmp_path, **options)
     assert back.rendered == 6 and site(tmp_path) == before
+
+
+def test_an_executor_without_the_protocol_is_one_line_and_writes_nothing(tmp_path):
+    from filterviz.atlas import build_atlas
+    from filterviz.errors import FilterVizError
+
+    class RunOnly:
+        def run(self, model, tasks, settings):
+            return iter(())
+
+    with pytest.raises(FilterVizError, match="executor RunOnly lacks open, close, retried"):
+        build_atlas(tiny_model(), tmp_path / "atlas", executor=RunOnly(), size=16, steps=1)
+    assert not (tmp_path / "atlas").exists()

@@ -218,8 +218,11 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
                  executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
                  scan_batch_size, progress)
-    if hasattr(plan.executor, "open"):
-        plan.executor.open()
+    missing = [name for name in ("run", "open", "close", "retried") if not hasattr(plan.executor, name)]
+    if missing:
+        raise FilterVizError(f"executor {type(plan.executor).__name__} lacks {', '.join(missing)}: an executor "
+                             "has run(), open(), close() and a retried list (see filterviz.atlas.Executor)")
+    plan.executor.open()
     try:
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -242,8 +245,7 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
         raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another atlas run writing "
                           "into this folder?") from None
     finally:
-        if hasattr(plan.executor, "close"):
-            plan.executor.close()
+        plan.executor.close()
 
 
 def _check_memory(model: LoadedModel, layers: list[AtlasLayer], filters: dict[str, list[int]], recipe: Recipe,
@@ -333,7 +335,7 @@ def check_atlas_folder(root: Path) -> None:
 def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> AtlasSummary:
     fingerprint = model_fingerprint(plan.model)
     rendered = _render_units(plan, manifest, fingerprint)
-    note = retried_note(getattr(plan.executor, "retried", ()))
+    note = retried_note(plan.executor.retried)
     if note:
         notes.append(note)
     # What a layer's examples depend on, apart from the images: what a run without images can check.

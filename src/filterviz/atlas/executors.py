@@ -72,11 +72,17 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
 
 
 class Executor(Protocol):
-    """Runs render tasks and yields their results as they finish (in any order). An executor may also
-    have ``open()`` (called before any file is written) and ``close()`` (called at the end). ``retried``
-    says which tasks it had to run again (their worker or node died), for the atlas's summary."""
+    """Runs render tasks and yields their results as they finish (in any order). ``open()`` is called
+    before any file is written (check the cluster there), ``close()`` at the end, whatever happened;
+    ``retried`` says which tasks had to run again (their worker or node died), for the atlas's summary."""
 
     retried: list[RenderTask]
+
+    def open(self) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
 
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         ...
@@ -87,6 +93,12 @@ class LocalExecutor:
 
     def __init__(self) -> None:
         self.retried: list[RenderTask] = []  # a task that fails here fails the atlas: never run again
+
+    def open(self) -> None:
+        """Nothing to start: tasks run in this process."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         for task in tasks:
