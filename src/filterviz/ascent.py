@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from .image import deprocess_image, stretch_image
 from .liveness import flat_on_probe, probe_count
 from .memory import article, budget_words, largest, memory_budget, more_memory, readable
 from .models.loaded import LoadedModel
-from .objectives import (IMAGE, Channel, ClassScore, Direction, Objective, Regularizer, batch_scores, channel,
+from .objectives import (IMAGE, ClassScore, Direction, Objective, Regularizer, batch_scores, channel,
                          parse_objective)
 from .params import FourierImage, MacoImage, PixelImage, classic_start, load_spectrum
 from .recipes import Recipe, get_recipe
@@ -224,20 +225,16 @@ def plan_batches(objectives: Sequence[Objective], batch: int) -> list[list[int]]
 
 def describe_objective(objective: Objective) -> str:
     """How a message names an objective: ``filter 3 of blocks.5`` for a single channel, else its name."""
-    if len(objective.terms) == 1 and objective.terms[0][0] == 1.0 and type(objective.terms[0][1]) is Channel:
-        term = objective.terms[0][1]
-        return f"filter {term.channel} of {term.layer}"
-    return objective.name
+    selection = single_channels([objective])
+    return f"filter {selection[1][0]} of {selection[0]}" if selection else objective.name
 
 
 def _progress_label(objectives: Sequence[Objective]) -> str:
     """What a progress bar says it renders: ``filter 3 of L``, ``64 filters of L`` or ``5 objectives``."""
     if len(objectives) == 1:
         return describe_objective(objectives[0])
-    terms = [o.terms[0][1] for o in objectives if len(o.terms) == 1 and o.terms[0][0] == 1.0]
-    if len(terms) == len(objectives) and all(type(t) is Channel for t in terms) and len({t.layer for t in terms}) == 1:
-        return f"{len(objectives)} filters of {terms[0].layer}"
-    return f"{len(objectives)} objectives"
+    selection = single_channels(objectives)
+    return f"{len(objectives)} filters of {selection[0]}" if selection else f"{len(objectives)} objectives"
 
 
 def _warn_stuck(result: "Render", redirection: Redirection | None, probe_count: int) -> None:
@@ -497,8 +494,8 @@ def _plan(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Rec
     selection = single_channels(targets) if select_channels else None
     conv_tail = find_conv_tail(model, selection[0]) if selection else None
     nhwc = memory_format == "channels_last"
-    together = max([len(group) for group in plan_batches(targets, len(targets))
-                    if targets[group[0]].batchwise] or [1])
+    # The largest set of copies that read each other (a diversity term): they must share one batch.
+    together = max(Counter(o for o in targets if o.batchwise).values(), default=1)
     budget = max_memory if max_memory is not None else model.max_memory
     with _forward_pass(model, layers, conv_tail, nhwc, escape=False) as probe:
         saved = measure_saved_bytes(model, probe.run, view, dtype)  # at small sides, then scaled
