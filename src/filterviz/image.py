@@ -1,4 +1,4 @@
-"""Image output: the book's deprocessing, grids of tiles, and atomic PNG writes."""
+"""Image output: deprocess modes (pixels to a picture), grids of tiles, and atomic PNG writes."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import io
 import os
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import OutputError, PathError, first_line
+from .plugins import Registry
 
 
 def deprocess_image(x: np.ndarray) -> np.ndarray:
@@ -37,6 +38,45 @@ def stretch_image(x: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.nda
     bottom, top = np.percentile(x, [low, high])
     scaled = (x - bottom) / max(top - bottom, 1e-12)
     return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+
+
+def as_is(x: np.ndarray) -> np.ndarray:
+    """The pixels as they are, rounded and clipped to 0..255, to uint8."""
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+class Deprocess:
+    """A deprocess mode: how an optimized image (H, W, 3), RGB pixel units, becomes a uint8 picture. A
+    recipe's ``deprocess`` field names one; ``register_deprocess(Deprocess("name", function))`` adds one."""
+
+    def __init__(self, name: str, function: Callable[[np.ndarray], np.ndarray], summary: str = "") -> None:
+        self.name = name
+        self.function = function
+        self.summary = summary
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        picture = np.asarray(self.function(pixels))
+        if picture.dtype != np.uint8 or picture.shape != np.shape(pixels):
+            raise OutputError(f"deprocess mode {self.name!r} gave a {picture.dtype} array of shape {picture.shape}; "
+                              f"it must give uint8 of the image's shape {np.shape(pixels)}")
+        return picture
+
+    def __repr__(self) -> str:
+        return f"Deprocess({self.name!r})"
+
+
+DEPROCESS: Registry[Deprocess] = Registry("deprocess mode", "filterviz.deprocess",
+                                          lambda part: isinstance(part, Deprocess), "a Deprocess instance")
+
+
+def register_deprocess(mode: Deprocess) -> Deprocess:
+    """Add a deprocess mode under its ``name``."""
+    return DEPROCESS.register(mode)
+
+
+register_deprocess(Deprocess("book", deprocess_image, "the book's deprocess_image"))
+register_deprocess(Deprocess("none", as_is, "the pixels as they are"))
+register_deprocess(Deprocess("stretch", stretch_image, "1st-99th percentile to 0..255, as MACO shows its images"))
 
 
 def make_grid(

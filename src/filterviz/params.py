@@ -1,7 +1,9 @@
 """Image parameterizations: how the optimized image is represented, and where it starts.
 
-Every parameterization is an ``nn.Module`` whose parameters are what the optimizer changes and whose
-``forward()`` returns the images as RGB pixels in 0..255, (N, 3, H, W):
+A ``Parameterization`` is a registered part: its ``create`` makes, for a batch of images, an
+``nn.Module`` whose parameters are what the optimizer changes and whose ``forward()`` returns the
+images as RGB pixels in 0..255, (N, 3, H, W). A recipe names one (``parameterization="fourier"``);
+``render(parameterization=...)`` takes an instance; ``register_parameterization`` adds one. Built in:
 
 - ``PixelImage``: the pixels themselves (the book's), starting from gray noise;
 - ``FourierImage``: a spectrum scaled by 1/frequency, in decorrelated color, through a sigmoid
@@ -19,6 +21,7 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +30,10 @@ from torch import nn
 
 from .errors import FilterVizError, InputFileError, first_line
 from .imagefiles import check_image, open_image
+from .plugins import Registry
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
 
 # Square root of the color covariance of ImageNet photos (Lucid's published estimate): columns are
 # the decorrelated color axes, scaled so that the largest has norm 1.
@@ -260,3 +267,118 @@ class MacoImage(nn.Module):
         x = torch.fft.irfft2(torch.polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
         flat = x.flatten(1)
         return (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
+
+
+class Parameterization:
+    """How a batch of optimized images is represented. A subclass has a ``name`` (what a recipe's
+    ``parameterization`` field says), the recipe fields it reads (``recipe_fields``, refused with any
+    other parameterization), and ``create``, which makes the images' module. ``importance``: whether a
+    render accumulates the per-pixel gradient magnitude (MACO's importance map). ``numbers`` feeds the
+    memory estimate that sizes batches before anything runs."""
+
+    name: ClassVar[str] = ""
+    recipe_fields: ClassVar[tuple[str, ...]] = ()
+    importance: ClassVar[bool] = False
+
+    @classmethod
+    def from_recipe(cls, recipe: "Recipe") -> "Parameterization":
+        """This parameterization with the recipe's settings (its ``recipe_fields``)."""
+        return cls()
+
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
+        """The module of ``len(keys)`` images of ``size`` px. Image ``i``'s random start comes from
+        ``(seed, keys[i])`` alone; ``start`` (N, H, W, 3) in RGB 0..255, when given, replaces it (a
+        parameterization that cannot start from an image raises FilterVizError)."""
+        raise NotImplementedError
+
+    def numbers(self, size: int) -> tuple[int, int]:
+        """For one image of ``size`` px: the numbers optimized, and the numbers its forward pass keeps
+        for the backward pass. The default assumes a pixel-sized parameter and a few intermediate images."""
+        pixels = 3 * size * size
+        return pixels, 6 * pixels
+
+
+PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry(
+    "parameterization", "filterviz.parameterizations",
+    lambda part: isinstance(part, type) and issubclass(part, Parameterization), "a Parameterization subclass")
+
+
+def register_parameterization(kind: type[Parameterization]) -> type[Parameterization]:
+    """Add a parameterization (a ``Parameterization`` subclass with a ``name``); usable as a decorator."""
+    return PARAMETERIZATIONS.register(kind)
+
+
+@register_parameterization
+class PixelParameterization(Parameterization):
+    """The pixels themselves, starting from the book's gray noise."""
+
+    name = "pixel"
+
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
+        return PixelImage(start if start is not None else classic_start(size, keys, seed))
+
+    def numbers(self, size: int) -> tuple[int, int]:
+        pixels = 3 * size * size
+        return pixels, pixels
+
+
+@register_parameterization
+class FourierParameterization(Parameterization):
+    """A 1/f-scaled spectrum in decorrelated color through a sigmoid (``FourierImage``)."""
+
+    name = "fourier"
+    recipe_fields = ("decorrelate", "init_std")
+
+    def __init__(self, std: float = 0.01, decorrelate: bool = True) -> None:
+        self.std = std
+        self.decorrelate = decorrelate
+
+    @classmethod
+    def from_recipe(cls, recipe: "Recipe") -> "FourierParameterization":
+        return cls(std=recipe.init_std, decorrelate=recipe.decorrelate)
+
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
+        image = FourierImage(size, keys, seed, std=self.std, decorrelate=self.decorrelate)
+        if start is not None:  # strictly inside 0..255, where the sigmoid can be inverted
+            image.set_image(torch.as_tensor(start).permute(0, 3, 1, 2).clamp(0.5, 254.5))
+        return image
+
+    def numbers(self, size: int) -> tuple[int, int]:
+        # the spectrum's complex numbers; kept: the spectrum, its inverse transform, the colors, the sigmoid
+        return 2 * 3 * size * (size // 2 + 1), 6 * 3 * size * size
+
+
+@register_parameterization
+class MacoParameterization(Parameterization):
+    """Only the phase, with the magnitude of natural photos (``MacoImage``); a spectrum file or folder
+    of images replaces the packaged magnitude."""
+
+    name = "maco"
+    recipe_fields = ("spectrum",)
+    importance = True
+
+    def __init__(self, spectrum: np.ndarray | str | os.PathLike[str] | None = None) -> None:
+        # A file or folder is read now, so a bad one is refused before any work.
+        self.spectrum = spectrum if isinstance(spectrum, np.ndarray) else load_spectrum(spectrum)
+
+    @classmethod
+    def from_recipe(cls, recipe: "Recipe") -> "MacoParameterization":
+        return cls(recipe.spectrum)
+
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
+        if start is not None:
+            raise FilterVizError("a MACO image starts from a random phase; start images need pixel or fourier")
+        return MacoImage(size, keys, seed, self.spectrum)
+
+    def numbers(self, size: int) -> tuple[int, int]:
+        # the phase; kept: also the standardized phase and image besides the fourier steps
+        return 3 * size * (size // 2 + 1), 10 * 3 * size * size
+
+
+def parameterization_fields() -> dict[str, Any]:
+    """Each recipe field that only some parameterizations read, with the names of those."""
+    owners: dict[str, list[str]] = {}
+    for name, kind in PARAMETERIZATIONS.parts().items():
+        for field_name in kind.recipe_fields:
+            owners.setdefault(field_name, []).append(name)
+    return owners

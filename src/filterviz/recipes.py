@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 import numbers
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any
 
 from .errors import FilterVizError
-from .transforms import Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale, Resize
+from .image import DEPROCESS
+from .optimizers import OPTIMIZERS
+from .params import PARAMETERIZATIONS, parameterization_fields
+from .plugins import Registry
+from .transforms import (Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale, Resize,
+                         parse_transform)
 
 # More steps than anyone waits for: a typo (or a wrong unit) caught before hours of work.
 MAX_STEPS = 1_000_000
@@ -32,16 +36,18 @@ def _is_number(value: Any) -> bool:
 # How each field's type is named in a message.
 _TYPE_WORDS = {"int": "an integer", "int | None": "an integer or None", "float": "a number", "bool": "True or False",
                "str": "text", "str | None": "text or None", "tuple[float, ...]": "a tuple of numbers",
-               "tuple[float, float] | None": "a pair of numbers or None"}
-
-Parameterization = Literal["pixel", "fourier", "maco"]
-Optimizer = Literal["ascent", "adam", "nadam"]
-Deprocess = Literal["book", "none", "stretch"]
+               "tuple[float, float] | None": "a pair of numbers or None", "tuple[str, ...]": "a tuple of texts"}
 
 
-def _field(default: Any, help: str) -> Any:  # noqa: A002 - "help" as argparse calls it
-    """A dataclass field with its help text (shown by ``filterviz render --help``)."""
-    return field(default=default, metadata={"help": help})
+def _field(default: Any, help: str, registry: Registry[Any] | None = None) -> Any:  # noqa: A002 - argparse's word
+    """A dataclass field with its help text (shown by ``filterviz render --help``) and, for a field that
+    names a registered part, the registry of its choices."""
+    return field(default=default, metadata={"help": help, "registry": registry})
+
+
+def field_registry(name: str) -> Registry[Any] | None:
+    """The registry whose names a recipe field takes (parameterization, optimizer, deprocess), or None."""
+    return {item.name: item.metadata.get("registry") for item in fields(Recipe)}.get(name)
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,15 @@ class Recipe:
     """
 
     name: str = _field("custom", "the preset's name")
-    parameterization: Parameterization = _field("pixel", "pixel (the book's) | fourier | maco")
+    parameterization: str = _field("pixel", "pixel (the book's) | fourier | maco, or a registered one",
+                                   PARAMETERIZATIONS)
     decorrelate: bool = _field(True, "fourier: optimize in decorrelated color")
     init_std: float = _field(0.01, "fourier: std of the start spectrum")
     spectrum: str | None = _field(None, "maco: magnitude from a .npy or a folder of images (default: packaged)")
     size: int | None = _field(None, "image side in px (default: 150, or the model's fixed input size)")
     steps: int = _field(40, "optimization steps")
-    optimizer: Optimizer = _field("ascent", "ascent: the book's x += lr * g / rms(g) | adam | nadam")
+    optimizer: str = _field("ascent", "ascent: the book's x += lr * g / rms(g) | adam | nadam, or a registered one",
+                            OPTIMIZERS)
     learning_rate: float = _field(1.0, "step size (the book's step) or the optimizer's learning rate")
     escape_steps: int = _field(0, "first steps in which an image with no gradient gets one through switched-off "
                                   "ReLUs (Lucid's redirected ReLU), to escape a flat start; 0: never, as the book")
@@ -74,20 +82,22 @@ class Recipe:
     final_jitter: int = _field(0, "a second, last random shift")
     noise: float = _field(0.0, "Gaussian noise std in pixel units")
     view_size: int | None = _field(None, "resize each view to this side before the model")
+    extra_transforms: tuple[str, ...] = _field((), "registered transforms NAME[:ARGS] applied after the ones above, "
+                                                   "before view_size (e.g. jitter:2)")
     tv: float = _field(0.0, "weight of the total-variation penalty (image in 0..1 units)")
     l1: float = _field(0.0, "weight of the L1 penalty (distance from mid-gray)")
     l2: float = _field(0.0, "weight of the L2 penalty (distance from mid-gray)")
     blur: float = _field(0.0, "weight of the blur penalty (difference from a blurred self)")
-    deprocess: Deprocess = _field("book", "the picture: book (deprocess_image) | none (the pixels as they are) "
-                                          "| stretch (1st-99th percentile to 0..255, as MACO shows its images)")
+    deprocess: str = _field("book", "the picture: book (deprocess_image) | none (the pixels as they are) "
+                                    "| stretch (1st-99th percentile to 0..255, as MACO shows its images)", DEPROCESS)
 
 
     def __post_init__(self) -> None:
         self._check_types()
         checks = [
-            (self.parameterization in ("pixel", "fourier", "maco"), "parameterization must be pixel, fourier or maco"),
-            (self.optimizer in ("ascent", "adam", "nadam"), "optimizer must be ascent, adam or nadam"),
-            (self.deprocess in ("book", "none", "stretch"), "deprocess must be book, none or stretch"),
+            *((getattr(self, name) in registry, f"{name} must be {_one_of(registry.names())}")
+              for name, registry in (("parameterization", PARAMETERIZATIONS), ("optimizer", OPTIMIZERS),
+                                     ("deprocess", DEPROCESS))),
             (0 <= self.steps <= MAX_STEPS, f"steps must be 0 to {MAX_STEPS}"),
             (0 <= self.escape_steps <= MAX_STEPS, f"escape_steps must be 0 to {MAX_STEPS}"),
             (self.views >= 1, "views must be 1 or more"),
@@ -112,6 +122,11 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise FilterVizError(f"recipe {self._shown_name}: {message}")
+        for text in self.extra_transforms:
+            try:
+                parse_transform(text)
+            except FilterVizError as exc:
+                raise FilterVizError(f"recipe {self._shown_name}: {exc}") from None
 
     def check_sizes(self, size: int) -> None:
         """Refuse transforms that leave less than a pixel of a ``size`` px image, saying what would work:
@@ -148,17 +163,19 @@ class Recipe:
             kind = str(item.type)
             if value is None and "None" in kind:
                 continue
-            if kind.startswith("tuple") and isinstance(value, (tuple, list)) and all(_is_number(v) for v in value):
+            if kind == "tuple[str, ...]" and isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+                value = tuple(value)
+            elif (kind.startswith("tuple[float") and isinstance(value, (tuple, list))
+                  and all(_is_number(v) for v in value)):
                 value = tuple(float(v) for v in value)
             elif kind.startswith("int") and isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 value = int(value)
             elif kind == "float" and _is_number(value):
                 value = float(value)
             elif not (kind == "bool" and isinstance(value, bool)
-                      or kind in ("str", "str | None") and isinstance(value, str)
-                      or kind not in _TYPE_WORDS and isinstance(value, str)):  # a Literal's choice: checked below
-                choices = typing.get_args(globals().get(kind))
-                words = f"one of {', '.join(choices)}" if choices else _TYPE_WORDS.get(kind, kind)
+                      or kind in ("str", "str | None") and isinstance(value, str)):
+                registry = item.metadata.get("registry")
+                words = _one_of(registry.names()) if registry is not None else _TYPE_WORDS.get(kind, kind)
                 raise FilterVizError(f"recipe {self._shown_name}: {item.name} must be {words}, not {value!r}")
             object.__setattr__(self, item.name, value)  # frozen: set once, here, as the plain value
 
@@ -178,7 +195,7 @@ class Recipe:
     @property
     def has_transforms(self) -> bool:
         return bool(self.views > 1 or self.pad or self.jitter or self.scales or self.angles or self.crop
-                    or self.flip or self.final_jitter or self.noise or self.view_size)
+                    or self.flip or self.final_jitter or self.noise or self.view_size or self.extra_transforms)
 
     def transforms(self) -> Compose:
         """The per-step transforms, in the documented order."""
@@ -188,14 +205,19 @@ class Recipe:
         if self.flip:
             steps.append(RandomFlip())
         steps += [Jitter(self.final_jitter), Noise(self.noise)]
+        steps += [parse_transform(text) for text in self.extra_transforms]
         if self.view_size:
             steps.append(Resize(self.view_size))
         return Compose(steps)
 
+    def unused_fields(self) -> set[str]:
+        """Fields that only other parameterizations read (``init_std`` without fourier...)."""
+        return {name for name, owners in parameterization_fields().items() if self.parameterization not in owners}
+
     def describe(self) -> str:
         """Every field that this recipe uses, one ``name = value`` per line (a parameterization's own
         fields appear only with that parameterization: ``init_std`` with fourier, ``spectrum`` with maco)."""
-        unused = {name for name, owner in _PARAMETERIZATION_FIELDS.items() if owner != self.parameterization}
+        unused = self.unused_fields()
         return "\n".join(f"{name} = {value!r}" for name, value in asdict(self).items() if name not in unused)
 
 
@@ -215,8 +237,9 @@ def _at_least(value: float) -> str:
     return text
 
 
-# Fields that only one parameterization reads.
-_PARAMETERIZATION_FIELDS = {"decorrelate": "fourier", "init_std": "fourier", "spectrum": "maco"}
+def _one_of(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
 
 LUCID_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))  # 0.9 ... 1.1
 LUCID_ANGLES = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
@@ -240,14 +263,35 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(recipe: "Recipe | str", **overrides: Any) -> Recipe:
-    """A preset by name (or a Recipe as is), with fields overridden (``None`` values are skipped)."""
+    """A preset by name (or a Recipe as is), with fields overridden (``None`` values are skipped). A field
+    that the resulting parameterization does not read is refused rather than ignored."""
     if isinstance(recipe, str):
         try:
             recipe = RECIPES[recipe]
         except KeyError:
             raise FilterVizError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}") from None
     changes = {name: value for name, value in overrides.items() if value is not None}
-    return recipe.replace(**changes) if changes else recipe
+    chosen = recipe.replace(**changes) if changes else recipe
+    ignored = sorted(set(changes) & chosen.unused_fields())
+    if ignored:
+        name = ignored[0]
+        owner = parameterization_fields()[name][0]
+        preset = next((p.name for p in RECIPES.values() if p.parameterization == owner), None)
+        flag = "--" + name.replace("_", "-")
+        raise FilterVizError(f"{flag} ({name}) goes with --parameterization {owner}; recipe {chosen._shown_name} uses "
+                             f"{chosen.parameterization} (add --parameterization {owner}"
+                             + (f", or --recipe {preset})" if preset else ")"))
+    return chosen
 
 
-__all__ = ["RECIPES", "Recipe", "get_recipe"]
+def render_size(recipe: Recipe, fixed_size: tuple[int, int] | None) -> int:
+    """The side a render has: the recipe's ``size``, else the model's fixed input size, else the book's 150."""
+    if recipe.size is not None:
+        return recipe.size
+    return fixed_size[0] if fixed_size else BOOK_SIZE
+
+
+BOOK_SIZE = 150  # px: the book's images
+
+
+__all__ = ["BOOK_SIZE", "RECIPES", "Recipe", "get_recipe", "render_size"]
