@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 import filterviz
-from filterviz import ascent, execution
+from filterviz import ascent, execution, plan
 from filterviz.atlas.examples import load_square
 from filterviz.cli import main
 from filterviz.errors import FilterVizError, MemoryBudgetError
@@ -45,7 +45,7 @@ def no_work(monkeypatch):
         assert size <= 256, f"a forward pass was measured at {size} px, not estimated from small probes"
         return measure(model, forward, size, dtype)
 
-    monkeypatch.setattr(ascent, "_render_chunk", ascent_started)
+    monkeypatch.setattr(ascent, "optimize_batch", ascent_started)
     monkeypatch.setattr(execution, "saved_bytes_per_image", small_only)
 
 
@@ -260,9 +260,9 @@ def test_a_direction_of_one_row_is_that_row_and_a_wrong_length_fails_before_work
     assert objective.terms[0][1].vector == tuple(float(v) for v in range(1, 17))
     np.save(tmp_path / "long.npy", np.ones(17))
     with pytest.raises(FilterVizError, match="has 17 numbers, but layer blocks.0 .* has 16 channels"):
-        ascent.check_render(embedded, [f"direction:blocks.0:{tmp_path / 'long.npy'}"], size=16)
+        plan.check_render(embedded, [f"direction:blocks.0:{tmp_path / 'long.npy'}"], size=16)
     with pytest.raises(FilterVizError, match="has 17 numbers, but the model's output of .* has 1000 channels"):
-        ascent.check_render(embedded, [f"direction:<output>:{tmp_path / 'long.npy'}"], size=16)
+        plan.check_render(embedded, [f"direction:<output>:{tmp_path / 'long.npy'}"], size=16)
 
 
 # -- the demo on a model with too few activation layers ----------------------------------------------------------
@@ -461,13 +461,13 @@ def test_the_estimate_from_small_probes_is_close_to_a_measurement(embedded):
 def test_the_advice_fits(embedded):
     budget = 8 * 2 ** 20
     with pytest.raises(MemoryBudgetError, match=r"use --size \d+ or less") as refusal:
-        ascent.check_render(embedded, ["channel:blocks.3:0"], size=400, max_memory=budget)
+        plan.check_render(embedded, ["channel:blocks.3:0"], size=400, max_memory=budget)
     size = int(re.search(r"--size (\d+) or less", str(refusal.value)).group(1))
-    ascent.check_render(embedded, ["channel:blocks.3:0"], size=size, max_memory=budget)  # no error
+    plan.check_render(embedded, ["channel:blocks.3:0"], size=size, max_memory=budget)  # no error
     with pytest.raises(MemoryBudgetError, match=r"use --batch-size (\d+) or less") as refusal:
-        ascent.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=8)
+        plan.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=8)
     batch = int(re.search(r"--batch-size (\d+) or less", str(refusal.value)).group(1))
-    ascent.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=batch)
+    plan.check_render(embedded, ["channel:blocks.3:0"] * 8, size=size // 2, max_memory=budget, batch_size=batch)
 
 
 # -- sizes of 1, 2 and 3 px, and no steps --------------------------------------------------------------------------

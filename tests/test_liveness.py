@@ -177,13 +177,10 @@ def test_atlas_marks_dead_and_stuck_filters_apart(tmp_path):
     assert "0 (stuck)" in page and "1 (dead)" in page
 
 
-def test_copies_that_must_meet_are_counted_per_objective(monkeypatch):
-    import filterviz.ascent as ascent
+def test_copies_that_must_meet_are_counted_per_objective():
+    from filterviz.plan import plan_render
 
-    seen = []
-    real = ascent._check_memory
-    monkeypatch.setattr(ascent, "_check_memory", lambda *args: seen.append(args[7]) or real(*args))
     a = channel("features.3", 0) + diversity("features.3")
     b = channel("features.3", 1) + diversity("features.3")
-    render(tiny_model(), [a, a, b, b, b], size=16, steps=1, seed=0)
-    assert seen == [3]  # the three copies of b, not all five images
+    plan = plan_render(tiny_model(), [a, a, b, b, b], size=16, steps=1)
+    assert plan.together == 3  # the three copies of b, not all five images

@@ -127,9 +127,11 @@ def test_no_steps_means_nothing_is_judged_dead():
     assert np.array_equal(result.activation, result.start_activation)
 
 
-def test_step_must_be_finite():
-    with pytest.raises(FilterVizError, match="step must be a finite number, not inf"):
-        render_filters(tiny_model(), "features.3", [0], size=16, step=float("inf"))
+def test_learning_rate_must_be_finite():
+    with pytest.raises(FilterVizError, match="learning_rate must be a finite number"):
+        render_filters(tiny_model(), "features.3", [0], size=16, learning_rate=float("inf"))
+    with pytest.raises(FilterVizError, match="unknown recipe field.s. step;"):  # one name for the knob
+        render_filters(tiny_model(), "features.3", [0], size=16, step=1.0)
 
 
 def test_filter_out_of_range_names_valid_range():

@@ -37,7 +37,8 @@ def generate_pattern(
 ) -> np.ndarray:
     """The image (size, size, 3) uint8 that maximizes the mean activation of one filter, as in the book."""
     loaded = load_model(model) if isinstance(model, str) else model
-    render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, step=step, seed=seed)
+    render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, learning_rate=step,
+                            seed=seed)
     return render.images[0]
 
 

@@ -24,10 +24,13 @@ from .image import check_folder_writable, check_image_size, check_path, check_wr
 from .models import DEFAULT_MODEL, describe_sources, known_models, load_model
 from .models.sources.torch_files import SUFFIXES as TORCH_SUFFIXES
 from .models.spec import PRESETS
-from .ascent import FilterRender, Render, check_filters, render, render_filters
-from .objectives import Objective, channel, diversity, parse_objective
+from .ascent import FilterRender, Render, render, render_filters
+from .plan import check_filters
+from .objectives import Objective, channel, diversity, objective_help, parse_objective
 from .execution import PRECISIONS
-from .recipes import _PARAMETERIZATION_FIELDS, MAX_SIDE, RECIPES, Recipe, get_recipe
+from .params import PARAMETERIZATIONS
+from .transforms import TRANSFORMS
+from .recipes import MAX_SIDE, RECIPES, Recipe, field_registry, get_recipe
 
 
 class _Parser(argparse.ArgumentParser):
@@ -216,12 +219,17 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata.get("help", "")
+        if item.name == "extra_transforms":  # one transform per option, added to the recipe's own
+            forms = ", ".join(kind.syntax or kind.name for kind in TRANSFORMS.parts().values())
+            group.add_argument("--transform", dest="extra_transforms", action="append", metavar="NAME[:ARGS]",
+                               help=f"add a transform after the recipe's own, before --view-size (repeatable): {forms}")
+            continue
         if item.type == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
-        choices = typing.get_args(getattr(sys.modules["filterviz.recipes"], str(item.type), None))
-        if choices:
-            group.add_argument(flag, choices=choices, default=None, help=help_text)
+        registry = field_registry(item.name)
+        if registry is not None:
+            group.add_argument(flag, choices=registry.names(), default=None, help=help_text)
         else:
             group.add_argument(flag, type=_FIELD_TYPES[str(item.type)], default=None, help=help_text)
 
@@ -229,15 +237,9 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
 def _recipe(args: argparse.Namespace) -> Recipe:
     overrides = {item.name: getattr(args, item.name, None) for item in fields(Recipe) if item.name != "name"}
     overrides["learning_rate"] = args.step
-    recipe = get_recipe(args.recipe, **overrides)
-    # A field that only another parameterization reads would be silently ignored.
-    for name, owner in _PARAMETERIZATION_FIELDS.items():
-        if overrides.get(name) is not None and recipe.parameterization != owner:
-            flag = "--" + name.replace("_", "-")
-            raise FilterVizError(f"{flag} goes with --parameterization {owner}; recipe {recipe.name} uses "
-                                 f"{recipe.parameterization} (add --parameterization {owner}, or --recipe "
-                                 f"{'lucid' if owner == 'fourier' else owner})")
-    return recipe
+    if args.extra_transforms:
+        overrides["extra_transforms"] = get_recipe(args.recipe).extra_transforms + tuple(args.extra_transforms)
+    return get_recipe(args.recipe, **overrides)  # refuses a field that the parameterization would ignore
 
 
 def _load(args: argparse.Namespace, weights: str | None = None, load_weights: bool = True) -> object:
@@ -342,7 +344,7 @@ def _outputs(args: argparse.Namespace, objectives: Sequence[Objective]) -> list[
 def _cmd_render(args: argparse.Namespace) -> None:
     objectives = _objectives(args)
     recipe = _recipe(args)
-    if args.importance is not None and recipe.parameterization != "maco":
+    if args.importance is not None and not PARAMETERIZATIONS.get(recipe.parameterization).importance:
         raise FilterVizError(f"--importance writes maco's importance map, and recipe {recipe.name} uses "
                              f"{recipe.parameterization}; add --recipe maco (or --parameterization maco), or leave "
                              "--importance out")
@@ -421,7 +423,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
         check_filters(indices, channels, args.layer, model.name)
     filters = [index for indices in ranges for index in indices]
     _check_grid_size(args, len(filters))  # after the filters' check, which says what is wrong with a huge range
-    render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, step=args.step,
+    render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.step,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                             recipe=recipe, precision=args.precision, max_memory=args.max_memory)
     save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.stuck), args.output)
@@ -519,9 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser(
         "render", parents=[common, ascent], help="render a filter, or any objectives",
         description="Render one filter (the book's command) or any objectives, with any recipe.",
-        epilog="objectives: channel:LAYER:K, neuron:LAYER:K[:Y:X], layer:LAYER, class:K, logprob:K, "
-               "direction:LAYER:FILE.npy, diversity:LAYER, tv, l1, l2, blur; combine with + and - and "
-               "weights, e.g. \"channel:block4_conv1:17 - 0.3*channel:block4_conv1:5\"")
+        epilog=objective_help())
     render.add_argument("model", type=_path)
     render.add_argument("layer", nargs="?", type=_name, help="layer name, e.g. block3_conv1 (see `filterviz layers MODEL`)")
     render.add_argument("filter", nargs="?", type=int, help="filter (channel) index")

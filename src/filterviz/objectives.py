@@ -6,6 +6,10 @@ layer, direction, diversity), the model's output (class logit or log-probability
 (regularizers: total variation, L1, L2, blur). Each image's score depends on that image alone, except
 for diversity, which compares it with the other images of the batch that share its objective.
 
+Term kinds are registered parts: each declares its text syntax (``channel:LAYER:K``) and reads it in
+``parse``; ``parse_objective``, its error messages and the command line's help are made from the
+registry, and ``register_term`` adds a kind.
+
 >>> objective = channel("block4_conv1", 17) - 0.3 * channel("block4_conv1", 5)
 >>> objective.name
 'channel(block4_conv1,17) - 0.3*channel(block4_conv1,5)'
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from .errors import FilterVizError, InputFileError, first_line
 from .layers import OUTPUT
+from .plugins import Registry
 
 IMAGE = "<image>"  # the image being optimized (RGB 0..255), as a layer name for regularizers
 
@@ -40,10 +45,13 @@ class Rows:
 
 
 class Term:
-    """One scored quantity. ``layer`` is what it reads; ``score`` returns a scalar for one image."""
+    """One scored quantity: a frozen dataclass. ``layer`` is what it reads (a layer name, ``OUTPUT`` or
+    ``IMAGE``); ``score`` returns a scalar for one image from that layer's batch; ``label`` names it.
+    ``syntax`` lists its text forms (``"channel:LAYER:K"``; the word before the first colon is the
+    kind's name) and ``parse`` reads one of them."""
 
     layer: str
-    kind: ClassVar[str]
+    syntax: ClassVar[tuple[str, ...]] = ()
     # Whether an image's score reads the other images of its batch (diversity): such images must be
     # optimized in one batch, whatever the batch size.
     batchwise: ClassVar[bool] = False
@@ -54,18 +62,69 @@ class Term:
     def label(self) -> str:
         raise NotImplementedError
 
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Term":
+        """The term that ``KIND:ARGS`` names (``args``: the text after the first colon, "" if none);
+        a one-line FilterVizError for anything else."""
+        raise NotImplementedError
+
+
+def _kinds(term: type[Term]) -> tuple[str, ...]:
+    return tuple(form.split(":")[0] for form in term.syntax)
+
+
+TERMS: Registry[type[Term]] = Registry("objective term", "filterviz.terms",
+                                       lambda part: isinstance(part, type) and issubclass(part, Term)
+                                       and bool(part.syntax), "a Term subclass with a syntax", _kinds)
+
+
+def register_term(kind: type[Term]) -> type[Term]:
+    """Add a kind of objective term (a ``Term`` subclass with ``syntax`` and ``parse``); usable as a decorator."""
+    return TERMS.register(kind)
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise FilterVizError(f"{what} must be an integer, not {text!r}") from None
+
+
+def _layer_and_index(kind: str, args: str, syntax: str, needs: str = "an index") -> tuple[str, str]:
+    """``LAYER:LAST`` split at its last colon (layer names may hold colons themselves)."""
+    head, _, tail = args.rpartition(":")
+    if not head:
+        raise FilterVizError(f"{kind} needs a layer and {needs}: {syntax}, not {f'{kind}:{args}' if args else kind!r}")
+    return head, tail
+
+
+def _layer(kind: str, args: str) -> str:
+    if not args:
+        raise FilterVizError(f"{kind} needs a layer: {kind}:LAYER")
+    return args
+
+
+def _only_term(objective: "Objective") -> Term:
+    return objective.terms[0][1]
+
 
 def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1) if x.ndim > 1 else x
 
 
+@register_term
 @dataclass(frozen=True)
 class Channel(Term):
     """Mean activation of one channel over all positions: the book's loss."""
 
     layer: str
     channel: int
-    kind: ClassVar[str] = "channel"
+    syntax: ClassVar[tuple[str, ...]] = ("channel:LAYER:K",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Channel":
+        head, tail = _layer_and_index(kind, args, cls.syntax[0])
+        return cls(head, _int(tail, "a channel index"))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         return _spatial_mean(data[rows.views, self.channel]).mean()
@@ -74,6 +133,7 @@ class Channel(Term):
         return f"channel({self.layer},{self.channel})"
 
 
+@register_term
 @dataclass(frozen=True)
 class Neuron(Term):
     """One channel's activation at one position (default: the center of the layer's map)."""
@@ -82,7 +142,16 @@ class Neuron(Term):
     channel: int
     y: int | None = None
     x: int | None = None
-    kind: ClassVar[str] = "neuron"
+    syntax: ClassVar[tuple[str, ...]] = ("neuron:LAYER:K[:Y:X]",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Neuron":
+        parts = args.split(":")
+        if len(parts) >= 4 and parts[-1].lstrip("-").isdigit() and parts[-2].lstrip("-").isdigit():
+            return cls(":".join(parts[:-3]), _int(parts[-3], "a channel index"), _int(parts[-2], "y"),
+                       _int(parts[-1], "x"))
+        head, tail = _layer_and_index(kind, args, cls.syntax[0])
+        return cls(head, _int(tail, "a channel index"))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         picked = data[rows.views, self.channel]
@@ -101,12 +170,17 @@ class Neuron(Term):
         return f"neuron({self.layer},{self.channel}{where})"
 
 
+@register_term
 @dataclass(frozen=True)
 class LayerPower(Term):
     """Mean squared activation of a whole layer: DeepDream's objective."""
 
     layer: str
-    kind: ClassVar[str] = "layer"
+    syntax: ClassVar[tuple[str, ...]] = ("layer:LAYER",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "LayerPower":
+        return cls(_layer(kind, args))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         return data[rows.views].square().mean()
@@ -115,6 +189,7 @@ class LayerPower(Term):
         return f"layer({self.layer})"
 
 
+@register_term
 @dataclass(frozen=True)
 class ClassScore(Term):
     """A class's logit, or its log-probability (which also pushes the other classes down)."""
@@ -122,7 +197,11 @@ class ClassScore(Term):
     index: int
     log_probability: bool = False
     layer: str = OUTPUT
-    kind: ClassVar[str] = "class"
+    syntax: ClassVar[tuple[str, ...]] = ("class:K", "logprob:K")
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "ClassScore":
+        return cls(_int(args, "a class index"), log_probability=kind == "logprob")
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         logits = data[rows.views].reshape(data[rows.views].shape[0], -1)
@@ -136,6 +215,7 @@ class ClassScore(Term):
         return f"{'logprob' if self.log_probability else 'class'}({self.index})"
 
 
+@register_term
 @dataclass(frozen=True)
 class Direction(Term):
     """The activation vector's dot product with a unit direction in channel space, mean over positions.
@@ -144,7 +224,12 @@ class Direction(Term):
     layer: str
     vector: tuple[float, ...]
     source: str = field(default="", compare=False)
-    kind: ClassVar[str] = "direction"
+    syntax: ClassVar[tuple[str, ...]] = ("direction:LAYER:FILE.npy",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Direction":
+        head, tail = _layer_and_index(kind, args, cls.syntax[0], needs="a file")
+        return _only_term(direction(head, load_direction(tail).tolist(), tail))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         picked = data[rows.views]
@@ -166,14 +251,19 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return (flat @ flat.transpose(1, 2) / flat.shape[2]).reshape(x.shape[0], -1)
 
 
+@register_term
 @dataclass(frozen=True)
 class Diversity(Term):
     """Minus the mean cosine similarity of this image's Gram matrix to those of the other images with
     the same objective: rewards a batch of copies for differing in style."""
 
     layer: str
-    kind: ClassVar[str] = "diversity"
+    syntax: ClassVar[tuple[str, ...]] = ("diversity:LAYER",)
     batchwise: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Diversity":
+        return cls(_layer(kind, args))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         others = [peer for peer in rows.peers if peer != rows.views]
@@ -193,6 +283,7 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
 
 
+@register_term
 @dataclass(frozen=True)
 class Regularizer(Term):
     """A property of the image itself, in 0..1 units; subtract it to penalize: ``obj - 0.1 * tv()``.
@@ -203,8 +294,14 @@ class Regularizer(Term):
 
     name: str
     layer: str = IMAGE
-    kind: ClassVar[str] = "regularizer"
-    NAMES: ClassVar[tuple[str, ...]] = ("tv", "l1", "l2", "blur")
+    syntax: ClassVar[tuple[str, ...]] = ("tv", "l1", "l2", "blur")
+    NAMES: ClassVar[tuple[str, ...]] = syntax
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Regularizer":
+        if args:
+            raise FilterVizError(f"{kind} takes no layer or index: write {kind}, not {kind}:{args}")
+        return cls(kind)
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         x = data[rows.image: rows.image + 1] / 255.0
@@ -424,62 +521,53 @@ def batch_scores(objectives: Sequence[Objective], data: Mapping[str, torch.Tenso
     return torch.stack(scores)
 
 
-_KINDS = ("channel", "neuron", "layer", "class", "logprob", "direction", "diversity", "tv", "l1", "l2", "blur")
-_SPLIT = re.compile(r"\s*([+-])\s*(?=(?:\d+(?:\.\d*)?(?:e-?\d+)?\s*\*\s*)?(?:%s)\b)" % "|".join(_KINDS))
-_TERM = re.compile(r"^(?:(\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)\s*\*\s*)?([a-z0-9]+)(?::(.*))?$")
+_WEIGHT = r"(?:\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)"
+_TERM = re.compile(r"^(?:(%s)\s*\*\s*)?([a-z][a-z0-9_]*)(?::(.*))?$" % _WEIGHT)
 
 
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise FilterVizError(f"{what} must be an integer, not {text!r}") from None
+def _splitter(kinds: tuple[str, ...]) -> re.Pattern[str]:
+    """Splits an objective at the + and - that start a term (a layer name may hold - itself)."""
+    return re.compile(r"\s*([+-])\s*(?=(?:\d+(?:\.\d*)?(?:e-?\d+)?\s*\*\s*)?(?:%s)\b)"
+                      % "|".join(sorted(kinds, key=len, reverse=True)))
+
+
+def term_syntax() -> list[str]:
+    """Every registered text form of a term, in registration order."""
+    return [form for kind in dict.fromkeys(TERMS.parts().values()) for form in kind.syntax]
+
+
+def objective_help() -> str:
+    """The objective syntax, for the command line's help."""
+    return (f"objectives: {', '.join(term_syntax())}; combine with + and - and weights, e.g. "
+            "\"channel:block4_conv1:17 - 0.3*channel:block4_conv1:5\"")
 
 
 def _parse_term(text: str) -> Objective:
     match = _TERM.match(text.strip())
-    if not match or match.group(2) not in _KINDS:
+    kinds = TERMS.parts()
+    if not match or match.group(2) not in kinds:
+        forms = term_syntax()
         raise FilterVizError(
-            f"cannot read objective term {text.strip()!r}; use channel:LAYER:K, neuron:LAYER:K[:Y:X], "
-            "layer:LAYER, class:K, logprob:K, direction:LAYER:FILE.npy, diversity:LAYER, tv, l1, l2 or blur, "
+            f"cannot read objective term {text.strip()!r}; use {', '.join(forms[:-1])} or {forms[-1]}, "
             "joined by + and - with optional weights (0.3*...)"
         )
     weight = float(match.group(1)) if match.group(1) else 1.0
     if not math.isfinite(weight):  # 1e999 reads as infinity, which no score can be multiplied by
         raise FilterVizError(f"weight {match.group(1)} of objective term {text.strip()!r} is too large; use a finite "
                              "number such as 0.3")
-    kind, rest = match.group(2), match.group(3) or ""
-    head, _, tail = rest.rpartition(":")  # layer names may hold ':' themselves; indices come last
-    if kind == "channel":
-        if not head:
-            raise FilterVizError(f"channel needs a layer and an index: channel:LAYER:K, not {text.strip()!r}")
-        return weight * channel(head, _int(tail, "a channel index"))
-    if kind == "neuron":
-        parts = rest.split(":")
-        if len(parts) >= 4 and parts[-1].lstrip("-").isdigit() and parts[-2].lstrip("-").isdigit():
-            return weight * neuron(":".join(parts[:-3]), _int(parts[-3], "a channel index"),
-                                   _int(parts[-2], "y"), _int(parts[-1], "x"))
-        if not head:
-            raise FilterVizError(f"neuron needs a layer and an index: neuron:LAYER:K[:Y:X], not {text.strip()!r}")
-        return weight * neuron(head, _int(tail, "a channel index"))
-    if kind in ("class", "logprob"):
-        index = _int(rest, "a class index")
-        return weight * (class_logit(index) if kind == "class" else class_logprob(index))
-    if kind == "direction":
-        if not head:
-            raise FilterVizError(f"direction needs a layer and a file: direction:LAYER:FILE.npy, not {text.strip()!r}")
-        return weight * direction(head, load_direction(tail).tolist(), tail)
-    if kind in ("layer", "diversity"):
-        if not rest:
-            raise FilterVizError(f"{kind} needs a layer: {kind}:LAYER")
-        return weight * (layer(rest) if kind == "layer" else diversity(rest))
-    return weight * Objective.of(Regularizer(kind))
+    kind = match.group(2)
+    term = kinds[kind].parse(kind, match.group(3) or "")
+    if not isinstance(term, Term):
+        raise FilterVizError(f"objective term kind {kind!r} ({kinds[kind].__qualname__}.parse) gave "
+                             f"{type(term).__name__}, not a Term")
+    return weight * Objective.of(term)
 
 
 def parse_objective(text: str) -> Objective:
     """Read an objective from text: ``"channel:block4_conv1:17 - 0.3*channel:block4_conv1:5"``."""
     body = text.strip()
-    pieces = _SPLIT.split(body if body[:1] in "+-" and body else " + " + body)  # ["", sign, term, ...]
+    split = _splitter(tuple(TERMS.parts()))
+    pieces = split.split(body if body[:1] in "+-" and body else " + " + body)  # ["", sign, term, ...]
     if pieces[0].strip() or len(pieces) < 3:
         _parse_term(pieces[0].strip().lstrip("+").strip() or text)  # raises, listing what is accepted
         raise FilterVizError(f"cannot read objective {text!r}; e.g. channel:block4_conv1:17 or class:207")

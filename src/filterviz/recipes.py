@@ -210,6 +210,14 @@ class Recipe:
             steps.append(Resize(self.view_size))
         return Compose(steps)
 
+    def fields(self) -> dict[str, Any]:
+        """Every field by name, as recorded in an atlas (its pages and fingerprints); ``extra_transforms``
+        only when it holds any, so that what was recorded before the field existed stays the same."""
+        values = asdict(self)
+        if not values["extra_transforms"]:
+            del values["extra_transforms"]
+        return values
+
     def unused_fields(self) -> set[str]:
         """Fields that only other parameterizations read (``init_std`` without fourier...)."""
         return {name for name, owners in parameterization_fields().items() if self.parameterization not in owners}

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..ascent import check_render
+from ..plan import check_render
 from ..errors import FilterVizError, MemoryBudgetError, OutputError
 from ..execution import autocast_dtype
 from ..memory import budget_words, largest, memory_budget, more_memory, readable
@@ -91,7 +91,7 @@ def _hash(*parts: object) -> str:
 
 
 def _recipe_fields(recipe: Recipe) -> dict[str, Any]:
-    fields = asdict(recipe)
+    fields = recipe.fields()
     fields.pop("name")  # a name changes no pixel
     return fields
 

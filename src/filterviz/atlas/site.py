@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..recipes import Recipe
@@ -179,7 +179,7 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
         f'<figure><a href="{n}.html"><img loading="lazy" src="../../{_e(unit_image(layer, n))}" width="96" '
         f'height="96" alt="filter {n}"></a><figcaption>{n}</figcaption></figure>' for n in nearby)
     recipe = "".join(f"<tr><td>{_e(name)}</td><td>{_e(repr(value))}</td></tr>"
-                     for name, value in asdict(info.recipe).items())
+                     for name, value in info.recipe.fields().items())
     small = ' class="small"' if info.size < 112 else ""  # shown enlarged: keep its pixels sharp
     dead = ("<dt>dead</dt><dd>it takes the same value on every probe image (natural photos and strong noise): "
             "no picture can show it</dd>" if unit.dead else
