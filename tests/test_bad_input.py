@@ -8,7 +8,6 @@ import argparse
 import math
 import os
 import re
-import typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from filterviz import cli
-from filterviz.cli import main, parse_filters
+from filterviz.arguments import parse_filters
+from filterviz.cli import main
 from filterviz.errors import FilterVizError
 from filterviz.objectives import Objective, parse_objective
 from filterviz.recipes import RECIPES, Recipe, get_recipe
@@ -376,15 +376,22 @@ def test_parse_filters_reads_or_refuses_any_text(text):
         assert all(_FILTER_PART.fullmatch(part) for part in text.split(",")), text
 
 
-def _values_of(kind: str) -> st.SearchStrategy:
+def _values_of(name: str, kind: str) -> st.SearchStrategy:
     """Random values of a recipe field's type, its edges included (nan, infinities, huge, negative)."""
+    from filterviz.recipes import field_registry
+
     numbers = st.one_of(st.floats(), st.integers(-10 ** 20, 10 ** 20))
-    choices = typing.get_args(getattr(__import__("filterviz.recipes", fromlist=["x"]), kind, None))
+    registry = field_registry(name)
+    choices = registry.names() if registry is not None else ()
+    transforms = st.sampled_from(["jitter:", "pad:3", "scale:", "rotate:5,", "crop:0.5,1", "flip", "noise:-1",
+                                  "resize:0", "resize:8", "nope"])
     by_kind = {
         "int": st.integers(-10 ** 20, 10 ** 20), "int | None": st.none() | st.integers(-10 ** 20, 10 ** 20),
         "float": st.floats(), "bool": st.booleans(), "str": st.text(), "str | None": st.none() | st.text(),
         "tuple[float, ...]": st.lists(numbers, max_size=5).map(tuple),
         "tuple[float, float] | None": st.none() | st.tuples(numbers, numbers),
+        "tuple[str, ...]": st.lists(transforms | (transforms.flatmap(lambda t: st.text(max_size=4).map(t.__add__))),
+                                    max_size=3).map(tuple),
     }
     if choices:
         return st.sampled_from(choices) | st.text()
@@ -397,7 +404,7 @@ _FIELDS = {item.name: str(item.type) for item in fields(Recipe)}
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(list(RECIPES)), field=st.sampled_from(sorted(_FIELDS)))
 def test_recipe_overrides_give_a_recipe_or_one_error(data, name, field):
-    value = data.draw(_values_of(_FIELDS[field]), label=field)
+    value = data.draw(_values_of(field, _FIELDS[field]), label=field)
     recipe = _one_error(get_recipe, name, **{field: value})
     if recipe is not None:  # a recipe that can run: finite numbers, positive where they must be
         assert isinstance(recipe, Recipe)

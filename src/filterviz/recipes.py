@@ -286,7 +286,7 @@ def get_recipe(recipe: "Recipe | str", **overrides: Any) -> Recipe:
         owner = parameterization_fields()[name][0]
         preset = next((p.name for p in RECIPES.values() if p.parameterization == owner), None)
         flag = "--" + name.replace("_", "-")
-        raise FilterVizError(f"{flag} ({name}) goes with --parameterization {owner}; recipe {chosen._shown_name} uses "
+        raise FilterVizError(f"{flag} goes with --parameterization {owner}; recipe {chosen._shown_name} uses "
                              f"{chosen.parameterization} (add --parameterization {owner}"
                              + (f", or --recipe {preset})" if preset else ")"))
     return chosen
