@@ -131,17 +131,55 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
 
 
 def test_readme_extending_blocks_run(monkeypatch, tmp_path):
+    """The Extending section's blocks run, and each part they register is what the render used: the
+    scores are recomputed here from the parts' own definitions, and the command line knows them."""
+    import numpy as np
+    from PIL import Image
+
+    from filterviz import image, objectives, optimizers, params
+    from filterviz import transforms as transforms_module
     from filterviz.models import sources
 
     monkeypatch.setattr(sources, "_added", [])  # what the blocks register is gone after the test
+    for registry in (params.PARAMETERIZATIONS, objectives.TERMS, transforms_module.TRANSFORMS,
+                     optimizers.OPTIMIZERS, image.DEPROCESS):
+        monkeypatch.setattr(registry, "_parts", dict(registry._parts))
     monkeypatch.chdir(tmp_path)
     text = README.read_text()
     section = re.search(r"^## Extending\n(.*?)^## ", text, flags=re.S | re.M).group(1)
     blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
-    assert blocks
+    assert len(blocks) == 4
     namespace: dict[str, object] = {"__name__": "readme_extending"}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "README.md", "exec", dont_inherit=True), namespace)
     render = namespace["render"]
     assert render.model == "zoo:resnet18" and (render.activation > render.start_activation).all()
     assert any(type(s).__name__ == "RandomZoo" for s in filterviz.model_sources())
+
+    model, layer = namespace["model"], "blocks.3.depthwise.act"
+    with torch.no_grad(), model.truncated(layer) as run:
+        # The parameterization: the render started from the image that Coarse makes.
+        start = namespace["Coarse"]().create(64, [0], 0)().to(model.dtype)
+        assert namespace["smooth"].start_score[0] == pytest.approx(run(start)[0, 5].mean().item(), rel=1e-5)
+        # The term: its score is the central half of the channel's map, less 0.1 of the total variation.
+        centered = namespace["centered"]
+        pixels = torch.as_tensor(centered.pixels).permute(0, 3, 1, 2).to(model.dtype)
+        maps = run(pixels)[0, 5]
+        side = maps.shape[-1]
+        x = pixels / 255
+        tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()).item()
+        expected = maps[side // 4: side - side // 4, side // 4: side - side // 4].mean().item() - 0.1 * tv
+        assert centered.score[0] == pytest.approx(expected, rel=1e-4)
+    # The transform and the objects: each changes the picture from the recipe's own.
+    plain = filterviz.render(model, [f"channel:{layer}:5"], "lucid", size=64, steps=16, seed=0)
+    assert not np.array_equal(plain.pixels, namespace["shifted"].pixels)
+    assert not np.array_equal(plain.pixels, namespace["own"].pixels)
+    # The command line takes the registered names, and draws the same picture as the API.
+    command = ["render", "efficientnet-lite0", "--objective", f"center:{layer}:5", "--recipe", "lucid",
+               "--parameterization", "coarse", "--transform", "colorshift:20", "--size", "32", "--steps", "3",
+               "--seed", "0", "-q", "-o", str(tmp_path / "f.png")]
+    assert main(command) == 0
+    same = filterviz.render(model, [f"center:{layer}:5"], "lucid", parameterization="coarse",
+                            extra_transforms=("colorshift:20",), size=32, steps=3, seed=0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "f.png")), same.images[0])
+    assert "center:LAYER:K" in filterviz.objectives.objective_help()
