@@ -194,7 +194,7 @@ _FIELD_TYPES: dict[str, Callable[[str], object]] = {
     "int": _non_negative, "int | None": _side, "float": _finite, "str | None": _path,
     "tuple[float, ...]": _numbers, "tuple[float, float] | None": _pair,
 }
-# Fields with options of their own: --steps, --size, and --step (the book's name for the learning rate).
+# Fields with options of their own: --steps, --size, and --learning-rate (also --lr, and --step, the book's word).
 _OWN_OPTIONS = {"name", "steps", "size", "learning_rate"}
 
 
@@ -225,7 +225,6 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe the command line names: a preset with its fields overridden."""
     overrides = {item.name: getattr(args, item.name, None) for item in fields(Recipe) if item.name != "name"}
-    overrides["learning_rate"] = args.step
     if args.extra_transforms:
         overrides["extra_transforms"] = get_recipe(args.recipe).extra_transforms + tuple(args.extra_transforms)
     return get_recipe(args.recipe, **overrides)  # refuses a field that the parameterization would ignore
@@ -284,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     optimize = _Parser(add_help=False)  # what every rendering command takes
     optimize.add_argument("--steps", type=int, help="ascent steps (default: the recipe's; 40 for classic)")
-    optimize.add_argument("--step", "--learning-rate", "--lr", type=_finite, dest="step",
-                        help="step size or learning rate (default: the recipe's; 1.0 for classic)")
+    optimize.add_argument("--learning-rate", "--lr", "--step", type=_finite, dest="learning_rate",
+                        help="the learning rate: the book's step size, or the optimizer's rate; --lr and --step "
+                             "(the book's word) are the same option (default: the recipe's; 1.0 for classic)")
     optimize.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
     optimize.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "

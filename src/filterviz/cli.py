@@ -123,7 +123,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     # after the filters' check, which says what is wrong with a huge range
     check_tiles(args.output, len(filters), args.size, args.per_row, args.margin,
                 "use a smaller --margin, --size or --per-row, or fewer --filters")
-    render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.step,
+    render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.learning_rate,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                             recipe=recipe, precision=args.precision, max_memory=args.max_memory)
     save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.stuck), args.output)

@@ -34,7 +34,7 @@ from ..memory import budget_words, largest, memory_budget, more_memory, readable
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
 from ..objectives import channel
-from ..recipes import Recipe, get_recipe
+from ..recipes import Recipe, get_recipe, render_size
 from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
                        receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
@@ -193,7 +193,7 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
                  overrides: dict[str, Any]) -> AtlasSummary:
     started = time.monotonic()
     chosen = get_recipe(recipe, **overrides)
-    side = chosen.size or (model.spec.fixed_size[0] if model.spec.fixed_size else 150)
+    side = render_size(chosen, model.spec.fixed_size)
     chosen = chosen.replace(size=side)
     if chunk_size < 1 or top_k < 1 or scan_batch_size < 1:
         raise FilterVizError("chunk size, top-k and scan batch size must be 1 or more")
