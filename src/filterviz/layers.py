@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
@@ -93,6 +94,14 @@ class LayerGraph(Protocol):
     def kind(self, name: str) -> str:
         """What kind of layer ``name`` (a native name) is: its class name."""
 
+    def module(self, name: str) -> nn.Module | None:
+        """The ``nn.Module`` behind layer ``name`` (a native name), or None where there is none (a name
+        it does not know, or a graph whose layers are not modules)."""
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        """Every layer's ``nn.Module`` by native name, in the order of ``names`` (empty for a graph
+        whose layers are not modules); read-only."""
+
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         """Run the whole model once; every layer call's output, keyed by layer name, in forward order."""
 
@@ -109,13 +118,19 @@ class ModuleGraph:
 
     def __init__(self, root: nn.Module, modules: Mapping[str, nn.Module] | None = None) -> None:
         self.root = root
-        self.modules = dict(modules) if modules is not None else {n: m for n, m in root.named_modules() if n}
+        self._layers = dict(modules) if modules is not None else {n: m for n, m in root.named_modules() if n}
 
     def names(self) -> list[str]:
-        return list(self.modules)
+        return list(self._layers)
 
     def kind(self, name: str) -> str:
-        return type(self.modules[name]).__name__
+        return type(self._layers[name]).__name__
+
+    def module(self, name: str) -> nn.Module | None:
+        return self._layers.get(name)
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return MappingProxyType(self._layers)
 
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         events: list[tuple[str, str, tuple[int, ...]]] = []
@@ -128,7 +143,7 @@ class ModuleGraph:
             return record
 
         try:
-            for name, module in self.modules.items():
+            for name, module in self._layers.items():
                 handles.append(module.register_forward_hook(recorder(name)))
             with torch.no_grad():
                 self.root(inputs)
@@ -153,7 +168,7 @@ class ModuleGraph:
                         raise StopForward
             return record
 
-        handles = [self.modules[name].register_forward_hook(hook(name)) for name in {n for n, _ in wanted}]
+        handles = [self._layers[name].register_forward_hook(hook(name)) for name in {n for n, _ in wanted}]
 
         def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
             captured.clear()

@@ -149,7 +149,7 @@ class LoadedModel:
         """Whether ``layer`` is an activation, or ends in one (a Keras ``Conv2D(..., activation="relu")``)."""
         if self.layer_kind(layer) in ACTIVATIONS:
             return True
-        module = getattr(self.graph, "modules", {}).get(split_call(self.resolve(layer))[0])
+        module = self.graph.module(split_call(self.resolve(layer))[0])
         activation = getattr(module, "activation", None)
         return callable(activation) and getattr(activation, "__name__", "linear") != "linear"
 

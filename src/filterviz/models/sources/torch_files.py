@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -42,15 +43,21 @@ class ScriptGraph:
 
     def __init__(self, root: torch.jit.ScriptModule) -> None:
         self.root = root
-        self.modules = {name: module for name, module in root.named_modules() if name}
+        self._layers = {name: module for name, module in root.named_modules() if name}
         # One compiled function per node that is run alone, by (module type, method, node numbers).
         self._functions: dict[tuple[object, ...], tuple[torch.jit.ScriptFunction, list[int]]] = {}
 
     def names(self) -> list[str]:
-        return list(self.modules)
+        return list(self._layers)
 
     def kind(self, name: str) -> str:
-        return self.modules[name].original_name
+        return self._layers[name].original_name
+
+    def module(self, name: str) -> nn.Module | None:
+        return self._layers.get(name)
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return MappingProxyType(self._layers)
 
     def _call(self, module: torch.jit.ScriptModule, path: str, method: str, args: list[object],
               enter: Callable[[str], bool], seen: Callable[[str, object], None]) -> object:
@@ -154,7 +161,7 @@ class ScriptGraph:
         events: list[tuple[str, str, tuple[int, ...]]] = []
 
         def seen(path: str, out: object) -> None:
-            kind = self.kind(path) if path in self.modules else "?"
+            kind = self.kind(path) if path in self._layers else "?"
             events.append((path, kind, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
 
         with torch.no_grad():
