@@ -5,14 +5,15 @@ a ReLU shared by a ResNet block's branches) has one layer per call: ``layer1.0.r
 call, ``layer1.0.relu#2`` its second. Running "up to a layer" records the layer's output and then ends
 the forward pass, so nothing after the layer is computed. How a model is reached inside is a
 ``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
-ONNX graphs), which are always removed when the context ends.
+ONNX graphs), which are always removed when the context ends; ``ScriptGraph`` (TorchScript files) steps
+through compiled graphs. Both probe and capture through ``WatchedGraph``, written once.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -110,7 +111,73 @@ class LayerGraph(Protocol):
         numbers) and ``OUTPUT``; nothing runs after the last of them."""
 
 
-class ModuleGraph:
+Seen = Callable[[str, object], None]  # told (native name, output) as each call of a watched layer ends
+
+
+class WatchedGraph:
+    """``probe`` and ``capture`` of a LayerGraph, written once over the one thing each graph does its
+    own way: ``watch``, a forward pass that reports the calls of chosen layers as they end."""
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def kind(self, name: str) -> str:
+        raise NotImplementedError
+
+    def watch(self, layers: Collection[str] | None, seen: Seen) -> AbstractContextManager[Callable[[torch.Tensor], object]]:
+        """A context yielding ``forward(inputs) -> the model's output``, which tells ``seen`` of every call
+        of ``layers`` (native names; None: of every module called) as it ends. An exception that
+        ``seen`` raises (``StopForward``) ends the forward pass there."""
+        raise NotImplementedError
+
+    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
+        events: list[tuple[str, str, tuple[int, ...]]] = []
+        known = set(self.names())
+
+        def seen(name: str, output: object) -> None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+            events.append((name, self.kind(name) if name in known else "?", shape))
+
+        with self.watch(None, seen) as forward, torch.no_grad():
+            forward(inputs)
+        return outputs_by_call(events)
+
+    @contextmanager
+    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
+        captured: dict[str, torch.Tensor] = {}
+        calls: dict[str, int] = {}
+        whole = OUTPUT in layers  # the model's own output: no early stop
+
+        def seen(name: str, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if (name, calls[name]) in wanted:
+                captured[call_name(name, calls[name])] = output  # type: ignore[assignment]
+                if not whole and len(captured) == len(wanted):
+                    raise StopForward
+
+        with self.watch({n for n, _ in wanted}, seen) as forward:
+            def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+                captured.clear()
+                calls.clear()
+                try:
+                    output = forward(inputs)
+                except StopForward:
+                    return dict(captured)
+                except Exception:
+                    if not whole and captured and len(captured) == len(wanted):  # our stop, re-raised (Keras)
+                        return dict(captured)
+                    raise
+                if len(captured) < len(wanted):
+                    missing = sorted(call_name(n, c) for n, c in wanted if call_name(n, c) not in captured)
+                    raise UnknownLayerError(f"layer {missing[0]!r} is not called by the model's forward pass; "
+                                            "choose a layer that the forward pass uses")
+                return {**captured, OUTPUT: output} if whole else dict(captured)  # type: ignore[dict-item]
+
+            yield run
+
+
+class ModuleGraph(WatchedGraph):
     """A LayerGraph over ``nn.Module``s, with forward hooks.
 
     ``modules`` maps layer names to the modules to hook (default: the root's named sub-modules).
@@ -132,63 +199,17 @@ class ModuleGraph:
     def modules(self) -> Mapping[str, nn.Module]:
         return MappingProxyType(self._layers)
 
-    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
-        events: list[tuple[str, str, tuple[int, ...]]] = []
+    @contextmanager
+    def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
         handles = []
 
-        def recorder(name: str) -> Callable[..., None]:
-            def record(module: nn.Module, _inputs: object, output: object) -> None:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-                events.append((name, type(module).__name__, shape))
-            return record
-
-        try:
-            for name, module in self._layers.items():
-                handles.append(module.register_forward_hook(recorder(name)))
-            with torch.no_grad():
-                self.root(inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return outputs_by_call(events)
-
-    @contextmanager
-    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
-        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
-        captured: dict[str, torch.Tensor] = {}
-        calls: dict[str, int] = {}
-        whole = OUTPUT in layers  # the model's own output: no early stop
-
         def hook(name: str) -> Callable[..., None]:
-            def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-                calls[name] = calls.get(name, 0) + 1
-                if (name, calls[name]) in wanted:
-                    captured[call_name(name, calls[name])] = output
-                    if not whole and len(captured) == len(wanted):
-                        raise StopForward
-            return record
-
-        handles = [self._layers[name].register_forward_hook(hook(name)) for name in {n for n, _ in wanted}]
-
-        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-            captured.clear()
-            calls.clear()
-            try:
-                output = self.root(inputs)
-            except StopForward:
-                return dict(captured)
-            except Exception:
-                if captured and len(captured) == len(wanted):  # our stop, re-raised as another type (Keras)
-                    return dict(captured)
-                raise
-            if len(captured) < len(wanted):
-                missing = sorted(call_name(n, c) for n, c in wanted if call_name(n, c) not in captured)
-                raise UnknownLayerError(f"layer {missing[0]!r} is not called by the model's forward pass; "
-                                        "choose a layer that the forward pass uses")
-            return {**captured, OUTPUT: output} if whole else dict(captured)
+            return lambda _module, _inputs, output: seen(name, output)
 
         try:
-            yield run
+            for name in self._layers if layers is None else layers:
+                handles.append(self._layers[name].register_forward_hook(hook(name)))
+            yield self.root
         finally:
             for handle in handles:
                 handle.remove()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -20,8 +20,8 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_line
-from ...layers import OUTPUT, LayerOutput, StopForward, call_name, outputs_by_call, split_call
+from ...errors import FilterVizError, ModelFileError, first_line
+from ...layers import Seen, WatchedGraph
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
@@ -38,7 +38,7 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
 
 
-class ScriptGraph:
+class ScriptGraph(WatchedGraph):
     """A LayerGraph over a TorchScript module: layers are its sub-modules, by path."""
 
     def __init__(self, root: torch.jit.ScriptModule) -> None:
@@ -157,48 +157,21 @@ class ScriptGraph:
         result = function(*[inputs[index] for index in used])
         return list(result) if node.outputsSize() > 1 else [result]
 
-    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
-        events: list[tuple[str, str, tuple[int, ...]]] = []
-
-        def seen(path: str, out: object) -> None:
-            kind = self.kind(path) if path in self._layers else "?"
-            events.append((path, kind, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
-
-        with torch.no_grad():
-            self._call(self.root, "", "forward", [inputs], lambda _path: True, seen)
-        return outputs_by_call(events)
-
     @contextmanager
-    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
-        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
-        whole = OUTPUT in layers
-        targets = {name for name, _ in wanted}
+    def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
+        if layers is None:
+            enter, told = (lambda _path: True), seen
+        else:
+            targets = set(layers)
 
-        def enter(path: str) -> bool:  # step only into the modules that contain a target
-            return path == "" or any(target.startswith(path + ".") for target in targets)
+            def enter(path: str) -> bool:  # step only into the modules that contain a target
+                return path == "" or any(target.startswith(path + ".") for target in targets)
 
-        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-            calls: dict[str, int] = {}
-            captured: dict[str, torch.Tensor] = {}
-
-            def seen(path: str, out: object) -> None:
+            def told(path: str, out: object) -> None:
                 if path in targets:
-                    calls[path] = calls.get(path, 0) + 1
-                    if (path, calls[path]) in wanted:
-                        captured[call_name(path, calls[path])] = out  # type: ignore[assignment]
-                        if not whole and len(captured) == len(wanted):
-                            raise StopForward
+                    seen(path, out)
 
-            try:
-                output = self._call(self.root, "", "forward", [inputs], enter, seen)
-            except StopForward:
-                return captured
-            if len(captured) < len(wanted):
-                raise UnknownLayerError("a layer asked for is not called by the model's forward pass; "
-                                        "choose a layer that the forward pass uses")
-            return {**captured, OUTPUT: output} if whole else captured  # type: ignore[dict-item]
-
-        yield run
+        yield lambda inputs: self._call(self.root, "", "forward", [inputs], enter, told)
 
 
 def _node_function(node: torch.Node) -> tuple[torch.jit.ScriptFunction, list[int]]:
