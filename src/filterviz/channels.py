@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import StopForward, split_call
+from .layers import PER_CHANNEL, StopForward, module_classes, split_call
 from .models.loaded import LoadedModel
 
 # Modules that act on each channel alone, so that picking a channel commutes with them.
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                nn.Mish, nn.Identity)
+_ELEMENTWISE = module_classes(PER_CHANNEL)
 
 
 @dataclass(frozen=True)

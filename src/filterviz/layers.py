@@ -7,6 +7,9 @@ the forward pass, so nothing after the layer is computed. How a model is reached
 ``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
 ONNX graphs), which are always removed when the context ends; ``ScriptGraph`` (TorchScript files) steps
 through compiled graphs. Both probe and capture through ``WatchedGraph``, written once.
+
+The kinds of module that filterviz treats specially (activations, normalizations, per-channel modules,
+ReLU-like modules with a flat region) are known here, in one table: ``MODULE_KINDS``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,46 @@ from .errors import UnknownLayerError
 
 CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
 OUTPUT = "<output>"  # the model's own output (logits), as a layer name for objectives
+
+
+# -- kinds of module -------------------------------------------------------------------------------
+# What filterviz knows of kinds of module, in one table: each kind (a PyTorch class, or the class name
+# of a kind known by name only) and its traits. Every list of kinds elsewhere is derived from it.
+ACTIVATION = "activation"  # a nonlinearity: a layer of this kind is an activation
+PER_CHANNEL = "per-channel"  # acts on each channel alone, so picking a channel commutes with it
+FLAT = "flat"  # ReLU-like, with a flat region that a redirected gradient can cross (redirect.py)
+NORM = "norm"  # a normalization: an atlas shows a convolution as it is after its norm
+
+MODULE_KINDS: dict[type[nn.Module] | str, frozenset[str]] = {
+    nn.ReLU: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),
+    nn.ReLU6: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),  # an nn.Hardtanh
+    nn.Hardswish: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),
+    nn.Hardtanh: frozenset({FLAT}),
+    nn.SiLU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.GELU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.LeakyReLU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.ELU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Mish: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Sigmoid: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Tanh: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Identity: frozenset({PER_CHANNEL}),
+    nn.BatchNorm2d: frozenset({NORM}),  # per channel too, in eval mode only: channels.py checks that itself
+    nn.GroupNorm: frozenset({NORM}),
+    nn.InstanceNorm2d: frozenset({NORM}),
+    "BatchNormalization": frozenset({NORM}),  # Keras
+    "LayerNorm2d": frozenset({NORM}),  # timm
+}
+
+
+def module_classes(trait: str) -> tuple[type[nn.Module], ...]:
+    """The PyTorch classes of the kinds that have ``trait`` (for ``isinstance`` and ``type(...) in``)."""
+    return tuple(kind for kind, traits in MODULE_KINDS.items() if trait in traits and not isinstance(kind, str))
+
+
+def kind_names(trait: str) -> frozenset[str]:
+    """The class names of the kinds that have ``trait``, as ``LayerGraph.kind`` gives them."""
+    return frozenset(kind if isinstance(kind, str) else kind.__name__
+                     for kind, traits in MODULE_KINDS.items() if trait in traits)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..layers import LayerInfo, split_call
+from ..layers import NORM, LayerInfo, kind_names, split_call
 from ..models.loaded import LoadedModel
 
-_NORMS = {"BatchNorm2d", "BatchNormalization", "GroupNorm", "LayerNorm2d", "InstanceNorm2d"}
+_NORMS = kind_names(NORM)
 
 
 @dataclass(frozen=True)
