@@ -167,7 +167,8 @@ class WatchedGraph:
     def kind(self, name: str) -> str:
         raise NotImplementedError
 
-    def watch(self, layers: Collection[str] | None, seen: Seen) -> AbstractContextManager[Callable[[torch.Tensor], object]]:
+    def watch(self, layers: Collection[str] | None,
+              seen: Seen) -> AbstractContextManager[Callable[[torch.Tensor], object]]:
         """A context yielding ``forward(inputs) -> the model's output``, which tells ``seen`` of every call
         of ``layers`` (native names; None: of every module called) as it ends. An exception that
         ``seen`` raises (``StopForward``) ends the forward pass there."""
