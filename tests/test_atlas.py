@@ -221,28 +221,22 @@ def test_ray_executor_equals_local_and_survives_a_killed_worker(tmp_path):
     from filterviz.atlas import RayExecutor
     from filterviz.atlas import executors
 
-    class KillingRayExecutor(RayExecutor):
-        """Its first task kills the worker process running it (SIGKILL), once."""
+    marker = str(tmp_path / "killed")
 
-        marker = tmp_path / "killed"
-
-        def task_function(self):
-            marker = str(self.marker)
-
-            def run_or_die(boxed, task, settings):
-                if not os.path.exists(marker):
-                    Path(marker).write_text(str(os.getpid()))
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return executors._ray_run_task(boxed, task, settings)
-            return run_or_die
+    def run_or_die(boxed, task, settings):
+        """The first task kills the worker process running it (SIGKILL), once."""
+        if not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return executors.run_worker_task(boxed, task, settings)
 
     ray.cloudpickle.register_pickle_by_value(sys.modules["conftest"])  # workers cannot import the tests
     model = tiny_model(dtype=torch.float32)
     options = dict(size=16, steps=5, chunk_size=4)
     build_atlas(model, tmp_path / "local", executor=LocalExecutor(), **options)
-    executor = KillingRayExecutor(init_options={"num_cpus": 2})
+    executor = RayExecutor(init_options={"num_cpus": 2}, worker_task=run_or_die)
     summary = build_atlas(model, tmp_path / "ray", executor=executor, **options)
-    assert KillingRayExecutor.marker.exists() and summary.rendered == 18
+    assert os.path.exists(marker) and summary.rendered == 18
     assert "ran 1 task again after their worker or node died (features.1 0-3)" in str(summary)
     assert not ray.is_initialized()
     assert site_files(tmp_path / "ray") == site_files(tmp_path / "local")

@@ -34,15 +34,14 @@ def _run(ray, cluster_utils, tmp_path):
         cluster.wait_for_nodes()
         head_id = cluster.head_node.node_id
 
-        class NodeLosingExecutor(RayExecutor):
+        def wait_off_the_head(boxed, task, settings):
             """Tasks on the second node wait there, so that they are running when the node goes away."""
+            if ray.get_runtime_context().get_node_id() != head_id:
+                time.sleep(60)  # removed long before this ends
+            return executors.run_worker_task(boxed, task, settings)
 
-            def task_function(self):
-                def run(boxed, task, settings):
-                    if ray.get_runtime_context().get_node_id() != head_id:
-                        time.sleep(60)  # removed long before this ends
-                    return executors._ray_run_task(boxed, task, settings)
-                return run
+        class NodeLosingExecutor(RayExecutor):
+            """Removes the second node once the head has finished a task."""
 
             def run(self, model, tasks, settings):
                 for index, result in enumerate(super().run(model, tasks, settings)):
@@ -53,7 +52,7 @@ def _run(ray, cluster_utils, tmp_path):
         model = tiny_model(dtype=torch.float32)
         options = dict(size=16, steps=3, chunk_size=3, threads=1)
         build_atlas(model, tmp_path / "local", executor=LocalExecutor(), **options)
-        executor = NodeLosingExecutor(address=cluster.address)
+        executor = NodeLosingExecutor(address=cluster.address, worker_task=wait_off_the_head)
         summary = build_atlas(model, tmp_path / "ray", executor=executor, **options)
         assert summary.rendered == 18 and executor.retried
         assert f"ran {len(executor.retried)} task" in str(summary) and "again after their worker or node died" in str(summary)

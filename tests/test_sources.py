@@ -167,7 +167,7 @@ def test_keras_file_layers_by_keras_name_match_keras(keras_files, suffix, capsys
 def test_keras_forward_pass_stops_at_the_layer(keras_files):
     model = filterviz.load_model(keras_files[1] / "tiny.keras", device="cpu")
     later = []
-    handle = model.graph.modules["block2_conv1"].register_forward_hook(lambda *args: later.append(1))
+    handle = model.graph.module("block2_conv1").register_forward_hook(lambda *args: later.append(1))
     try:
         model.activations(pixels(16), "block1_pool")
         assert later == []

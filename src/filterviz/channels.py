@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import StopForward, split_call
+from .layers import PER_CHANNEL, StopForward, module_classes, split_call
 from .models.loaded import LoadedModel
 
 # Modules that act on each channel alone, so that picking a channel commutes with them.
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                nn.Mish, nn.Identity)
+_ELEMENTWISE = module_classes(PER_CHANNEL)
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,14 @@ def find_conv_tail(model: LoadedModel, layer: str) -> ConvTail | None:
     Only modules inside a plain ``nn.Sequential`` are followed, where the order of the children is
     the order they run in; the layer must be called once per forward pass.
     """
-    modules = getattr(model.graph, "modules", None)
     path, call = split_call(model.resolve(layer))
-    if modules is None or call != 1 or model.channels_last or path not in modules:
+    target = model.graph.module(path)
+    if target is None or call != 1 or model.channels_last:
         return None
     parent_path, _, child = path.rpartition(".")
-    target = modules[path]
     if type(target) is nn.Conv2d:
         return ConvTail(target, ()) if _plain_conv(target) else None
-    parent = modules.get(parent_path) if parent_path else model.module
+    parent = model.graph.module(parent_path) if parent_path else model.module
     if type(parent) is not nn.Sequential:
         return None
     names = list(parent._modules)

@@ -5,16 +5,21 @@ a ReLU shared by a ResNet block's branches) has one layer per call: ``layer1.0.r
 call, ``layer1.0.relu#2`` its second. Running "up to a layer" records the layer's output and then ends
 the forward pass, so nothing after the layer is computed. How a model is reached inside is a
 ``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
-ONNX graphs), which are always removed when the context ends.
+ONNX graphs), which are always removed when the context ends; ``ScriptGraph`` (TorchScript files) steps
+through compiled graphs. Both probe and capture through ``WatchedGraph``, written once.
+
+The kinds of module that filterviz treats specially (activations, normalizations, per-channel modules,
+ReLU-like modules with a flat region) are known here, in one table: ``MODULE_KINDS``.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
@@ -24,6 +29,46 @@ from .errors import UnknownLayerError
 
 CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
 OUTPUT = "<output>"  # the model's own output (logits), as a layer name for objectives
+
+
+# -- kinds of module -------------------------------------------------------------------------------
+# What filterviz knows of kinds of module, in one table: each kind (a PyTorch class, or the class name
+# of a kind known by name only) and its traits. Every list of kinds elsewhere is derived from it.
+ACTIVATION = "activation"  # a nonlinearity: a layer of this kind is an activation
+PER_CHANNEL = "per-channel"  # acts on each channel alone, so picking a channel commutes with it
+FLAT = "flat"  # ReLU-like, with a flat region that a redirected gradient can cross (redirect.py)
+NORM = "norm"  # a normalization: an atlas shows a convolution as it is after its norm
+
+MODULE_KINDS: dict[type[nn.Module] | str, frozenset[str]] = {
+    nn.ReLU: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),
+    nn.ReLU6: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),  # an nn.Hardtanh
+    nn.Hardswish: frozenset({ACTIVATION, PER_CHANNEL, FLAT}),
+    nn.Hardtanh: frozenset({FLAT}),
+    nn.SiLU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.GELU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.LeakyReLU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.ELU: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Mish: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Sigmoid: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Tanh: frozenset({ACTIVATION, PER_CHANNEL}),
+    nn.Identity: frozenset({PER_CHANNEL}),
+    nn.BatchNorm2d: frozenset({NORM}),  # per channel too, in eval mode only: channels.py checks that itself
+    nn.GroupNorm: frozenset({NORM}),
+    nn.InstanceNorm2d: frozenset({NORM}),
+    "BatchNormalization": frozenset({NORM}),  # Keras
+    "LayerNorm2d": frozenset({NORM}),  # timm
+}
+
+
+def module_classes(trait: str) -> tuple[type[nn.Module], ...]:
+    """The PyTorch classes of the kinds that have ``trait`` (for ``isinstance`` and ``type(...) in``)."""
+    return tuple(kind for kind, traits in MODULE_KINDS.items() if trait in traits and not isinstance(kind, str))
+
+
+def kind_names(trait: str) -> frozenset[str]:
+    """The class names of the kinds that have ``trait``, as ``LayerGraph.kind`` gives them."""
+    return frozenset(kind if isinstance(kind, str) else kind.__name__
+                     for kind, traits in MODULE_KINDS.items() if trait in traits)
 
 
 @dataclass(frozen=True)
@@ -93,6 +138,14 @@ class LayerGraph(Protocol):
     def kind(self, name: str) -> str:
         """What kind of layer ``name`` (a native name) is: its class name."""
 
+    def module(self, name: str) -> nn.Module | None:
+        """The ``nn.Module`` behind layer ``name`` (a native name), or None where there is none (a name
+        it does not know, or a graph whose layers are not modules)."""
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        """Every layer's ``nn.Module`` by native name, in the order of ``names`` (empty for a graph
+        whose layers are not modules); read-only."""
+
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         """Run the whole model once; every layer call's output, keyed by layer name, in forward order."""
 
@@ -101,40 +154,36 @@ class LayerGraph(Protocol):
         numbers) and ``OUTPUT``; nothing runs after the last of them."""
 
 
-class ModuleGraph:
-    """A LayerGraph over ``nn.Module``s, with forward hooks.
+Seen = Callable[[str, object], None]  # told (native name, output) as each call of a watched layer ends
 
-    ``modules`` maps layer names to the modules to hook (default: the root's named sub-modules).
-    """
 
-    def __init__(self, root: nn.Module, modules: Mapping[str, nn.Module] | None = None) -> None:
-        self.root = root
-        self.modules = dict(modules) if modules is not None else {n: m for n, m in root.named_modules() if n}
+class WatchedGraph:
+    """``probe`` and ``capture`` of a LayerGraph, written once over the one thing each graph does its
+    own way: ``watch``, a forward pass that reports the calls of chosen layers as they end."""
 
     def names(self) -> list[str]:
-        return list(self.modules)
+        raise NotImplementedError
 
     def kind(self, name: str) -> str:
-        return type(self.modules[name]).__name__
+        raise NotImplementedError
+
+    def watch(self, layers: Collection[str] | None,
+              seen: Seen) -> AbstractContextManager[Callable[[torch.Tensor], object]]:
+        """A context yielding ``forward(inputs) -> the model's output``, which tells ``seen`` of every call
+        of ``layers`` (native names; None: of every module called) as it ends. An exception that
+        ``seen`` raises (``StopForward``) ends the forward pass there."""
+        raise NotImplementedError
 
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         events: list[tuple[str, str, tuple[int, ...]]] = []
-        handles = []
+        known = set(self.names())
 
-        def recorder(name: str) -> Callable[..., None]:
-            def record(module: nn.Module, _inputs: object, output: object) -> None:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
-                events.append((name, type(module).__name__, shape))
-            return record
+        def seen(name: str, output: object) -> None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+            events.append((name, self.kind(name) if name in known else "?", shape))
 
-        try:
-            for name, module in self.modules.items():
-                handles.append(module.register_forward_hook(recorder(name)))
-            with torch.no_grad():
-                self.root(inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with self.watch(None, seen) as forward, torch.no_grad():
+            forward(inputs)
         return outputs_by_call(events)
 
     @contextmanager
@@ -144,36 +193,67 @@ class ModuleGraph:
         calls: dict[str, int] = {}
         whole = OUTPUT in layers  # the model's own output: no early stop
 
-        def hook(name: str) -> Callable[..., None]:
-            def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-                calls[name] = calls.get(name, 0) + 1
-                if (name, calls[name]) in wanted:
-                    captured[call_name(name, calls[name])] = output
-                    if not whole and len(captured) == len(wanted):
-                        raise StopForward
-            return record
+        def seen(name: str, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if (name, calls[name]) in wanted:
+                captured[call_name(name, calls[name])] = output  # type: ignore[assignment]
+                if not whole and len(captured) == len(wanted):
+                    raise StopForward
 
-        handles = [self.modules[name].register_forward_hook(hook(name)) for name in {n for n, _ in wanted}]
-
-        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-            captured.clear()
-            calls.clear()
-            try:
-                output = self.root(inputs)
-            except StopForward:
-                return dict(captured)
-            except Exception:
-                if captured and len(captured) == len(wanted):  # our stop, re-raised as another type (Keras)
+        with self.watch({n for n, _ in wanted}, seen) as forward:
+            def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+                captured.clear()
+                calls.clear()
+                try:
+                    output = forward(inputs)
+                except StopForward:
                     return dict(captured)
-                raise
-            if len(captured) < len(wanted):
-                missing = sorted(call_name(n, c) for n, c in wanted if call_name(n, c) not in captured)
-                raise UnknownLayerError(f"layer {missing[0]!r} is not called by the model's forward pass; "
-                                        "choose a layer that the forward pass uses")
-            return {**captured, OUTPUT: output} if whole else dict(captured)
+                except Exception:
+                    if not whole and captured and len(captured) == len(wanted):  # our stop, re-raised (Keras)
+                        return dict(captured)
+                    raise
+                if len(captured) < len(wanted):
+                    missing = sorted(call_name(n, c) for n, c in wanted if call_name(n, c) not in captured)
+                    raise UnknownLayerError(f"layer {missing[0]!r} is not called by the model's forward pass; "
+                                            "choose a layer that the forward pass uses")
+                return {**captured, OUTPUT: output} if whole else dict(captured)  # type: ignore[dict-item]
+
+            yield run
+
+
+class ModuleGraph(WatchedGraph):
+    """A LayerGraph over ``nn.Module``s, with forward hooks.
+
+    ``modules`` maps layer names to the modules to hook (default: the root's named sub-modules).
+    """
+
+    def __init__(self, root: nn.Module, modules: Mapping[str, nn.Module] | None = None) -> None:
+        self.root = root
+        self._layers = dict(modules) if modules is not None else {n: m for n, m in root.named_modules() if n}
+
+    def names(self) -> list[str]:
+        return list(self._layers)
+
+    def kind(self, name: str) -> str:
+        return type(self._layers[name]).__name__
+
+    def module(self, name: str) -> nn.Module | None:
+        return self._layers.get(name)
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return MappingProxyType(self._layers)
+
+    @contextmanager
+    def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
+        handles = []
+
+        def hook(name: str) -> Callable[..., None]:
+            return lambda _module, _inputs, output: seen(name, output)
 
         try:
-            yield run
+            for name in self._layers if layers is None else layers:
+                handles.append(self._layers[name].register_forward_hook(hook(name)))
+            yield self.root
         finally:
             for handle in handles:
                 handle.remove()

@@ -20,7 +20,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-_REDIRECTED = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish)  # nn.ReLU6 is a Hardtanh
+from .layers import FLAT, module_classes
+
+_REDIRECTED = module_classes(FLAT)  # compared by exact type; nn.ReLU6 is a Hardtanh
 
 
 class _Redirected(torch.autograd.Function):

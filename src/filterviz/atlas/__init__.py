@@ -1,8 +1,9 @@
 """The atlas: every filter of a model as a browsable static site, with dataset examples; resumable,
 and able to spread its renders over a Ray cluster."""
 
-from .build import MANIFEST, AtlasSummary, build_atlas, model_fingerprint
+from .build import AtlasSummary, build_atlas, model_fingerprint
 from .executors import LocalExecutor, RayExecutor, RenderSettings, RenderTask, TaskResult
+from .files import MANIFEST
 from .selection import AtlasLayer, default_layers
 
 __all__ = ["MANIFEST", "AtlasLayer", "AtlasSummary", "LocalExecutor", "RayExecutor", "RenderSettings",

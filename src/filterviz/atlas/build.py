@@ -38,12 +38,13 @@ from ..recipes import Recipe, get_recipe, render_size
 from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
                        receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
-from .files import check_tree, part_leftovers, regular_size, remove_empty_folders, remove_file, write_file
+from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, check_tree, example_crop, filter_image, filter_page,
+                    index_path, layer_page, manifest_path, part_leftovers, regular_size, remove_empty_folders,
+                    remove_file, source_image, write_file)
 from .manifest import Example, ExampleSource, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
 from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
-from .site import SiteInfo, SiteLayer, filter_page, layer_page, source_image, unit_image, write_site
+from .site import SiteInfo, SiteLayer, write_site
 
-MANIFEST = "manifest.sqlite"
 CHECKPOINT_SECONDS = 30.0  # how often a dataset scan in progress is saved
 MIN_CROP = 16  # px: smaller receptive fields are shown with some context around them
 
@@ -72,7 +73,7 @@ class AtlasSummary:
                 + (f", {self.stuck} stuck at their start image" if self.stuck else "") + "; "
                 + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
                 + "".join(f"{note}; " for note in self.notes)
-                + f"{minutes}m{seconds:02d}s; open {self.out / 'index.html'}")
+                + f"{minutes}m{seconds:02d}s; open {index_path(self.out)}")
 
 
 def model_fingerprint(model: LoadedModel) -> str:
@@ -214,7 +215,7 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     _check_memory(model, atlas, wanted, chosen, chunk_size, precision, scan_batch_size if files else 0)
     check_atlas_folder(root)
     if root.is_dir():
-        check_tree(root, [MANIFEST + tail for tail in ("", "-wal", "-shm")])
+        check_tree(root, MANIFEST_FILES)
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
                  executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
                  scan_batch_size, progress)
@@ -231,14 +232,14 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
         if not os.access(root, os.W_OK):
             raise OutputError(f"cannot write into folder {str(root)!r}")
         notes: list[str] = []
-        manifest = _open_manifest(root / MANIFEST, rebuild, notes)
+        manifest = _open_manifest(manifest_path(root), rebuild, notes)
         try:
             return _build(plan, manifest, started, notes)
         finally:
             manifest.close()
     except sqlite3.DatabaseError as exc:
         if damaged(exc):  # found only now, past the check at opening
-            raise damage_error(root / MANIFEST, exc) from None
+            raise damage_error(manifest_path(root), exc) from None
         if not isinstance(exc, sqlite3.OperationalError):
             raise
         # e.g. another run holds the manifest
@@ -297,9 +298,9 @@ def _clip(filters: Iterable[int | range] | None, channels: int) -> list[int]:
 def _earlier_files(units: list[tuple[str, int]], images: list[str]) -> list[str]:
     """The pages and image copies that this atlas writes for ``units`` and dataset ``images``: what a
     manifest of an earlier filterviz, which kept no list of its files, is taken to have written."""
-    layers = {name: AtlasLayer(name, name, "", 0, None, None, layer_slug(name)) for name, _ in units}
-    return (["index.html", "style.css"] + [layer_page(layer) for layer in layers.values()]
-            + [filter_page(layers[name], k) for name, k in units] + [source_image(image) for image in images])
+    slugs = {name: layer_slug(name) for name, _ in units}
+    return ([INDEX, STYLE_SHEET] + [layer_page(slug) for slug in slugs.values()]
+            + [filter_page(slugs[name], k) for name, k in units] + [source_image(image) for image in images])
 
 
 def _open_manifest(path: Path, rebuild: bool, notes: list[str]) -> Manifest:
@@ -324,7 +325,7 @@ def check_atlas_folder(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise OutputError(f"cannot write an atlas into {str(root)!r}: it is a file; give a folder")
     try:
-        taken = root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir())
+        taken = root.is_dir() and not manifest_path(root).is_file() and any(root.iterdir())
     except OSError as exc:  # a folder that cannot be listed
         raise OutputError(f"cannot use folder {str(root)!r} for an atlas: {exc.strerror or exc}") from None
     if taken:
@@ -419,7 +420,7 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
             # Everything that can change a pixel: the batch it shares, and where and how it runs too.
             fingerprints[task] = _hash(fingerprint, recipe, settings.seed, settings.precision, settings.threads,
                                        str(dtype), plan.model.device.type, layer.path, chunk)
-            if not all(_is_done(plan.root, done.get((layer.name, k)), fingerprints[task], unit_image(layer, k))
+            if not all(_is_done(plan.root, done.get((layer.name, k)), fingerprints[task], filter_image(layer.slug, k))
                        for k in chunk):
                 tasks.append(task)
     pending = sum(len(task.filters) for task in tasks)
@@ -443,12 +444,12 @@ def retried_note(retried: Sequence[RenderTask]) -> str | None:
 def _store(root: Path, manifest: Manifest, layer: AtlasLayer, result: TaskResult, fingerprint: str) -> None:
     """Forget a task's old rows, claim its files, write its images, then (and only then) record them."""
     manifest.forget_units(layer.name, result.task.filters)
-    manifest.claim(unit_image(layer, k) for k in result.task.filters)
+    manifest.claim(filter_image(layer.slug, k) for k in result.task.filters)
     units = []
     stuck = result.stuck or result.dead
     for k, data, start, score, dead, still in zip(result.task.filters, result.pngs, result.start_scores,
                                                   result.scores, result.dead, stuck):
-        relative = unit_image(layer, k)
+        relative = filter_image(layer.slug, k)
         write_file(root, relative, data)
         units.append(Unit(layer.name, k, fingerprint, relative, len(data), hashlib.sha256(data).hexdigest(),
                           start, score, dead, still))
@@ -516,21 +517,17 @@ def _write_examples(plan: _Plan, manifest: Manifest, layers: list[AtlasLayer],
                 boxes.setdefault(image, []).append((layer, k, rank, float(top.values[k, rank]), box))
     names = {image: plan.files[image].relative_to(plan.folder).as_posix() for image in boxes}
     claim = [source_image(name) for name in names.values()]
-    claim += [_crop_file(layer, k, rank) for uses in boxes.values() for layer, k, rank, *_ in uses]
+    claim += [example_crop(layer.slug, k, rank) for uses in boxes.values() for layer, k, rank, *_ in uses]
     manifest.claim(claim)
     examples = []
     for image, uses in sorted(boxes.items()):
         pixels = load_square(plan.files[image], side)
         write_file(plan.root, source_image(names[image]), _jpeg(pixels))
         for layer, k, rank, value, (top_px, left, crop) in uses:
-            relative = _crop_file(layer, k, rank)
+            relative = example_crop(layer.slug, k, rank)
             write_file(plan.root, relative, png_bytes(pixels[top_px:top_px + crop, left:left + crop]))
             examples.append(Example(layer.name, k, rank, names[image], value, top_px, left, crop, relative))
     return examples
-
-
-def _crop_file(layer: AtlasLayer, k: int, rank: int) -> str:
-    return f"examples/{layer.slug}/{k}-{rank}.png"
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:

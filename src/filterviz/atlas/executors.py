@@ -9,7 +9,7 @@ import contextlib
 import os
 import socket
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,9 +107,13 @@ class LocalExecutor:
 
 # A Ray worker keeps the models it was sent, by object id, for the tasks that follow.
 _worker_models: dict[str, LoadedModel] = {}
+# What a Ray worker runs for a task: (boxed model reference, task, settings) -> its result.
+WorkerTask = Callable[[list[Any], RenderTask, RenderSettings], TaskResult]
 
 
-def _ray_run_task(boxed_model: list[Any], task: RenderTask, settings: RenderSettings) -> TaskResult:
+def run_worker_task(boxed_model: list[Any], task: RenderTask, settings: RenderSettings) -> TaskResult:
+    """What a Ray worker runs for a task (``RayExecutor``'s default ``worker_task``): the model, from
+    the reference in ``boxed_model`` (fetched once per worker, then kept), renders the task."""
     import ray
 
     from ..models.registry import resolve_device
@@ -174,12 +178,16 @@ class RayExecutor:
     worker dies is run again, up to ``max_retries`` times. Each task reserves ``cpus_per_task`` CPUs
     (default: the threads it renders with, at most a node's CPUs). The model travels by Ray's object
     store; one that cannot be pickled (TorchScript) is loaded by each worker from its name or file
-    instead, which must then be reachable from every node.
+    instead, which must then be reachable from every node. ``worker_task(boxed model reference, task,
+    settings) -> TaskResult`` is what a worker runs for each task (default ``run_worker_task``; a
+    replacement, such as one that wraps it, must be a function Ray can send to the workers).
     """
 
     def __init__(self, address: str | None = None, *, max_retries: int = 3, cpus_per_task: float | None = None,
-                 gpus_per_task: float = 0, init_options: dict[str, Any] | None = None) -> None:
+                 gpus_per_task: float = 0, init_options: dict[str, Any] | None = None,
+                 worker_task: WorkerTask = run_worker_task) -> None:
         self.address = address
+        self.worker_task = worker_task
         self.max_retries = max_retries
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
@@ -187,10 +195,6 @@ class RayExecutor:
         self._started = False
         self._nodes: list[dict[str, float]] = []
         self.retried: list[RenderTask] = []
-
-    def task_function(self) -> Any:
-        """What runs a task on a worker: ``(boxed model reference, task, settings) -> TaskResult``."""
-        return _ray_run_task
 
     def _ship(self, ray: Any, model: LoadedModel) -> Any:
         try:
@@ -253,7 +257,7 @@ class RayExecutor:
             # A task that asks for more CPUs than any node has would wait forever: ask at most for that.
             cpus = min(cpus, max([node.get("CPU", 0) for node in self._nodes] + [1]))
             # Tasks are run again here rather than by Ray's own retries, so that the atlas can say which.
-            remote = ray.remote(max_retries=0, num_cpus=cpus, num_gpus=self.gpus_per_task)(self.task_function())
+            remote = ray.remote(max_retries=0, num_cpus=cpus, num_gpus=self.gpus_per_task)(self.worker_task)
             boxed = [self._ship(ray, model)]
             pending = {remote.remote(boxed, task, settings): task for task in tasks}
             attempts = {task: 1 for task in tasks}

@@ -5,10 +5,14 @@ link below it, on the way to a file the atlas writes or removes, is refused, nev
 replaced: following it would write or delete outside the atlas, and replacing it would silently undo
 what whoever made it wanted. ``check_tree`` refuses such a link before a run writes anything;
 ``write_file`` refuses it again at each write, and ``remove_file`` skips it, for a link made meanwhile.
+
+Where each file of an atlas lives is said here and nowhere else: its pages, images, dataset examples,
+style sheet and manifest, as paths relative to the atlas folder, and the links between pages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -18,10 +22,74 @@ from pathlib import Path
 from ..errors import OutputError
 from ..image import write_atomic
 
-OWN_FOLDERS = ("img", "layers", "filters", "examples")  # everything below them is the atlas's to manage
-OWN_FILES = ("index.html", "style.css")
+INDEX = "index.html"
+STYLE_SHEET = "style.css"
+MANIFEST = "manifest.sqlite"
+_SQLITE_TAILS = ("", "-wal", "-shm")  # the database, and SQLite's write-ahead log and shared memory beside it
+MANIFEST_FILES = tuple(MANIFEST + tail for tail in _SQLITE_TAILS)
+_IMAGES, _LAYERS, _FILTERS, _EXAMPLES = "img", "layers", "filters", "examples"
+OWN_FOLDERS = (_IMAGES, _LAYERS, _FILTERS, _EXAMPLES)  # everything below them is the atlas's to manage
+OWN_FILES = (INDEX, STYLE_SHEET)
 # ``write_atomic``'s temporary files: "." + the file's name + mkstemp's 8 random characters + ".part".
 PART = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.part")
+
+
+# -- where each file lives (paths relative to the atlas folder, with "/") -------------------------------
+
+
+def layer_page(slug: str) -> str:
+    """The page of the layer whose files are under ``slug`` (see ``selection.layer_slug``)."""
+    return f"{_LAYERS}/{slug}.html"
+
+
+def filter_page(slug: str, index: int) -> str:
+    """The page of filter ``index`` of a layer."""
+    return f"{_FILTERS}/{slug}/{index}.html"
+
+
+def filter_image(slug: str, index: int) -> str:
+    """The rendered picture of filter ``index`` of a layer."""
+    return f"{_IMAGES}/{slug}/{index}.png"
+
+
+def example_crop(slug: str, index: int, rank: int) -> str:
+    """The crop of filter ``index``'s ``rank``-th dataset example."""
+    return f"{_EXAMPLES}/{slug}/{index}-{rank}.png"
+
+
+def source_image(relative: str) -> str:
+    """Where a dataset image's small copy is, by its path in the dataset folder."""
+    return f"{_EXAMPLES}/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
+
+
+def href(page: str, target: str) -> str:
+    """A relative link from ``page`` to ``target`` (both atlas files): up out of the folders of
+    ``page`` that ``target`` is not in, then down to it; so the site works from disk and any server."""
+    here, there = page.split("/")[:-1], target.split("/")
+    common = 0
+    while common < len(here) and common < len(there) - 1 and here[common] == there[common]:
+        common += 1
+    return "../" * (len(here) - common) + "/".join(there[common:])
+
+
+def index_path(root: Path) -> Path:
+    """The atlas's front page."""
+    return root / INDEX
+
+
+def manifest_path(root: Path) -> Path:
+    """The atlas's manifest (see ``manifest.Manifest``)."""
+    return root / MANIFEST
+
+
+def sqlite_files(database: Path) -> list[str]:
+    """A SQLite database's file and the -wal and -shm files that SQLite keeps beside it."""
+    return [f"{database}{tail}" for tail in _SQLITE_TAILS]
+
+
+def set_aside_path(database: Path, number: int) -> Path:
+    """Where a damaged manifest is moved to: ``NAME.corrupt-N``."""
+    return Path(f"{database}.corrupt-{number}")
 
 
 class LinkError(OutputError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OutputError
+from .files import set_aside_path, sqlite_files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -59,12 +60,13 @@ def damage_error(path: Path, detail: object) -> ManifestError:
 def set_aside(path: Path) -> Path:
     """Move a manifest (and its -wal and -shm files) to the first free ``NAME.corrupt-N``; returns it."""
     number = 1
-    while any(os.path.lexists(f"{path}.corrupt-{number}{tail}") for tail in ("", "-wal", "-shm")):
+    while any(os.path.lexists(file) for file in sqlite_files(set_aside_path(path, number))):
         number += 1
-    aside = Path(f"{path}.corrupt-{number}")
-    for tail in ("", "-wal", "-shm"):  # a stale -wal beside a fresh manifest would be read into it
-        if os.path.lexists(f"{path}{tail}"):
-            os.replace(f"{path}{tail}", f"{aside}{tail}")
+    aside = set_aside_path(path, number)
+    # Its -wal and -shm files go with it: a stale -wal beside a fresh manifest would be read into it.
+    for file, moved in zip(sqlite_files(path), sqlite_files(aside)):
+        if os.path.lexists(file):
+            os.replace(file, moved)
     return aside
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
-from ..layers import LayerInfo, split_call
+from ..layers import NORM, LayerInfo, kind_names, split_call
 from ..models.loaded import LoadedModel
 
-_NORMS = {"BatchNorm2d", "BatchNormalization", "GroupNorm", "LayerNorm2d", "InstanceNorm2d"}
+_NORMS = kind_names(NORM)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _is_conv(info: LayerInfo, module: nn.Module | None) -> bool:
     return leaf and info.height is not None and "conv" in info.kind.lower()
 
 
-def _blocks(modules: dict[str, nn.Module]) -> list[str]:
+def _blocks(modules: Mapping[str, nn.Module]) -> list[str]:
     """Items of a Sequential or ModuleList that contain convolutions, innermost only (ResNet's
     ``layer1.0``, EfficientNet's ``blocks.3``, ConvNeXt's ``stages.0.blocks.1``)."""
     found = []
@@ -57,7 +58,7 @@ def default_layers(model: LoadedModel, size: int) -> list[str]:
     activation=...)`` is), or for models built of blocks, every block's output plus the convolutions
     outside blocks (a stem, a head). Names are aliases where the model has them."""
     infos = model.layers(size)
-    modules: dict[str, nn.Module] = getattr(model.graph, "modules", {}) or {}
+    modules = model.graph.modules()
     blocks = set(_blocks(modules)) if all(isinstance(m, nn.Module) for m in modules.values()) else set()
     chosen: list[LayerInfo] = []
     for index, info in enumerate(infos):

@@ -8,14 +8,14 @@ same atlas always has the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import html
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..recipes import Recipe
-from .files import read_regular, write_file
+from .files import (INDEX, STYLE_SHEET, filter_image, filter_page, href, layer_page, read_regular, source_image,
+                    write_file)
 from .manifest import Example, Unit
 from .selection import AtlasLayer
 
@@ -75,27 +75,14 @@ class SiteInfo:
     top_k: int = 0
 
 
-def layer_page(layer: AtlasLayer) -> str:
-    return f"layers/{layer.slug}.html"
-
-
-def filter_page(layer: AtlasLayer, index: int) -> str:
-    return f"filters/{layer.slug}/{index}.html"
-
-
-def unit_image(layer: AtlasLayer, index: int) -> str:
-    return f"img/{layer.slug}/{index}.png"
-
-
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _page(title: str, depth: int, body: str) -> str:
-    up = "../" * depth
+def _page(title: str, page: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_e(title)}</title>\n<link rel=\"stylesheet\" href=\"{up}style.css\">\n</head>\n"
+            f"<title>{_e(title)}</title>\n<link rel=\"stylesheet\" href=\"{href(page, STYLE_SHEET)}\">\n</head>\n"
             f"<body>\n{body}</body>\n</html>\n")
 
 
@@ -108,11 +95,13 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
     for site_layer in layers:
         layer = site_layer.layer
         strip = "".join(
-            f'<a href="{_e(filter_page(layer, k))}"><img loading="lazy" src="{_e(unit_image(layer, k))}" '
+            f'<a href="{_e(href(INDEX, filter_page(layer.slug, k)))}"><img loading="lazy" '
+            f'src="{_e(href(INDEX, filter_image(layer.slug, k)))}" '
             f'width="48" height="48" alt="filter {k}"></a>' for k in sorted(site_layer.units)[:8])
         dead = sum(unit.dead for unit in site_layer.units.values())
         spatial = "-" if layer.height is None else f"{layer.height}×{layer.width}"
-        rows.append(f'<tr><td><a href="{_e(layer_page(layer))}">{_e(layer.name)}</a></td><td>{_e(layer.kind)}</td>'
+        rows.append(f'<tr><td><a href="{_e(href(INDEX, layer_page(layer.slug)))}">{_e(layer.name)}</a></td>'
+                    f"<td>{_e(layer.kind)}</td>"
                     f"<td>{layer.channels}</td><td>{spatial}</td><td>{dead}</td>"
                     f'<td class="strip">{strip}</td></tr>')
     units = sum(len(site_layer.units) for site_layer in layers)
@@ -122,28 +111,29 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
                if info.images else "") + "</p>\n"
             "<table class=\"layers\">\n<tr><th>layer</th><th>kind</th><th>channels</th><th>size</th>"
             "<th>dead</th><th>filters</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
-    return _page(f"{info.model}: atlas", 0, body)
+    return _page(f"{info.model}: atlas", INDEX, body)
 
 
 def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
     layer = site_layer.layer
+    page = layer_page(layer.slug)
     cells = []
     for k, unit in sorted(site_layer.units.items()):
         mark = ' class="dead"' if unit.stuck else ""
         state = " (dead)" if unit.dead else " (stuck)" if unit.stuck else ""
-        cells.append(f'<figure{mark}><a href="../{_e(filter_page(layer, k))}">'
-                     f'<img loading="lazy" decoding="async" src="../{_e(unit_image(layer, k))}" width="96" '
-                     f'height="96" alt="filter {k}"></a><figcaption>{k}{state}'
+        cells.append(f'<figure{mark}><a href="{_e(href(page, filter_page(layer.slug, k)))}">'
+                     f'<img loading="lazy" decoding="async" src="{_e(href(page, filter_image(layer.slug, k)))}" '
+                     f'width="96" height="96" alt="filter {k}"></a><figcaption>{k}{state}'
                      "</figcaption></figure>")
-    body = (f'<nav><a href="../index.html">{_e(info.model)}</a> › {_e(layer.name)}</nav>\n'
+    body = (f'<nav><a href="{_e(href(page, INDEX))}">{_e(info.model)}</a> › {_e(layer.name)}</nav>\n'
             f"<h1>{_e(layer.name)}</h1>\n<p class=\"meta\">{_e(layer.kind)}, {layer.channels} channels"
             + ("" if layer.height is None else f", {layer.height}×{layer.width} at {info.size} px")
             + (f" (module {_e(layer.path)})" if layer.path != layer.name else "") + "</p>\n"
             "<div class=\"grid\">\n" + "\n".join(cells) + "\n</div>\n")
-    return _page(f"{layer.name} · {info.model}", 1, body)
+    return _page(f"{layer.name} · {info.model}", page, body)
 
 
-def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
+def _examples(page: str, examples: Sequence[Example], info: SiteInfo) -> str:
     if not examples:
         return ""
     figures = []
@@ -151,32 +141,31 @@ def _examples(examples: Sequence[Example], info: SiteInfo) -> str:
         box = (f"top:{100 * example.top / info.size:.2f}%;left:{100 * example.left / info.size:.2f}%;"
                f"width:{100 * example.side / info.size:.2f}%;height:{100 * example.side / info.size:.2f}%")
         figures.append(
-            f'<figure><img class="crop" loading="lazy" src="../../{_e(example.file)}" width="112" height="112" '
+            f'<figure><img class="crop" loading="lazy" src="{_e(href(page, example.file))}" width="112" height="112" '
             f'alt="crop of {_e(example.image)}"><figcaption>{_e(example.image)}: {example.value:.4g} at '
             f"x {example.left}–{example.left + example.side}, y {example.top}–{example.top + example.side}"
-            f'<div class="where"><img loading="lazy" src="../../{_e(source_image(example.image))}" width="64" '
+            f'<div class="where"><img loading="lazy" src="{_e(href(page, source_image(example.image)))}" width="64" '
             f'height="64" alt="{_e(example.image)}"><span style="{box}"></span></div></figcaption></figure>')
     return (f"<h2>Dataset examples</h2>\n<p class=\"meta\">The {len(examples)} images of {_e(info.images)} "
             f"that excite this filter most (its highest activation in each, and the region that unit sees), "
             f"at {info.size} px.</p>\n<div class=\"examples\">\n" + "\n".join(figures) + "\n</div>\n")
 
 
-def source_image(relative: str) -> str:
-    """Where a dataset image's small copy is, by its path in the dataset folder."""
-    return f"examples/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
-
-
 def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> str:
     layer, unit = site_layer.layer, site_layer.units[k]
+    page = filter_page(layer.slug, k)
     position = order.index(k)
     nearby = order[max(0, position - 4):position] + order[position + 1:position + 5]
     links = []
     if position > 0:
-        links.append(f'<a href="{order[position - 1]}.html">← filter {order[position - 1]}</a>')
+        links.append(f'<a href="{_e(href(page, filter_page(layer.slug, order[position - 1])))}">← filter '
+                     f'{order[position - 1]}</a>')
     if position + 1 < len(order):
-        links.append(f'<a href="{order[position + 1]}.html">filter {order[position + 1]} →</a>')
+        links.append(f'<a href="{_e(href(page, filter_page(layer.slug, order[position + 1])))}">filter '
+                     f'{order[position + 1]} →</a>')
     neighbours = "".join(
-        f'<figure><a href="{n}.html"><img loading="lazy" src="../../{_e(unit_image(layer, n))}" width="96" '
+        f'<figure><a href="{_e(href(page, filter_page(layer.slug, n)))}"><img loading="lazy" '
+        f'src="{_e(href(page, filter_image(layer.slug, n)))}" width="96" '
         f'height="96" alt="filter {n}"></a><figcaption>{n}</figcaption></figure>' for n in nearby)
     recipe = "".join(f"<tr><td>{_e(name)}</td><td>{_e(repr(value))}</td></tr>"
                      for name, value in info.recipe.fields().items())
@@ -186,10 +175,11 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
             "<dt>stuck</dt><dd>it responds to photos, but this recipe never left the start image: the picture "
             "is only the start image; a recipe with escape steps (lucid, maco) renders it</dd>"
             if unit.stuck else "")
-    body = (f'<nav><a href="../../index.html">{_e(info.model)}</a> › <a href="../../{_e(layer_page(layer))}">'
+    body = (f'<nav><a href="{_e(href(page, INDEX))}">{_e(info.model)}</a> › '
+            f'<a href="{_e(href(page, layer_page(layer.slug)))}">'
             f"{_e(layer.name)}</a> › filter {k} &nbsp; {' · '.join(links)}</nav>\n"
             f"<h1>{_e(layer.name)}, filter {k}</h1>\n<div class=\"unit\">\n"
-            f'<img{small} src="../../{_e(unit_image(layer, k))}" '
+            f'<img{small} src="{_e(href(page, filter_image(layer.slug, k)))}" '
             f'width="{info.size}" height="{info.size}" '
             f'alt="{_e(layer.name)} filter {k}">\n<div>\n<dl><dt>model</dt><dd>{_e(info.model)}</dd>'
             f"<dt>layer</dt><dd>{_e(layer.name)} ({_e(layer.kind)})</dd><dt>filter</dt><dd>{k} of "
@@ -197,8 +187,8 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
             f"<dt>seed</dt><dd>{info.seed}</dd><dt>recipe</dt><dd><details><summary>{_e(info.recipe.name)}"
             f"</summary><table class=\"recipe\">{recipe}</table></details></dd></dl>\n</div>\n</div>\n"
             + (f"<h2>Neighbours</h2>\n<div class=\"grid\">{neighbours}</div>\n" if nearby else "")
-            + _examples(site_layer.examples.get(k, []), info))
-    return _page(f"{layer.name} filter {k} · {info.model}", 2, body)
+            + _examples(page, site_layer.examples.get(k, []), info))
+    return _page(f"{layer.name} filter {k} · {info.model}", page, body)
 
 
 def _write(out: Path, relative: str, text: str, written: set[str]) -> None:
@@ -210,10 +200,10 @@ def _write(out: Path, relative: str, text: str, written: set[str]) -> None:
 
 def site_pages(layers: Sequence[SiteLayer]) -> list[str]:
     """The paths of every page and the style sheet, as ``write_site`` writes them."""
-    pages = ["style.css", "index.html"]
+    pages = [STYLE_SHEET, INDEX]
     for site_layer in layers:
-        pages.append(layer_page(site_layer.layer))
-        pages.extend(filter_page(site_layer.layer, k) for k in sorted(site_layer.units))
+        pages.append(layer_page(site_layer.layer.slug))
+        pages.extend(filter_page(site_layer.layer.slug, k) for k in sorted(site_layer.units))
     return pages
 
 
@@ -223,11 +213,11 @@ def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer],
     paths (the manifest records them before they exist); returns those paths under ``out``."""
     claim(site_pages(layers))
     written: set[str] = set()
-    _write(out, "style.css", STYLE, written)
-    _write(out, "index.html", _index(info, layers), written)
+    _write(out, STYLE_SHEET, STYLE, written)
+    _write(out, INDEX, _index(info, layers), written)
     for site_layer in layers:
-        _write(out, layer_page(site_layer.layer), _layer(info, site_layer), written)
+        _write(out, layer_page(site_layer.layer.slug), _layer(info, site_layer), written)
         order = sorted(site_layer.units)
         for k in order:
-            _write(out, filter_page(site_layer.layer, k), _filter(info, site_layer, k, order), written)
+            _write(out, filter_page(site_layer.layer.slug, k), _filter(info, site_layer, k, order), written)
     return written

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from ..errors import InputSizeError, MemoryBudgetError, first_line
-from ..layers import OUTPUT, LayerGraph, LayerInfo, LayerOutput, ModuleGraph, resolve_layer, split_call
+from ..layers import (ACTIVATION, OUTPUT, LayerGraph, LayerInfo, LayerOutput, ModuleGraph, kind_names,
+                      resolve_layer, split_call)
 from ..memory import article, budget_words, largest, memory_budget, more_memory, readable
 from .spec import InputSpec
 
-
-ACTIVATIONS = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "LeakyReLU", "ELU", "Mish", "Sigmoid", "Tanh"}
+ACTIVATIONS = kind_names(ACTIVATION)  # by class name, as the graph gives a layer's kind
 
 
 @dataclass(eq=False)
@@ -149,7 +149,7 @@ class LoadedModel:
         """Whether ``layer`` is an activation, or ends in one (a Keras ``Conv2D(..., activation="relu")``)."""
         if self.layer_kind(layer) in ACTIVATIONS:
             return True
-        module = getattr(self.graph, "modules", {}).get(split_call(self.resolve(layer))[0])
+        module = self.graph.module(split_call(self.resolve(layer))[0])
         activation = getattr(module, "activation", None)
         return callable(activation) and getattr(activation, "__name__", "linear") != "linear"
 

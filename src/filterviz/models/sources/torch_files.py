@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
-from ...errors import FilterVizError, ModelFileError, UnknownLayerError, first_line
-from ...layers import OUTPUT, LayerOutput, StopForward, call_name, outputs_by_call, split_call
+from ...errors import FilterVizError, ModelFileError, first_line
+from ...layers import Seen, WatchedGraph
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
@@ -37,20 +38,26 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
 
 
-class ScriptGraph:
+class ScriptGraph(WatchedGraph):
     """A LayerGraph over a TorchScript module: layers are its sub-modules, by path."""
 
     def __init__(self, root: torch.jit.ScriptModule) -> None:
         self.root = root
-        self.modules = {name: module for name, module in root.named_modules() if name}
+        self._layers = {name: module for name, module in root.named_modules() if name}
         # One compiled function per node that is run alone, by (module type, method, node numbers).
         self._functions: dict[tuple[object, ...], tuple[torch.jit.ScriptFunction, list[int]]] = {}
 
     def names(self) -> list[str]:
-        return list(self.modules)
+        return list(self._layers)
 
     def kind(self, name: str) -> str:
-        return self.modules[name].original_name
+        return self._layers[name].original_name
+
+    def module(self, name: str) -> nn.Module | None:
+        return self._layers.get(name)
+
+    def modules(self) -> Mapping[str, nn.Module]:
+        return MappingProxyType(self._layers)
 
     def _call(self, module: torch.jit.ScriptModule, path: str, method: str, args: list[object],
               enter: Callable[[str], bool], seen: Callable[[str, object], None]) -> object:
@@ -150,48 +157,21 @@ class ScriptGraph:
         result = function(*[inputs[index] for index in used])
         return list(result) if node.outputsSize() > 1 else [result]
 
-    def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
-        events: list[tuple[str, str, tuple[int, ...]]] = []
-
-        def seen(path: str, out: object) -> None:
-            kind = self.kind(path) if path in self.modules else "?"
-            events.append((path, kind, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
-
-        with torch.no_grad():
-            self._call(self.root, "", "forward", [inputs], lambda _path: True, seen)
-        return outputs_by_call(events)
-
     @contextmanager
-    def capture(self, layers: Sequence[str]) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
-        wanted = {split_call(layer) for layer in layers if layer != OUTPUT}
-        whole = OUTPUT in layers
-        targets = {name for name, _ in wanted}
+    def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
+        if layers is None:
+            enter, told = (lambda _path: True), seen
+        else:
+            targets = set(layers)
 
-        def enter(path: str) -> bool:  # step only into the modules that contain a target
-            return path == "" or any(target.startswith(path + ".") for target in targets)
+            def enter(path: str) -> bool:  # step only into the modules that contain a target
+                return path == "" or any(target.startswith(path + ".") for target in targets)
 
-        def run(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-            calls: dict[str, int] = {}
-            captured: dict[str, torch.Tensor] = {}
-
-            def seen(path: str, out: object) -> None:
+            def told(path: str, out: object) -> None:
                 if path in targets:
-                    calls[path] = calls.get(path, 0) + 1
-                    if (path, calls[path]) in wanted:
-                        captured[call_name(path, calls[path])] = out  # type: ignore[assignment]
-                        if not whole and len(captured) == len(wanted):
-                            raise StopForward
+                    seen(path, out)
 
-            try:
-                output = self._call(self.root, "", "forward", [inputs], enter, seen)
-            except StopForward:
-                return captured
-            if len(captured) < len(wanted):
-                raise UnknownLayerError("a layer asked for is not called by the model's forward pass; "
-                                        "choose a layer that the forward pass uses")
-            return {**captured, OUTPUT: output} if whole else captured  # type: ignore[dict-item]
-
-        yield run
+        yield lambda inputs: self._call(self.root, "", "forward", [inputs], enter, told)
 
 
 def _node_function(node: torch.Node) -> tuple[torch.jit.ScriptFunction, list[int]]:
