@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import filterviz
-from filterviz.execution import cpu_supports_bf16
+from filterviz.device import cpu_supports_bf16
 from filterviz.params import classic_start
 
 LAYERS = ("block1_conv1", "block3_conv1", "block4_conv1")

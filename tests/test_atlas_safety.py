@@ -18,7 +18,7 @@ import filterviz.atlas.build as atlas_build
 from filterviz.atlas import MANIFEST, build_atlas
 from filterviz.cli import main
 from filterviz.errors import OutputError
-from filterviz.execution import cpu_supports_bf16
+from filterviz.device import cpu_supports_bf16
 
 from conftest import TinyNet, tiny_model
 

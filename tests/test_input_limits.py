@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 import filterviz
-from filterviz import ascent, execution, plan
+from filterviz import ascent, device, plan
 from filterviz.atlas.examples import load_square
 from filterviz.cli import main
 from filterviz.errors import FilterVizError, MemoryBudgetError
@@ -39,14 +39,14 @@ def no_work(monkeypatch):
     def ascent_started(*args, **kwargs):
         raise AssertionError("the ascent started before the input was refused")
 
-    measure = execution.saved_bytes_per_image
+    measure = device.saved_bytes_per_image
 
     def small_only(model, forward, size, dtype):
         assert size <= 256, f"a forward pass was measured at {size} px, not estimated from small probes"
         return measure(model, forward, size, dtype)
 
     monkeypatch.setattr(ascent, "optimize_batch", ascent_started)
-    monkeypatch.setattr(execution, "saved_bytes_per_image", small_only)
+    monkeypatch.setattr(device, "saved_bytes_per_image", small_only)
 
 
 def refused(capsys, folder: Path, *argv: object) -> str:
@@ -452,9 +452,9 @@ def test_the_estimate_from_small_probes_is_close_to_a_measurement(embedded):
     def forward(pixels):
         return embedded.activations(pixels, "blocks.3")
 
-    estimate = execution.measure_saved_bytes(embedded, forward, 288, None)
-    assert (estimate.low, estimate.high) == execution.PROBE_SIDES
-    measured = execution.saved_bytes_per_image(embedded, forward, 288, None)
+    estimate = device.measure_saved_bytes(embedded, forward, 288, None)
+    assert (estimate.low, estimate.high) == device.PROBE_SIDES
+    measured = device.saved_bytes_per_image(embedded, forward, 288, None)
     assert 0.8 * measured <= estimate.at(288) <= 1.25 * measured
 
 

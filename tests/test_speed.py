@@ -9,9 +9,9 @@ from torch import nn
 
 import filterviz
 from filterviz import InputSpec
-from filterviz.channels import find_conv_tail, selected_channels, single_channels
+from filterviz.fastpath import find_conv_tail, selected_channels, single_channels
 from filterviz.errors import FilterVizError
-from filterviz.execution import auto_batch_size, autocast_dtype, cpu_supports_bf16
+from filterviz.device import auto_batch_size, autocast_dtype, cpu_supports_bf16
 from filterviz.objectives import channel, class_logit
 
 
@@ -100,7 +100,7 @@ def test_bf16_reaches_95_percent_of_fp32(embedded):
 def test_precision_choices():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("auto", cpu) is None  # measured slower on CPUs; see execution.autocast_dtype
+    assert autocast_dtype("auto", cpu) is None  # measured slower on CPUs; see device.autocast_dtype
     with pytest.raises(FilterVizError, match="fp16 is for GPUs"):
         autocast_dtype("fp16", cpu)
     with pytest.raises(FilterVizError, match="unknown precision 'int8'"):
@@ -146,9 +146,9 @@ def test_automatic_batch_size_keeps_within_its_budget(embedded):
         return embedded.activations(pixels, layer)
 
     unlimited = auto_batch_size(embedded, forward, size, 1, 10 ** 12, None)
-    per_image = filterviz.execution.saved_bytes_per_image(embedded, forward, size, None)
-    assert unlimited == min(64, filterviz.execution.CPU_WORKING_SET // per_image)  # the CPU's own cap
-    small = 2 * 1.5 * filterviz.execution.saved_bytes_per_image(embedded, forward, size, None)
+    per_image = filterviz.device.saved_bytes_per_image(embedded, forward, size, None)
+    assert unlimited == min(64, filterviz.device.CPU_WORKING_SET // per_image)  # the CPU's own cap
+    small = 2 * 1.5 * filterviz.device.saved_bytes_per_image(embedded, forward, size, None)
     assert measure(int(small)) == 2 and peak[0] <= small
     with pytest.raises(FilterVizError, match="more than the memory budget"):
         auto_batch_size(embedded, forward, size, 1, 1000, None)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import FilterVizError
-from .execution import PRECISIONS
+from .device import PRECISIONS
 from .image import check_path
 from .models import DEFAULT_MODEL
 from .models.sources.torch_files import SUFFIXES as TORCH_SUFFIXES

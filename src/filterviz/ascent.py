@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .channels import single_channels
+from .fastpath import single_channels
 from .errors import FilterVizError, FilterVizWarning
-from .execution import auto_batch_size, autocast
+from .device import auto_batch_size, autocast
 from .forward import Scorer
 from .image import DEPROCESS, Deprocess
 from .liveness import flat_on_probe, probe_count
@@ -219,7 +219,7 @@ def render(
     ``start`` (N, H, W, 3) replaces the start image (pixel and fourier parameterizations).
 
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
-    ``bf16``, ``fp16`` or ``auto``; see ``execution.autocast_dtype``), ``batch_size`` (default: the
+    ``bf16``, ``fp16`` or ``auto``; see ``device.autocast_dtype``), ``batch_size`` (default: the
     device's, capped so a batch fits in ``max_memory`` bytes, default the model's ``max_memory``, else a
     safe share of free memory), ``select_channels`` (when every image is scored on one channel of a
     convolution layer, compute only those channels), and ``memory_format`` (``channels_last`` or

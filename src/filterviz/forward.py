@@ -2,7 +2,7 @@
 
 Chosen once per render (``choose_forward``): ``FullCapture`` runs the model up to the last layer an
 objective reads and scores the objectives on the captured activations; ``SelectedChannels`` (the
-one-channel fast path, see ``channels``) computes, when every image is scored on one channel of a
+one-channel fast path, see ``fastpath``) computes, when every image is scored on one channel of a
 convolution layer, only those channels.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .channels import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
-from .execution import channels_last
+from .fastpath import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
+from .device import channels_last
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, batch_scores
 from .redirect import Redirection, redirected

@@ -52,7 +52,7 @@ MODULE_KINDS: dict[type[nn.Module] | str, frozenset[str]] = {
     nn.Sigmoid: frozenset({ACTIVATION, PER_CHANNEL}),
     nn.Tanh: frozenset({ACTIVATION, PER_CHANNEL}),
     nn.Identity: frozenset({PER_CHANNEL}),
-    nn.BatchNorm2d: frozenset({NORM}),  # per channel too, in eval mode only: channels.py checks that itself
+    nn.BatchNorm2d: frozenset({NORM}),  # per channel too, in eval mode only: fastpath.py checks that itself
     nn.GroupNorm: frozenset({NORM}),
     nn.InstanceNorm2d: frozenset({NORM}),
     "BatchNormalization": frozenset({NORM}),  # Keras

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import FilterIndexError, FilterVizError, InputSizeError, MemoryBudgetError, first_line
-from .execution import SavedBytes, autocast_dtype, measure_saved_bytes
+from .device import SavedBytes, autocast_dtype, measure_saved_bytes
 from .forward import FullCapture, SelectedChannels, choose_forward
 from .image import DEPROCESS, Deprocess
 from .layers import OUTPUT

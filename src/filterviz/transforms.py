@@ -33,7 +33,7 @@ def _choice(generator: torch.Generator, options: Sequence[float]) -> float:
 
 
 def _deterministic_cuda(x: torch.Tensor) -> bool:
-    """Whether deterministic kernels were asked for on this CUDA tensor (see ``execution.deterministic``).
+    """Whether deterministic kernels were asked for on this CUDA tensor (see ``device.deterministic``).
     PyTorch's CUDA backward of grid_sample and interpolate adds with atomics, in no fixed order; the
     gather and matrix forms below have deterministic backward passes, at some cost in speed."""
     return x.is_cuda and torch.are_deterministic_algorithms_enabled()

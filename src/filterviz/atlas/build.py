@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..plan import check_render
 from ..errors import FilterVizError, MemoryBudgetError, OutputError
-from ..execution import autocast_dtype
+from ..device import autocast_dtype
 from ..memory import budget_words, largest, memory_budget, more_memory, readable
 from ..image import png_bytes
 from ..models.loaded import LoadedModel

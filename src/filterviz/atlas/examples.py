@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import FilterVizError
-from ..execution import deterministic
+from ..device import deterministic
 from ..imagefiles import check_image, open_image
 from ..models.loaded import LoadedModel
 

@@ -17,7 +17,7 @@ import torch
 
 from ..ascent import render_filters
 from ..errors import FilterVizError, FilterVizWarning, first_line
-from ..execution import deterministic
+from ..device import deterministic
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe

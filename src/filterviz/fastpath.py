@@ -1,4 +1,4 @@
-"""Compute only the channels an objective reads.
+"""The one-channel fast path: compute only the channels an objective reads.
 
 When each image of a batch is scored on one channel of a layer that is a convolution followed only
 by per-channel modules (ReLU, batch norm...), the full convolution computes every channel for every
