@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import filterviz
@@ -14,6 +15,7 @@ from filterviz import FilterVizWarning
 from filterviz.ascent import plan_batches, render, render_filters
 from filterviz.cli import main
 from filterviz.liveness import flat_on_probe, probe_count, probe_images
+from filterviz.params import classic_start
 from filterviz.objectives import channel, diversity, gram
 from filterviz.redirect import _Redirected, redirected
 
@@ -179,11 +181,14 @@ def test_cli_prints_api_warnings_as_lines(capsys, tmp_path):
         conv.bias[4] = -1
     file = tmp_path / "tiny.pt"
     torch.jit.trace(model.module.float(), torch.zeros(1, 3, 16, 16)).save(str(file))
-    code = main(["render", str(file), "features.3", "4", "--size", "16", "--steps", "3", "-q",
+    code = main(["render", str(file), "features.3", "4", "--size", "16", "--steps", "3", "--seed", "0", "-q",
                  "-o", str(tmp_path / "f.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 0
     assert len(err) == 1 and err[0].startswith("filterviz: warning: filter 4 of features.3 of ") and "is dead" in err[0]
+    # The dead filter's picture is its start image (filter 4's seeded noise in float32), deprocessed.
+    start = classic_start(16, [4], seed=0)[0].astype(np.float32).astype(np.float64)
+    assert np.array_equal(np.array(Image.open(tmp_path / "f.png")), filterviz.deprocess_image(start))
 
 
 def test_atlas_marks_dead_and_stuck_filters_apart(tmp_path):
