@@ -4,6 +4,7 @@ same bytes, redoing only what a change affects, dataset examples equal to brute 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import signal
@@ -315,6 +316,12 @@ def test_a_task_renders_on_the_settings_thread_count_and_restores_it(monkeypatch
     settings = RenderSettings(get_recipe("classic", size=16, steps=1), 0, threads=before + 1)
     result = run_task(tiny_model(), RenderTask("features.1", (0, 1)), settings)
     assert seen == [before + 1] and torch.get_num_threads() == before and len(result.pngs) == 2
+    # Its PNGs are the pictures of the filters' render as one batch, in order, with its scores.
+    expected = render_filters(tiny_model(), "features.1", [0, 1], size=16, steps=1, seed=0)
+    for data, image in zip(result.pngs, expected.images):
+        assert np.array_equal(np.array(Image.open(io.BytesIO(data))), image)
+    assert result.scores == pytest.approx(tuple(expected.activation), rel=1e-12)
+    assert result.start_scores == pytest.approx(tuple(expected.start_activation), rel=1e-12)
 
 
 def test_layer_slugs_depend_on_the_name_alone_and_never_collide():
