@@ -266,6 +266,13 @@ def test_recipes_command_shows_every_field(capsys):
     code, out, _ = run(capsys, "recipes", "lucid")
     assert code == 0 and out.splitlines()[0] == "[lucid]"
     assert "optimizer = 'adam'" in out and "learning_rate = 0.05" in out and "parameterization = 'fourier'" in out
+    # Read back, the fields shown (and the defaults of those not shown) are the recipe that --recipe lucid
+    # renders with.
+    import ast
+
+    shown = dict(line.split(" = ", 1) for line in out.splitlines()[1:] if line)
+    assert filterviz.Recipe(**{name: ast.literal_eval(value) for name, value in shown.items()}) == \
+        filterviz.RECIPES["lucid"]
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
