@@ -91,6 +91,9 @@ def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, m
         # A tile is its filter rendered alone at 64 px with the same seed (up to batch rounding).
         alone = render_filters(embedded, "blocks.3.depthwise.act", [2], size=64, seed=0).images[0]
         assert np.abs(tiles[2].astype(int) - alone.astype(int)).max() <= 1
-    # vggconv1.png is filter 0 of the first layer, as generate_pattern makes it with the same seed.
+    # vggconv1.png is filter 0 of the first layer, as generate_pattern makes it with the same seed; the
+    # four figures are four different pictures.
     first = filterviz.generate_pattern(embedded, "stem.act", 0, seed=0)
     assert np.array_equal(np.array(Image.open(tmp_path / "out" / "vggconv1.png")), first)
+    figures = [(tmp_path / "out" / f"vggconv{n}.png").read_bytes() for n in range(1, 5)]
+    assert len(set(figures)) == 4
