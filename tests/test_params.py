@@ -157,6 +157,8 @@ def test_preset_values_take_effect_in_a_render(tiny):
     taken: list[tuple[str, float]] = []
     hook = register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: taken.append((type(optimizer).__name__, optimizer.param_groups[0]["lr"])))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 512 steps of tiny tensors: threads only wait on each other, more so on a busy machine
     try:
         filterviz.render(tiny, ["channel:features.3:1"], "lucid", size=8, seed=0)
         assert taken == [("Adam", 0.05)] * 512
@@ -168,6 +170,7 @@ def test_preset_values_take_effect_in_a_render(tiny):
         assert taken == []
     finally:
         hook.remove()
+        torch.set_num_threads(threads)
     for name, side in (("lucid", 128), ("maco", 224), ("classic", 150)):
         assert filterviz.render(tiny, ["channel:features.3:1"], name, steps=0, seed=0).pixels.shape == (1, side, side, 3)
 
