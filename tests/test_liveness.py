@@ -149,7 +149,7 @@ def test_copies_with_a_diversity_term_differ_more_in_style(recipe, options):
     varied = render(model, [diverse] * 3, recipe, seed=0, **options)
     before = _gram_similarity(model, alone.pixels, layer)
     after = _gram_similarity(model, varied.pixels, layer)
-    assert before > 0.99 and after < before - 0.05, (before, after)
+    assert before > 0.99 and after < before - 0.03, (before, after)
     # The score reported for each copy is the channel's mean plus 3 times minus the mean cosine
     # similarity of its Gram matrix to the other copies', computed here from the final pixels.
     pixels = torch.as_tensor(varied.pixels).permute(0, 3, 1, 2)
