@@ -4,6 +4,7 @@ same bytes, redoing only what a change affects, dataset examples equal to brute 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import signal
@@ -19,13 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
+import filterviz
 import filterviz.atlas.build as atlas_build
 import filterviz.atlas.examples as atlas_examples
 from filterviz.atlas import MANIFEST, LocalExecutor, build_atlas, default_layers
 from filterviz.atlas.examples import crop_box, list_images, load_square, receptive_field
+from filterviz.ascent import render_filters
 from filterviz.cli import main
 
-from conftest import TinyNet, tiny_model
+from conftest import TINY_SPEC, TinyNet, tiny_model
 
 def site_files(root: Path) -> dict[str, bytes]:
     """Every file of a site except the manifest (whose rows, not bytes, are the record)."""
@@ -71,6 +74,21 @@ def test_atlas_site_links_images_and_manifest(tmp_path, photos):
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha)
     assert len(examples) == 18 * 3 and all((tmp_path / file).is_file() for *_, file in examples)
     assert {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "img").rglob("*.png")} == {u[2] for u in units}
+    # Each filter's file holds its picture: the render of its chunk of 3 (the atlas's batch) with the
+    # same recipe and the atlas's default seed, 0; its page shows that file and the scores of that render.
+    for layer, count in (("features.1", 4), ("features.3", 6), ("features.6", 8)):
+        for first in range(0, count, 3):
+            chunk = list(range(first, min(first + 3, count)))
+            expected = render_filters(model, layer, chunk, size=16, steps=3, seed=0)
+            for k, image, before, after in zip(chunk, expected.images, expected.start_activation,
+                                               expected.activation):
+                assert np.array_equal(np.array(Image.open(tmp_path / "img" / layer / f"{k}.png")), image), (layer, k)
+                page = (tmp_path / "filters" / layer / f"{k}.html").read_text()
+                parser = Links()
+                parser.feed(page)
+                shown = [t for t in parser.targets if t.endswith(".png")]
+                assert shown[0] == f"../../img/{layer}/{k}.png", shown
+                assert f"{before:.4g} → {after:.4g}" in page
 
 
 def test_default_layers_are_convolutions_after_their_activation_or_blocks(embedded):
@@ -188,6 +206,44 @@ def test_dataset_examples_equal_brute_force(tmp_path, photos):
                 assert value == pytest.approx(peaks[image], rel=1e-12)
                 where = int(flat[image].argmax())
                 assert (top, left, side) == crop_box(where // width, where % width, (height, width), field, 24)
+                # The crop's file holds that region of the image, as the atlas sees it (24 px square).
+                crop = np.array(Image.open(tmp_path / "examples" / layer / f"{k}-{rank}.png"))
+                square = load_square(files[image], 24)
+                assert np.array_equal(crop, square[top:top + side, left:left + side]), (layer, k, rank)
+
+
+def test_atlas_defaults_are_those_it_documents(tmp_path):
+    # build_atlas without recipe, seed, top_k or chunk_size is build_atlas with classic, 0, 8 and 16 given,
+    # byte for byte; another seed and top-k change what they should.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(10):  # more than 8, so that the top 8 is a choice
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{number}.png")
+    model = tiny_model()
+    options = dict(size=16, steps=2, layers=["features.6"], images=folder)
+    default = build_atlas(model, tmp_path / "default", **options)
+    build_atlas(model, tmp_path / "explicit", recipe="classic", seed=0, top_k=8, chunk_size=16, **options)
+    assert site_files(tmp_path / "default") == site_files(tmp_path / "explicit")
+    assert default.examples == 8 * 8
+    other = build_atlas(model, tmp_path / "other", seed=1, top_k=7, **options)
+    assert other.examples == 8 * 7
+    changed = site_files(tmp_path / "other")
+    assert all(changed[name] != data for name, data in site_files(tmp_path / "default").items()
+               if name.startswith("img/"))
+    # Chunks of 16 filters by default: a layer of 20 is rendered as tasks of 16 and 4.
+    seen = []
+
+    class Recording(LocalExecutor):
+        def run(self, model, tasks, settings):
+            seen.extend(task.filters for task in tasks)
+            yield from super().run(model, tasks, settings)
+
+    torch.manual_seed(0)
+    wide = filterviz.load_model(torch.nn.Sequential(torch.nn.Conv2d(3, 20, 3), torch.nn.ReLU()), spec=TINY_SPEC,
+                                device="cpu", name="wide")
+    build_atlas(wide, tmp_path / "wide", size=8, steps=1, layers=["1"], executor=Recording())
+    assert seen == [tuple(range(16)), tuple(range(16, 20))]
 
 
 def test_receptive_field_of_stacked_convolutions():
@@ -254,6 +310,12 @@ def test_a_task_renders_on_the_settings_thread_count_and_restores_it(monkeypatch
     settings = RenderSettings(get_recipe("classic", size=16, steps=1), 0, threads=before + 1)
     result = run_task(tiny_model(), RenderTask("features.1", (0, 1)), settings)
     assert seen == [before + 1] and torch.get_num_threads() == before and len(result.pngs) == 2
+    # Its PNGs are the pictures of the filters' render as one batch, in order, with its scores.
+    expected = render_filters(tiny_model(), "features.1", [0, 1], size=16, steps=1, seed=0)
+    for data, image in zip(result.pngs, expected.images):
+        assert np.array_equal(np.array(Image.open(io.BytesIO(data))), image)
+    assert result.scores == pytest.approx(tuple(expected.activation), rel=1e-12)
+    assert result.start_scores == pytest.approx(tuple(expected.start_activation), rel=1e-12)
 
 
 def test_layer_slugs_depend_on_the_name_alone_and_never_collide():

@@ -9,15 +9,37 @@ import numpy as np
 from PIL import Image
 
 import filterviz
-from filterviz import render_filters
+from filterviz import book, deprocess_image, render_filters
 from filterviz.cli import main
+from filterviz.params import classic_start
+
+from conftest import tiny_model
+from test_render import book_loop_reference
 
 
 def test_generate_pattern_as_in_the_book(embedded):
     image = filterviz.generate_pattern(embedded, "blocks.3.depthwise.act", 0, seed=0)
     assert image.shape == (150, 150, 3) and image.dtype == np.uint8
-    again = filterviz.generate_pattern(embedded, "blocks.3.depthwise.act", 0, seed=0)
+    # The defaults are the book's: the same bytes as size 150, 40 steps of 1 given explicitly.
+    again = filterviz.generate_pattern(embedded, "blocks.3.depthwise.act", 0, size=150, steps=40, step=1.0, seed=0)
     assert np.array_equal(image, again)
+
+
+def test_generate_pattern_defaults_run_the_books_loop(monkeypatch):
+    # With its default steps and step, generate_pattern is the book's loop written out plainly
+    # (tests/test_render.py): 40 steps of 1 from the seeded noise, deprocessed. (Its default size, 150,
+    # is checked above; a smaller one keeps this fast.)
+    renders = []
+    real = book.render_filters
+    monkeypatch.setattr(book, "render_filters", lambda *args, **kwargs: renders.append(real(*args, **kwargs))
+                        or renders[-1])
+    model = tiny_model()
+    image = filterviz.generate_pattern(model, "features.3", 3, size=40, seed=7)
+    start = classic_start(40, [3], seed=7)[0]
+    expected = book_loop_reference(model.module, 3, 3, start, steps=40)
+    assert np.abs(renders[0].pixels[0] - expected).max() < 1e-9
+    assert np.abs(renders[0].pixels[0] - book_loop_reference(model.module, 3, 3, start, steps=39)).max() > 1e-3
+    assert np.array_equal(image, deprocess_image(renders[0].pixels[0]))
 
 
 def test_render_raises_activation_on_embedded_model(embedded):
@@ -34,7 +56,7 @@ def test_comparable_layers_of_embedded_model(embedded):
         "stem.act", "blocks.1.depthwise.act", "blocks.3.depthwise.act", "blocks.5.depthwise.act"]
 
 
-def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypatch, capsys):
+def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, monkeypatch, capsys, embedded):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))
     for variable in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(variable, raising=False)
@@ -66,3 +88,12 @@ def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, m
         assert all(tile.std() > 10 for index, tile in enumerate(tiles) if index not in dead)
         for index in dead:  # crossed out in red, corner to corner
             assert (tiles[index][0, 0] == [255, 0, 0]).all() and (tiles[index][63, 0] == [255, 0, 0]).all()
+        # A tile is its filter rendered alone at 64 px with the same seed (up to batch rounding).
+        alone = render_filters(embedded, "blocks.3.depthwise.act", [2], size=64, seed=0).images[0]
+        assert np.abs(tiles[2].astype(int) - alone.astype(int)).max() <= 1
+    # vggconv1.png is filter 0 of the first layer, as generate_pattern makes it with the same seed; the
+    # four figures are four different pictures.
+    first = filterviz.generate_pattern(embedded, "stem.act", 0, seed=0)
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "vggconv1.png")), first)
+    figures = [(tmp_path / "out" / f"vggconv{n}.png").read_bytes() for n in range(1, 5)]
+    assert len(set(figures)) == 4

@@ -349,9 +349,12 @@ def test_a_scripted_model_that_calls_functions_lists_and_renders_its_layers(caps
     assert names == ["stem", "blocks.0.conv", "blocks.0.act", "blocks.0", "blocks.1.conv", "blocks.1.act", "blocks.1",
                      "head"]
     works(capsys, "render", path, "blocks.1.act", "2", "--size", "16", "--steps", "2", "--preprocess", "unit",
-          "-o", tmp_path / "act.png", "-q")
-    assert (tmp_path / "act.png").is_file()
+          "--seed", "0", "-o", tmp_path / "act.png", "-q")
     model = filterviz.load_model(path, preprocess="unit", device="cpu")
+    # The file holds filter 2's picture, as the API renders it from the same file.
+    rendered = filterviz.render_filters(model, "blocks.1.act", [2], size=16, steps=2, seed=0)
+    assert not rendered.stuck[0]
+    assert np.array_equal(np.array(Image.open(tmp_path / "act.png")), rendered.images[0])
     pixels = torch.rand(2, 3, 16, 16) * 255
     seen = {}
     net.blocks[1].act.register_forward_hook(lambda module, inputs, output: seen.setdefault("act", output))
@@ -492,20 +495,31 @@ def test_the_smallest_sizes_give_a_result_or_one_line(capsys, tmp_path, tiny_fil
         ["grid", EMBEDDED, "blocks.6", "--filters", "0-1", "--steps", "1"],
         ["grid", tiny_file, "features.1", "--filters", "0-1", "--steps", "0", "--preprocess", "unit"],
     ]
+    # Without steps, a picture is its start image (each filter's seeded noise, as the float32 model holds
+    # it), deprocessed: a grid of them, too.
+    def start(filters: list[int]) -> list[np.ndarray]:
+        return [filterviz.deprocess_image(noise.astype(np.float32).astype(np.float64))
+                for noise in filterviz.params.classic_start(size, filters, seed=0)]
+
+    known = {0: start([0])[0], 4: filterviz.make_grid(start([0, 1]))}
     for number, argv in enumerate(runs):
         out = tmp_path / f"run{number}.png"
-        code = main([str(arg) for arg in argv] + ["--size", str(size), "-o", str(out), "-q"])
+        code = main([str(arg) for arg in argv] + ["--size", str(size), "--seed", "0", "-o", str(out), "-q"])
         err = capsys.readouterr().err
         assert "Traceback" not in err
         if code == 0:
             assert out.is_file() and all(line.startswith("filterviz: warning: ") for line in err.splitlines()), err
+            if number in known:
+                assert np.array_equal(np.array(Image.open(out)), known.pop(number)), argv
         else:
             assert code == 2 and len(err.splitlines()) == 1 and err.startswith("filterviz: error: "), err
             assert not out.exists()
+    assert not known  # both runs without steps gave a picture
     atlas = tmp_path / "atlas"
     works(capsys, "atlas", EMBEDDED, "-o", atlas, "--layers", "blocks.0", "--filters", "0-1", "--size", size,
           "--steps", "0", "-q")
     assert (atlas / "index.html").is_file()
+    assert np.array_equal(np.array(Image.open(atlas / "img" / "blocks.0" / "1.png")), start([1])[0])
     line = refused(capsys, tmp_path, "render", tiny_file, "features.6", "0", "--size", size, "--preprocess", "unit",
                    "-o", tmp_path / "x.png")
     assert "size %d is too small for layer features.6 of tiny.pt" % size in line

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import filterviz
@@ -14,6 +15,7 @@ from filterviz import FilterVizWarning
 from filterviz.ascent import plan_batches, render, render_filters
 from filterviz.cli import main
 from filterviz.liveness import flat_on_probe, probe_count, probe_images
+from filterviz.params import classic_start
 from filterviz.objectives import channel, diversity, gram
 from filterviz.redirect import _Redirected, redirected
 
@@ -133,6 +135,38 @@ def test_diversity_makes_copies_differ_on_an_independent_model():
     assert after < before - 0.05, (before, after)
 
 
+@pytest.mark.parametrize(("recipe", "options"), [("classic", dict(size=16, steps=20)),
+                                                  ("lucid", dict(size=24, steps=30))])
+def test_copies_with_a_diversity_term_differ_more_in_style(recipe, options):
+    # Several copies of one objective in the list, the objective built with the algebra and the
+    # README's weight of 3: the copies' Gram matrices at the layer (measured here, on the rendered
+    # pixels) must be further apart than those of copies rendered without the term, from the same starts.
+    model = tiny_model()
+    layer = "features.3"
+    plain = channel(layer, 2)
+    diverse = channel(layer, 2) + 3 * diversity(layer)
+    alone = render(model, [plain] * 3, recipe, seed=0, **options)
+    varied = render(model, [diverse] * 3, recipe, seed=0, **options)
+    before = _gram_similarity(model, alone.pixels, layer)
+    after = _gram_similarity(model, varied.pixels, layer)
+    assert before > 0.99 and after < before - 0.03, (before, after)
+    # The score reported for each copy is the channel's mean plus 3 times minus the mean cosine
+    # similarity of its Gram matrix to the other copies', computed here from the final pixels.
+    pixels = torch.as_tensor(varied.pixels).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        activations = model.activations(pixels, layer)
+    unit = torch.nn.functional.normalize(gram(activations), dim=1)
+    similarity = unit @ unit.T
+    for i in range(3):
+        others = float((similarity[i].sum() - similarity[i, i]) / 2)
+        expected = float(activations[i, 2].mean()) - 3 * others
+        assert varied.score[i] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # Without the term, the same call with one objective per copy gives each copy's plain channel mean.
+    assert alone.score == pytest.approx([float(a[2].mean()) for a in
+                                         model.activations(torch.as_tensor(alone.pixels).permute(0, 3, 1, 2),
+                                                           layer).detach()])
+
+
 def test_copies_that_read_each_other_share_a_batch():
     a, b = channel("l", 0) + diversity("l"), channel("l", 1)
     assert plan_batches([a, b, a, b, a], 2) == [[0, 2, 4], [1, 3]]
@@ -147,11 +181,14 @@ def test_cli_prints_api_warnings_as_lines(capsys, tmp_path):
         conv.bias[4] = -1
     file = tmp_path / "tiny.pt"
     torch.jit.trace(model.module.float(), torch.zeros(1, 3, 16, 16)).save(str(file))
-    code = main(["render", str(file), "features.3", "4", "--size", "16", "--steps", "3", "-q",
+    code = main(["render", str(file), "features.3", "4", "--size", "16", "--steps", "3", "--seed", "0", "-q",
                  "-o", str(tmp_path / "f.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 0
     assert len(err) == 1 and err[0].startswith("filterviz: warning: filter 4 of features.3 of ") and "is dead" in err[0]
+    # The dead filter's picture is its start image (filter 4's seeded noise in float32), deprocessed.
+    start = classic_start(16, [4], seed=0)[0].astype(np.float32).astype(np.float64)
+    assert np.array_equal(np.array(Image.open(tmp_path / "f.png")), filterviz.deprocess_image(start))
 
 
 def test_atlas_marks_dead_and_stuck_filters_apart(tmp_path):

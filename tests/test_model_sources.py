@@ -6,8 +6,10 @@ import importlib.metadata
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import filterviz
 from filterviz.models import sources as sources_module
@@ -49,12 +51,21 @@ def test_a_registered_source_loads_lists_and_renders(clean_registry, capsys, tmp
     assert all(torch.equal(a, b) for a, b in zip(model.module.state_dict().values(), reference.state_dict().values()))
     result = filterviz.render_filters(model, "features.1", [0], size=16, steps=2, seed=0)
     assert result.model == "tiny:3"
+    # The render is that of the same network wrapped directly (load_model of the module, with the spec).
+    torch.manual_seed(3)
+    direct = filterviz.load_model(TinyNet(), spec=TINY_SPEC, device="cpu")
+    assert np.array_equal(result.pixels, filterviz.render_filters(direct, "features.1", [0], size=16, steps=2,
+                                                                  seed=0).pixels)
     from filterviz.cli import main
 
     assert main(["models"]) == 0
     assert "tiny:SEED" in capsys.readouterr().out
-    assert main(["render", "tiny:1", "features.1", "0", "--size", "16", "--steps", "2", "-q",
-                 "-o", str(tmp_path / "f.png")]) == 0 and (tmp_path / "f.png").exists()
+    for seed in ("1", "3"):
+        assert main(["render", f"tiny:{seed}", "features.1", "0", "--size", "16", "--steps", "2", "--seed", "0", "-q",
+                     "-o", str(tmp_path / f"f{seed}.png")]) == 0
+    # The command line's file for tiny:3 holds the API's picture; tiny:1, another network, another one.
+    assert np.array_equal(np.array(Image.open(tmp_path / "f3.png")), result.images[0])
+    assert not np.array_equal(np.array(Image.open(tmp_path / "f1.png")), result.images[0])
 
 
 def test_a_source_from_an_entry_point(clean_registry, monkeypatch):

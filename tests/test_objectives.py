@@ -154,3 +154,14 @@ def test_objectives_in_a_render_match_the_activations(tiny):
 
 def test_rows_peers_default_to_none():
     assert Rows(slice(0, 1), 0).peers == ()
+    # As a term reads them: rows without peers score as rows whose peers are given as none, and a
+    # diversity term with no peers has nothing to differ from (0), where with peers it is the hand value.
+    x = activations(shape=(2, 4, 5, 5))
+    objective = channel(A, 1) + 2 * diversity(A)
+    alone = objective.score({A: x}, Rows(slice(0, 1), 0))
+    assert float(alone) == float(objective.score({A: x}, Rows(slice(0, 1), 0, ()))) == pytest.approx(float(x[0, 1].mean()))
+    paired = objective.score({A: x}, Rows(slice(0, 1), 0, (slice(0, 1), slice(1, 2))))
+    flat = x.reshape(2, 4, -1)
+    grams = (flat @ flat.transpose(1, 2) / 25).reshape(2, -1)
+    similarity = F.cosine_similarity(grams[0], grams[1], dim=0)
+    assert float(paired) == pytest.approx(float(x[0, 1].mean() - 2 * similarity))

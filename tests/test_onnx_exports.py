@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import onnx
 import onnx2torch
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.models as tv_models
+from PIL import Image
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
@@ -367,8 +369,14 @@ def test_cli_lists_and_renders_keras_names_of_a_vgg_export(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["features/features/7/Relu"] == ["ReLU", "256", "8x8", "features.7,", "block3_conv1"]
     image = tmp_path / "f.png"
-    assert main(["render", str(path), "block3_conv1", "0", "-o", str(image), "--steps", "2", "--quiet"]) == 0
-    assert image.stat().st_size > 0
+    assert main(["render", str(path), "block3_conv1", "0", "-o", str(image), "--steps", "2", "--seed", "0",
+                 "--quiet"]) == 0
+    # The picture is that of the torch model the file came from, at the same layer (features.7, the ReLU
+    # after block3_conv1), raw 0..255 input and the file's 32 px: up to float rounding.
+    torch_model = filterviz.load_model(small_vgg(), spec=filterviz.InputSpec(default_size=32), device="cpu")
+    expected = filterviz.render_filters(torch_model, "features.7", [0], size=32, steps=2, seed=0).images[0]
+    got = np.array(Image.open(image))
+    assert got.shape == (32, 32, 3) and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
 # -- 4. exports of other torchvision models --------------------------------------------------------------------

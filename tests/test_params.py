@@ -10,6 +10,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import filterviz
 from filterviz.errors import FilterVizError
@@ -148,6 +149,30 @@ def test_recipes_are_plain_data_with_checked_overrides():
         Recipe(crop=(0.9, 0.1))
     with pytest.raises(FilterVizError, match="unknown recipe 'deepdream'; use one of classic, lucid, maco"):
         get_recipe("deepdream")
+
+
+def test_preset_values_take_effect_in_a_render(tiny):
+    # What the presets say, as a render does it: lucid takes 512 Adam steps at 0.05, maco NAdam steps at
+    # 1.0, classic no optimizer at all (the book's normalized step); sizes 128, 224 and 150 px.
+    taken: list[tuple[str, float]] = []
+    hook = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: taken.append((type(optimizer).__name__, optimizer.param_groups[0]["lr"])))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 512 steps of tiny tensors: threads only wait on each other, more so on a busy machine
+    try:
+        filterviz.render(tiny, ["channel:features.3:1"], "lucid", size=8, seed=0)
+        assert taken == [("Adam", 0.05)] * 512
+        taken.clear()
+        filterviz.render(tiny, ["channel:features.3:1"], "maco", size=16, steps=2, seed=0)
+        assert taken == [("NAdam", 1.0)] * 2
+        taken.clear()
+        filterviz.render(tiny, ["channel:features.3:1"], "classic", size=16, steps=2, seed=0)
+        assert taken == []
+    finally:
+        hook.remove()
+        torch.set_num_threads(threads)
+    for name, side in (("lucid", 128), ("maco", 224), ("classic", 150)):
+        assert filterviz.render(tiny, ["channel:features.3:1"], name, steps=0, seed=0).pixels.shape == (1, side, side, 3)
 
 
 def test_same_seed_same_bytes_and_batching_does_not_matter(tiny):

@@ -14,8 +14,10 @@ import shlex
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import filterviz
 from filterviz.cli import main
@@ -108,7 +110,16 @@ def test_readme_command_runs_and_renders_no_dead_unit(command, tmp_path, capsys,
     assert code == 0, (argv, captured.err)
     assert "is dead" not in captured.err, (argv, captured.err)
     if argv[0] in ("render", "grid", "atlas"):
-        assert any(tmp_path.iterdir()), argv  # it wrote what it said
+        # It wrote what it said: each file or folder it names, and for -o NAME_{name}.png, files of that pattern.
+        named = [Path(argv[i + 1]) for i, word in enumerate(argv) if word in ("-o", "--output", "--out", "--importance")]
+        assert named, argv
+        for path in named:
+            found = list(path.parent.glob(path.name.replace("{name}", "*"))) if "{name}" in path.name else [path]
+            assert found and all(p.exists() for p in found), (argv, path)
+            if path.suffix == ".png":
+                assert all(min(Image.open(p).size) >= 32 for p in found), argv  # images of the --size given, or grids
+            else:
+                assert (path / "index.html").is_file(), argv
 
 
 def test_readme_python_block_runs(tmp_path, monkeypatch):
@@ -128,6 +139,10 @@ def test_readme_python_block_runs(tmp_path, monkeypatch):
     documented = "filter 61 of blocks.3.depthwise.act of efficientnet-lite0 is dead"
     assert not [m for m in said if "is dead" in m and not m.startswith(documented)], said
     assert (tmp_path / "filter.png").exists() and (tmp_path / "atlas" / "index.html").exists()
+    # filter.png is filter 0 of blocks.3.depthwise.act at seed 0, at the (here made small) defaults.
+    model = filterviz.load_model("efficientnet-lite0", device="cpu")
+    expected = filterviz.render_filters(model, "blocks.3.depthwise.act", [0], size=48, steps=3, step=1.0, seed=0)
+    assert np.array_equal(np.array(Image.open(tmp_path / "filter.png")), expected.images[0])
 
 
 def test_readme_extending_blocks_run(monkeypatch, tmp_path):

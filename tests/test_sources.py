@@ -254,6 +254,9 @@ def test_onnx_keras_export_by_keras_names_nhwc_and_fixed_size(tmp_path, capsys):
         assert model.activations(x, "block2_conv1").shape == (1, 6, 8, 8)
     render = assert_render_raises(model, "block1_conv1", 3)
     assert render.images.shape == (3, 16, 16, 3)  # the file's fixed size, by default
+    # ... as if that size were given: the same bytes as size=16.
+    explicit = filterviz.render_filters(model, "block1_conv1", render.filters, size=16, steps=4, seed=0)
+    assert np.array_equal(render.images, explicit.images)
     code, out, _ = cli(capsys, "layers", str(path))
     assert code == 0 and "NHWC, fixed 16x16" in out.splitlines()[0]
     row = next(line for line in out.splitlines() if line.startswith("functional_1/block1_conv1_1/Relu"))
