@@ -90,7 +90,7 @@ def bad_inputs(tmp: str) -> dict[str, tuple[list[str], str]]:
         "device not here": (["render", EMBEDDED, "stem.act", "0", "--device", "cuda:7", "-o", out],
                             r"device 'cuda:7' (asked for, but CUDA is not available here|does not exist)"),
         "step not finite": (["render", EMBEDDED, "stem.act", "0", "--step", "nan", "-o", out],
-                            r"argument --step/--learning-rate/--lr: invalid finite number value: 'nan'"),
+                            r"argument --learning-rate/--lr/--step: invalid finite number value: 'nan'"),
         "negative margin": (["grid", EMBEDDED, "stem.act", "--margin", "-5", "-o", out],
                             r"argument --margin: invalid non-negative integer value: '-5'"),
         "huge filter range": (["grid", EMBEDDED, "stem.act", "--filters", "0-999999999999", "-o", out],

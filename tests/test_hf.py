@@ -1,0 +1,75 @@
+"""Hugging Face transformers image models (``hf:NAME``): built here from tiny configs with random
+weights and saved as folders; checked against transformers' own preprocessing and forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import filterviz
+from filterviz.cli import main
+from filterviz.errors import FilterVizError
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    """A tiny ViT classifier with named labels and its image processor, saved as a folder."""
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=48, num_labels=3,
+                                    id2label={0: "cat", 1: "dog", 2: "fox"}, label2id={"cat": 0, "dog": 1, "fox": 2})
+    model = transformers.ViTForImageClassification(config).eval()
+    folder = tmp_path_factory.mktemp("hf") / "tiny-vit"
+    model.save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                   image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder
+
+
+def _reference_logits(folder, image: np.ndarray) -> torch.Tensor:
+    """transformers' own preprocessing and forward pass of a uint8 image (H, W, 3)."""
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    model = transformers.AutoModelForImageClassification.from_pretrained(folder).eval()
+    inputs = processor(images=image, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits[0]
+
+
+def test_an_hf_folder_loads_with_its_processors_spec_and_labels(vit_folder):
+    model = filterviz.load_model(f"hf:{vit_folder}", device="cpu")
+    assert model.categories == ("cat", "dog", "fox")
+    assert model.spec.default_size == 32 and model.spec.fixed_size == (32, 32)  # position embeddings: one size
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    pixels = torch.as_tensor(image).permute(2, 0, 1)[None].double().to(model.dtype)
+    with torch.no_grad():
+        ours = model.logits(pixels)[0]
+    assert torch.allclose(ours.float(), _reference_logits(vit_folder, image), atol=1e-4)
+
+
+def test_a_class_render_raises_the_class_by_transformers_own_forward(vit_folder):
+    model = filterviz.load_model(f"hf:{vit_folder}", device="cpu")
+    result = filterviz.render(model, ["class:2"], "classic", steps=20, seed=0, deprocess="none")
+    start = filterviz.render(model, ["class:2"], "classic", steps=0, seed=0, deprocess="none")
+    before = _reference_logits(vit_folder, start.images[0])[2]
+    after = _reference_logits(vit_folder, result.images[0])[2]
+    assert after > before + 0.05  # a tiny random model's logits move little, but they move up
+    # The render's own scores are transformers' logits of its start and final pictures.
+    assert (result.start_score[0], result.score[0]) == pytest.approx((float(before), float(after)), abs=0.01)
+
+
+def test_random_weights_and_bad_names_are_one_line(vit_folder, tmp_path, capsys):
+    random = filterviz.load_model(f"hf:{vit_folder}", weights="random", device="cpu")
+    assert random.source.startswith("random weights")
+    with pytest.raises(FilterVizError, match="give --weights random or leave --weights out"):
+        filterviz.load_model(f"hf:{vit_folder}", weights="w.pth", device="cpu")
+    (tmp_path / "empty").mkdir()
+    assert main(["layers", f"hf:{tmp_path / 'empty'}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "save_pretrained" in err
+    # A hub name that is not cached, with no network: one line that names the cache, within seconds.
+    assert main(["layers", "hf:nobody-here/no-such-model-xyz"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Hugging Face cache" in err
