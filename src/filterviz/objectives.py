@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -67,6 +67,11 @@ class Term:
         """The term that ``KIND:ARGS`` names (``args``: the text after the first colon, "" if none);
         a one-line FilterVizError for anything else."""
         raise NotImplementedError
+
+    def bind(self, model: Any) -> "Term":
+        """This term made ready for ``model`` (a term that needs something of the model, such as a
+        text's embedding, gets it here, before any check or step); most terms need nothing."""
+        return self
 
 
 def _kinds(term: type[Term]) -> tuple[str, ...]:
@@ -245,6 +250,44 @@ class Direction(Term):
         return f"direction({self.layer},{len(self.vector)}d)"
 
 
+@register_term
+@dataclass(frozen=True)
+class TextSimilarity(Term):
+    """The cosine similarity of the image's embedding (the model's output) with a text's, embedded by
+    the model's own text tower (a CLIP model: ``open_clip:ViT-B-32/openai``)."""
+
+    text: str
+    vector: tuple[float, ...] = field(default=(), compare=False)
+    layer: str = OUTPUT
+    syntax: ClassVar[tuple[str, ...]] = ("text:TEXT",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "TextSimilarity":
+        text = args.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+            text = text[1:-1].strip()
+        if not text:
+            raise FilterVizError('text needs a text: text:"a photo of a dog"')
+        return cls(text)
+
+    def bind(self, model: Any) -> "TextSimilarity":
+        embed = getattr(model, "embed_text", None)
+        if embed is None:
+            raise FilterVizError(f"text:{self.text!r} needs a CLIP model, whose text tower embeds the text (e.g. "
+                                 f"open_clip:ViT-B-32/openai); {getattr(model, 'name', 'this model')} has none")
+        return TextSimilarity(self.text, tuple(float(v) for v in embed(self.text)))
+
+    def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        if not self.vector:
+            raise FilterVizError(f"text:{self.text!r} was not bound to a model; render it with a CLIP model")
+        images = data[rows.views].reshape(data[rows.views].shape[0], -1)
+        text = torch.tensor(self.vector, dtype=images.dtype, device=images.device)
+        return F.cosine_similarity(images, text[None], dim=1).mean()
+
+    def label(self) -> str:
+        return f"text({self.text!r})"
+
+
 def gram(x: torch.Tensor) -> torch.Tensor:
     """Channel Gram matrices of activations (N, C, H, W) -> (N, C*C), normalized by positions."""
     flat = x.reshape(x.shape[0], x.shape[1], -1)
@@ -370,6 +413,11 @@ class Objective:
 
     def __repr__(self) -> str:
         return f"Objective({self.name!r})"
+
+    def bind(self, model: Any) -> "Objective":
+        """The objective with each term made ready for ``model`` (see ``Term.bind``)."""
+        bound = [(weight, term.bind(model)) for weight, term in self.terms]
+        return self if all(new is old for (_, new), (_, old) in zip(bound, self.terms)) else Objective(bound)
 
     @property
     def layers(self) -> set[str]:

@@ -338,6 +338,7 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
     if not all(isinstance(o, Objective) for o in targets):
         bad = next(o for o in targets if not isinstance(o, Objective))
         raise FilterVizError(f"objectives must be Objectives or text such as 'channel:LAYER:K', not {type(bad).__name__}")
+    targets = [objective.bind(model) for objective in targets]
     keys = list(range(len(targets))) if keys is None else [int(k) for k in keys]
     if len(keys) != len(targets):
         raise FilterVizError(f"{len(keys)} keys for {len(targets)} objectives")

@@ -23,7 +23,8 @@ from ..layers import closest_names
 from .loaded import LoadedModel
 from .sources import FileSource, LoadRequest, PrefixSource, model_sources
 # Each of these modules registers its sources, in the order they are asked: names, prefixes, files.
-from .sources import embedded, torchvision_zoo, timm_zoo, hf, keras_models, onnx_files, torch_files  # noqa: F401
+from .sources import (embedded, torchvision_zoo, timm_zoo, hf, open_clip_zoo, keras_models, onnx_files,  # noqa: F401
+                      torch_files)
 from .spec import InputSpec
 from .weights import load_weights_file
 
