@@ -30,6 +30,8 @@ SKIPPED = {
     "--address": "needs a running Ray cluster",
     "vgg16_features-amdegroot": "a VGG16 checkpoint file the user downloaded",
     "timm:convnext_tiny stages": "pretrained timm weights from the network",
+    "hf:google/vit-base-patch16-224": "a Hugging Face model from the network (tests/test_hf.py loads a folder)",
+    "open_clip:ViT-B-32/openai": "pretrained CLIP weights from the network (tests/test_clip.py renders text:)",
     "render keras:VGG16": "pretrained Keras weights from the network",
     "atlas vgg16": "pretrained VGG16 weights from the network",
     "filterviz demo": "the demo's fallback is run by tests/test_book.py",
