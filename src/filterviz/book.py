@@ -35,7 +35,8 @@ def generate_pattern(
     step: float = 1.0,
     seed: int | None = None,
 ) -> np.ndarray:
-    """The image (size, size, 3) uint8 that maximizes the mean activation of one filter, as in the book."""
+    """The image (size, size, 3) uint8 (C channels for a model of C, see ``InputSpec.channels``) that
+    maximizes the mean activation of one filter, as in the book."""
     loaded = load_model(model) if isinstance(model, str) else model
     render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, learning_rate=step,
                             seed=seed)
