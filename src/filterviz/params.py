@@ -222,7 +222,7 @@ def load_spectrum(source: str | os.PathLike[str] | None = None) -> np.ndarray:
     if spectrum.dtype.kind not in "biuf":
         raise InputFileError(f"spectrum {str(path)!r} holds {spectrum.dtype} values, not real numbers; give a .npy "
                              "file of magnitudes, shape (3, H, W//2+1)")
-    if spectrum.ndim != 3 or spectrum.shape[0] != 3 or min(spectrum.shape) < 1:
+    if spectrum.ndim != 3 or min(spectrum.shape) < 1:
         raise InputFileError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1) (or "
                              "(C, H, W//2+1) for a model of C channels)")
     spectrum = np.asarray(spectrum, dtype=np.float64)
