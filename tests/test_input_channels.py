@@ -118,10 +118,12 @@ def test_the_first_convolution_says_the_channels_and_a_mismatch_is_one_line():
         assert model.spec == InputSpec.preset("unit", channels=channels)
         assert filterviz.load_model(Bands(channels), spec=spec_of(channels), device="cpu").spec.channels == channels
         with pytest.raises(FilterVizError, match=rf"the input spec is for RGB \(3 channels\), and Bands takes "
-                                                 rf"{channels} \(its first convolution 'features.0' takes {channels}\)"):
+                                                 rf"{channels} \(its first convolution 'features.0' takes "
+                                                 rf"{channels}\)"):
             filterviz.load_model(Bands(channels), spec=InputSpec(std=255.0), device="cpu")
         with pytest.raises(FilterVizError, match=rf"--channels 3 \(channels=3\) does not fit Bands: its first "
-                                                 rf"convolution 'features.0' takes {channels}; use --channels {channels}"):
+                                                 rf"convolution 'features.0' takes {channels}; use --channels "
+                                                 rf"{channels}"):
             filterviz.load_model(Bands(channels), preprocess="unit", channels=3, device="cpu")
         with pytest.raises(FilterVizError, match=r"preprocessing 'imagenet' .* is for 3 channels"):
             filterviz.load_model(Bands(channels), preprocess="imagenet", device="cpu")
@@ -231,7 +233,8 @@ def test_a_parameterization_made_for_rgb_is_refused_for_other_channels():
     rgb = filterviz.load_model(Bands(3), preprocess="raw", device="cpu")
     assert render(rgb, ["channel:features.2:1"], "classic", parameterization=RGBOnly(), size=16, steps=1).pixels.shape \
         == (1, 16, 16, 3)  # called as it always was
-    with pytest.raises(FilterVizError, match=r"parameterization rgbonly makes RGB images .* the model takes 1 channel;"):
+    with pytest.raises(FilterVizError, match=r"parameterization rgbonly makes RGB images .* the model takes 1 "
+                                             r"channel;"):
         render(bands_model(1), ["channel:features.2:1"], "classic", parameterization=RGBOnly(), size=16, steps=1)
 
 
@@ -283,8 +286,8 @@ def test_one_channel_render_is_a_gray_png(capsys, tmp_path, traced):
     assert same.images.shape == (1, 16, 16, 1)
     assert np.array_equal(np.asarray(picture), same.images[0, ..., 0])
     assert not (tmp_path / "f.npy").exists()  # the picture holds the one channel
-    code, err = run(capsys, "grid", path, "features.2", "--filters", "0-2", "--size", "16", "--steps", "2", "--seed", "0",
-                    "-o", tmp_path / "g.png")
+    code, err = run(capsys, "grid", path, "features.2", "--filters", "0-2", "--size", "16", "--steps", "2",
+                    "--seed", "0", "-o", tmp_path / "g.png")
     assert code == 0, err
     assert np.asarray(Image.open(tmp_path / "g.png")).shape == (16, 3 * 16 + 2 * 5)
 
@@ -312,8 +315,8 @@ def test_five_channel_render_is_three_chosen_channels_and_a_npy(capsys, tmp_path
     assert code == 0, err
     assert np.array_equal(np.asarray(Image.open(tmp_path / "first.png")), same.images[0][..., :3])
     assert np.array_equal(np.load(tmp_path / "first.npy"), same.pixels[0])
-    code, err = run(capsys, "grid", path, "features.2", "--filters", "0-2", "--size", "16", "--steps", "3", "--seed", "0",
-                    "--show-channels", "4", "-o", tmp_path / "g.png")
+    code, err = run(capsys, "grid", path, "features.2", "--filters", "0-2", "--size", "16", "--steps", "3",
+                    "--seed", "0", "--show-channels", "4", "-o", tmp_path / "g.png")
     assert code == 0, err
     grid = render_filters(filterviz.load_model(path, device="cpu"), "features.2", [0, 1, 2], size=16, steps=3, seed=0)
     assert np.array_equal(np.load(tmp_path / "g.npy"), grid.pixels)
@@ -334,7 +337,8 @@ def test_a_channel_mismatch_is_one_line_exit_2_and_no_file(capsys, tmp_path, tra
     np.save(tmp_path / "four.npy", np.ones((4, 8, 5)))
     args = [str(tmp_path / a) if a.endswith(".npy") else a for a in args]
     before = sorted(os.listdir(tmp_path))
-    code, err = run(capsys, "render", path, "features.2", "1", "--size", "16", "--steps", "2", *args, "-o", tmp_path / "f.png")
+    code, err = run(capsys, "render", path, "features.2", "1", "--size", "16", "--steps", "2", *args,
+                    "-o", tmp_path / "f.png")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(expected, err), err
@@ -349,8 +353,8 @@ def test_atlas_end_to_end(capsys, tmp_path, traced, photos, channels):
     path = traced(channels)
     out = tmp_path / "atlas"
     images = ["--images", photos, "--top-k", "2"] if channels == 1 else []
-    code, err = run(capsys, "atlas", path, "--layers", "features.2,features.5", "--filters", "0-1", "--size", "16", "--steps", "2",
-                    "--seed", "0", "-q", *images, "-o", out)
+    code, err = run(capsys, "atlas", path, "--layers", "features.2,features.5", "--filters", "0-1", "--size", "16",
+                    "--steps", "2", "--seed", "0", "-q", *images, "-o", out)
     assert code == 0, err
     assert (out / "index.html").is_file()
     pictures = sorted((out / "img").rglob("*.png"))
@@ -361,7 +365,8 @@ def test_atlas_end_to_end(capsys, tmp_path, traced, photos, channels):
         picture = out / "img" / "features.2" / f"{index}.png"  # the layer's name is its folder's
         shown = np.asarray(Image.open(picture))
         assert Image.open(picture).mode == ("L" if channels == 1 else "RGB")
-        assert np.array_equal(shown, expected.images[index, ..., 0] if channels == 1 else expected.images[index, ..., :3])
+        wanted = expected.images[index, ..., 0] if channels == 1 else expected.images[index, ..., :3]
+        assert np.array_equal(shown, wanted)
     if channels == 1:  # dataset examples: the photos as gray, as the model saw them
         crops = sorted((out / "examples").rglob("*.png"))
         assert crops and all(Image.open(crop).mode == "L" for crop in crops)
