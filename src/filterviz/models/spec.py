@@ -3,6 +3,7 @@ model's own channels (gray, RGB + near-infrared, multispectral bands)."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from collections.abc import Sequence
@@ -49,13 +50,13 @@ class InputSpec:
         given = self.channels
         if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
             raise FilterVizError(f"an input has 1 or more channels, not {given!r}")
-        sized = [len(v) for v in (self.mean, self.std) if v is not None and not isinstance(v, (int, float))]
+        sized = [len(v) for v in (self.mean, self.std) if v is not None and not isinstance(v, numbers.Real)]
         channels = given if given is not None else sized[0] if sized else 3
         for name, default in (("mean", 0.0), ("std", 1.0)):
             value = getattr(self, name)
             if value is None:
                 value = (default,) * channels
-            elif isinstance(value, (int, float)):
+            elif isinstance(value, numbers.Real):
                 value = (float(value),) * channels
             elif not isinstance(value, tuple):
                 value = tuple(value)
