@@ -112,6 +112,17 @@ def test_input_geometry_finds_the_channel_axis_of_a_model_file():
     assert input_geometry((None, None, None, None), "NHWC") == {"layout": "NHWC"}
 
 
+def test_a_model_file_declares_its_channels(tmp_path):
+    pytest.importorskip("onnx2torch")
+    path = save_bands(tmp_path / "bands.onnx", 5)
+    model = filterviz.load_model(path, device="cpu")
+    assert (model.spec.channels, model.spec.layout, model.spec.fixed_size) == (5, "NCHW", (16, 16))
+    assert filterviz.load_model(path, device="cpu", preprocess="tf").spec.mean == (127.5,) * 5
+    with pytest.raises(FilterVizError, match=r"the input spec is for RGB \(3 channels\), and the model file's input "
+                                             r"has 5; give a spec of 5 channels"):
+        filterviz.load_model(path, device="cpu", spec=InputSpec(std=255.0))
+
+
 def test_the_first_convolution_says_the_channels_and_a_mismatch_is_one_line():
     for channels in (1, 5):
         model = filterviz.load_model(Bands(channels), preprocess="unit", device="cpu")
