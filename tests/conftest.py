@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,42 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.counter(self.features(x))
         return self.fc(self.pool(x).flatten(1))
+
+
+class Bands(nn.Module):
+    """conv(C->4) relu conv(4->6) relu pool conv(6->8) relu | pool linear(8->5), for C input channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):  # positive biases: few units start dead
+                nn.init.uniform_(layer.bias, 0.05, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def save_bands(path: Path, channels: int) -> Path:
+    """A ``Bands`` model of ``channels`` channels (float32, seed 0) as a TorchScript (``.pt``) or ONNX
+    (``.onnx``) file, as a user would give it on the command line."""
+    torch.manual_seed(0)
+    module = Bands(channels).eval()
+    example = torch.zeros(1, channels, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.suffix == ".onnx":
+            torch.onnx.export(module, example, str(path), dynamo=False)
+        else:
+            torch.jit.trace(module, example).save(str(path))
+    return path
 
 
 def tiny_model(activation: type[nn.Module] = nn.ReLU, dtype: torch.dtype = torch.float64, seed: int = 0):

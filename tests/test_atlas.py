@@ -139,11 +139,11 @@ def test_a_scan_interrupted_midway_continues_to_the_same_examples(tmp_path, phot
     loads = {"count": 0}
     real_load = atlas_examples.load_square
 
-    def dying_load(path, side):  # the process "dies" on the fifth image
+    def dying_load(path, side, *channels):  # the process "dies" on the fifth image
         loads["count"] += 1
         if loads["count"] == 5:
             raise KeyboardInterrupt
-        return real_load(path, side)
+        return real_load(path, side, *channels)
 
     monkeypatch.setattr(atlas_examples, "load_square", dying_load)
     with pytest.raises(KeyboardInterrupt):

@@ -89,12 +89,15 @@ def test_readme_commands_are_all_accounted_for():
 
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory) -> Path:
-    """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX."""
+    """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX, and
+    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"."""
     folder = tmp_path_factory.mktemp("files")
-    from conftest import tiny_model
+    from conftest import save_bands, tiny_model
 
     torch.jit.trace(tiny_model(dtype=torch.float32).module, torch.zeros(1, 3, 16, 16)).save(str(folder / "traced.pt"))
+    save_bands(folder / "gray.pt", 1)
     pytest.importorskip("onnx2torch")
+    save_bands(folder / "bands.onnx", 5)
     import torchvision
 
     vgg = torchvision.models.vgg11(weights=None).eval()

@@ -10,7 +10,7 @@ Synthesizes the input images that most excite a model's filters, by gradient asc
 from . import objectives, transforms
 from .book import book_layers, generate_pattern, run_demo
 from .errors import FilterVizError, FilterVizWarning
-from .image import Deprocess, deprocess_image, make_grid, register_deprocess, save_image
+from .image import Deprocess, deprocess_image, make_grid, register_deprocess, save_image, show_channels
 from .layers import LayerInfo
 from .models import (DEFAULT_MODEL, FileSource, InputSpec, LoadedModel, LoadRequest, ModelSource, PrefixSource,
                      known_models, load_model, model_sources, register_source)
@@ -66,4 +66,5 @@ __all__ = [
     "render_filters",
     "run_demo",
     "save_image",
+    "show_channels",
 ]

@@ -95,6 +95,29 @@ _seed = _int_at_least(0, "non-negative integer seed")
 _positive = _int_at_least(1, "positive integer")
 _non_negative = _int_at_least(0, "non-negative integer")
 
+# Hyperspectral sensors have a few hundred bands; more is a typing mistake, and would fill the memory.
+MAX_CHANNELS = 1024
+
+
+def _channels(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_CHANNELS:
+        raise ValueError
+    return value
+
+
+_channels.__name__ = f"channel count (1 to {MAX_CHANNELS})"
+
+
+def _channel_list(text: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in text.split(","))  # an empty part is a mistake, not a channel to skip
+    if not all(0 <= value < MAX_CHANNELS for value in values):
+        raise ValueError
+    return values
+
+
+_channel_list.__name__ = "list of channel indices (one, or three such as 3,2,1)"
+
 
 def _side(text: str) -> int:
     value = int(text)
@@ -277,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the model's input values: raw (RGB 0..255), unit (0..1), tf (-1..1), caffe (BGR minus "
                              "the mean pixel) or imagenet (mean/std); default: what the model's source says, "
                              "raw for model files")
+    common.add_argument("--channels", type=_channels, metavar="N",
+                        help="the model's input channels (1 gray, 3 RGB, 4 or more bands), where the model does "
+                             "not say it itself (a model file's input shape or first convolution says it; a "
+                             "different count is refused)")
     common.add_argument("--arch", type=_name, help="architecture of a state-dict model file (a torchvision name or timm:NAME)")
     common.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled whole-model file; unpickling runs code from it")
@@ -323,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--size", type=_side,
                         help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
     render.add_argument("--importance", metavar="PNG", type=_path, help="maco: also write the importance map here")
+    render.add_argument("--show-channels", type=_channel_list, metavar="I,J,K",
+                        help="a model of more than 3 channels: the 3 shown as red, green, blue (default the first "
+                             "three), or one shown as gray; every channel goes to a .npy of the image's name")
     _add_recipe_options(render)
 
     recipes = commands.add_parser("recipes", help="show the recipe presets and all their fields")
@@ -337,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--per-row", type=_positive, default=8, help="tiles per row (default 8)")
     grid.add_argument("--margin", type=_non_negative, default=5, help="pixels between tiles (default 5)")
     grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
+    grid.add_argument("--show-channels", type=_channel_list, metavar="I,J,K",
+                      help="a model of more than 3 channels: the 3 shown as red, green, blue (default the first "
+                           "three), or one shown as gray; every channel goes to a .npy of the grid's name")
     _add_recipe_options(grid)
 
     atlas = commands.add_parser(

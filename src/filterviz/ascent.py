@@ -27,7 +27,7 @@ from .image import DEPROCESS, Deprocess
 from .liveness import flat_on_probe, probe_count
 from .models.loaded import LoadedModel
 from .objectives import Objective, channel
-from .params import Parameterization
+from .params import Parameterization, create_images
 from .plan import RenderParts, RenderPlan, check_filters, plan_batches, plan_render
 from .recipes import Recipe, get_recipe, render_size
 from .redirect import Redirection
@@ -37,8 +37,9 @@ from .redirect import Redirection
 class Render:
     """The outcome of ``render``: one image per objective.
 
-    ``model`` names the model that made it. ``pixels`` are the optimized images, (N, H, W, 3) in RGB
-    pixel units; ``images`` their uint8 pictures (by the recipe's ``deprocess``). ``start_score`` and
+    ``model`` names the model that made it. ``pixels`` are the optimized images, (N, H, W, C) in pixel
+    units (0..255): C = 3 in RGB, or the model's own channels (1 for gray; see ``InputSpec.channels``);
+    ``images`` their uint8 pictures (by the recipe's ``deprocess``), of the same shape. ``start_score`` and
     ``score`` are each objective at the start and final image (untransformed). ``stuck[i]`` is true when
     image ``i`` never left its start: its gradient stayed zero at every step, or its score never changed,
     so its picture shows only the start image. ``dead[i]`` (a stuck image only) is true when its
@@ -60,7 +61,9 @@ class Render:
 
     @property
     def images(self) -> np.ndarray:
-        """The pictures, (N, H, W, 3) uint8, by the deprocess mode (the recipe's, unless one was given)."""
+        """The pictures, (N, H, W, C) uint8 (C = 3 for RGB; the model's channels), by the deprocess mode (the
+        recipe's, unless one was given). ``show_channels`` makes of them what a picture file shows: one
+        channel as gray (N, H, W), and 3 chosen of more than three."""
         mode = self.deprocess or DEPROCESS.get(self.recipe.deprocess)
         return np.stack([mode(p) for p in self.pixels])
 
@@ -136,7 +139,7 @@ def _warn_stuck(result: Render, redirection: Redirection | None, probe_count: in
 
 @dataclass
 class BatchResult:
-    """One batch's images after ``optimize_batch``: their pixels (N, 3, H, W), each objective at the start
+    """One batch's images after ``optimize_batch``: their pixels (N, C, H, W), each objective at the start
     and at the end (untransformed), whether each ever had a gradient (``alive``), and the accumulated
     per-pixel gradient magnitude (None unless the parameterization asks for it)."""
 
@@ -151,7 +154,8 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
                    seed: int | None, start: np.ndarray | None, on_step: Callable[[], None] = lambda: None,
                    redirection: Redirection | None = None) -> BatchResult:
     """Optimize one batch of images (one per key) for ``recipe.steps`` steps with the parts."""
-    image = parts.parameterization.create(size, keys, seed, start).to(model.device, model.dtype)
+    image = create_images(parts.parameterization, size, keys, seed, start, model.spec.channels)
+    image = image.to(model.device, model.dtype)
     parameters = list(image.parameters())
     step_parameters = parts.optimizer.start(parameters, recipe.learning_rate)
     generators = [_generator(seed, key, 3) for key in keys for _ in range(recipe.views)]
@@ -216,7 +220,7 @@ def render(
     or a ``torch.optim.Optimizer`` class) and a ``deprocess`` mode; a name there is a recipe override.
     With a ``seed``, image ``i``'s start and random transforms come from ``(seed, keys[i])`` alone
     (default key: its position), so an image is the same whether rendered alone or in a batch.
-    ``start`` (N, H, W, 3) replaces the start image (pixel and fourier parameterizations).
+    ``start`` (N, H, W, C) replaces the start image (pixel and fourier parameterizations).
 
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
     ``bf16``, ``fp16`` or ``auto``; see ``device.autocast_dtype``), ``batch_size`` (default: the
@@ -290,7 +294,7 @@ def render_filters(
 ) -> FilterRender:
     """Render many filters of one layer, a batch of images at a time (by default the book's recipe).
 
-    ``start`` (N, H, W, 3) replaces the book's noise start; each filter's result equals its
+    ``start`` (N, H, W, C) replaces the book's noise start; each filter's result equals its
     one-at-a-time result from the same start image. Filter ``k`` starts from the noise of
     ``(seed, k)``, whatever else is rendered with it. Every other option is ``render``'s (``size``
     defaults to the recipe's, else the model's fixed input size, else the book's 150).

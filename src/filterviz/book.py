@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FilterVizError, FilterVizWarning, OutputError, WeightsUnavailableError
-from .image import deprocess_image, make_grid, save_image
+from .image import deprocess_image, make_grid, save_image, show_channels
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .ascent import FilterRender, render_filters
 
@@ -35,7 +35,8 @@ def generate_pattern(
     step: float = 1.0,
     seed: int | None = None,
 ) -> np.ndarray:
-    """The image (size, size, 3) uint8 that maximizes the mean activation of one filter, as in the book."""
+    """The image (size, size, 3) uint8 (C channels for a model of C, see ``InputSpec.channels``) that
+    maximizes the mean activation of one filter, as in the book."""
     loaded = load_model(model) if isinstance(model, str) else model
     render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, learning_rate=step,
                             seed=seed)
@@ -101,12 +102,12 @@ def run_demo(
     figures = []
     for number, layer in enumerate(layers, start=1):
         render = render_filters(model, layer, [0], seed=seed, progress=progress)
-        figures.append(DemoFigure(save_image(render.images[0], folder / f"vggconv{number}.png"), render))
+        figures.append(DemoFigure(save_image(show_channels(render.images)[0], folder / f"vggconv{number}.png"), render))
     grid_layer = layers[min(2, len(layers) - 1)]
     channels = model.layer_info(grid_layer, GRID_TILE).channels
     render = render_filters(
         model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress
     )
-    grid = make_grid(render.images, crossed=render.stuck)
+    grid = make_grid(show_channels(render.images), crossed=render.stuck)  # gray, RGB, or a model's first 3 bands
     figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
     return figures

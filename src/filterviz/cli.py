@@ -16,10 +16,10 @@ from .arguments import build_parser, check_inputs, parse_filters, parse_layer_li
 from .ascent import render, render_filters
 from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError, FilterVizWarning
-from .image import check_folder_writable, check_writable, make_grid, save_image
+from .image import check_folder_writable, check_writable, make_grid, save_array, save_image, show_channels
 from .models import DEFAULT_MODEL, LoadedModel, describe_sources, known_models, load_model
 from .objectives import channel, parse_objective
-from .outputs import check_tiles, copy_keys, output_files, save_render, with_copies
+from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
 from .params import PARAMETERIZATIONS
 from .plan import check_filters
 from .recipes import RECIPES, render_size
@@ -32,8 +32,9 @@ def _say(message: str) -> None:
 def _load(args: argparse.Namespace, load_weights: bool = True) -> LoadedModel:
     """The model the command line names, with its options; ``load_weights=False``: its architecture
     with the spec of the chosen weights, none read or downloaded."""
-    model = load_model(args.model, args.weights, args.device, preprocess=args.preprocess, arch=args.arch,
-                       trust_pickle=args.trust_pickle, progress=not args.quiet, load_weights=load_weights)
+    model = load_model(args.model, args.weights, args.device, preprocess=args.preprocess, channels=args.channels,
+                       arch=args.arch, trust_pickle=args.trust_pickle, progress=not args.quiet,
+                       load_weights=load_weights)
     model.max_memory = getattr(args, "max_memory", None)  # every run of it, checks included, keeps to it
     return model
 
@@ -84,20 +85,29 @@ def _cmd_render(args: argparse.Namespace) -> None:
                     "-o NAME_{name}.png, or use a smaller --size")
     if book:  # the filter index first, in the book's words
         check_filters([args.filter], model.layer_info(args.layer, side).channels, args.layer, model.name)
+    arrays = array_files(outputs, model.spec.channels, args.show_channels)  # checked before any work
     result = render(model, objectives, recipe, size=args.size, seed=args.seed, precision=args.precision,
                     max_memory=args.max_memory, keys=copy_keys(args.filter, args.copies) if book else None,
                     progress=not args.quiet)
-    save_render(result, outputs, args.importance)
+    save_render(result, outputs, args.importance, args.show_channels)
     if args.quiet:
         return
     if book:
-        _say(f"wrote {args.output} (filter {args.filter} of {args.layer}: mean activation "
+        _say(f"wrote {args.output}{_arrays_note(arrays)} (filter {args.filter} of {args.layer}: mean activation "
              f"{result.start_score[0]:.3g} -> {result.score[0]:.3g})")
     else:
         scores = ", ".join(f"{o.name}: {a:.3g} -> {b:.3g}" for o, a, b in
                            zip(result.objectives[:4], result.start_score, result.score))
         more = f" and {len(objectives) - 4} more" if len(objectives) > 4 else ""
-        _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''} ({scores}{more})")
+        _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''}{_arrays_note(arrays)} "
+             f"({scores}{more})")
+
+
+def _arrays_note(arrays: Sequence[Path]) -> str:
+    """What the closing message says of the .npy files of every channel, when there are any."""
+    if not arrays:
+        return ""
+    return f", every channel in {arrays[0]}{' ...' if len(arrays) > 1 else ''}"
 
 
 def _cmd_recipes(args: argparse.Namespace) -> None:
@@ -123,12 +133,16 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     # after the filters' check, which says what is wrong with a huge range
     check_tiles(args.output, len(filters), args.size, args.per_row, args.margin,
                 "use a smaller --margin, --size or --per-row, or fewer --filters")
+    arrays = array_files([args.output], model.spec.channels, args.show_channels)
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.learning_rate,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                             recipe=recipe, precision=args.precision, max_memory=args.max_memory)
-    save_image(make_grid(render.images, per_row=args.per_row, margin=args.margin, crossed=render.stuck), args.output)
+    save_image(make_grid(show_channels(render.images, args.show_channels), per_row=args.per_row, margin=args.margin,
+                         crossed=render.stuck), args.output)
+    for array in arrays:  # every channel, where the picture shows some
+        save_array(render.pixels, array)
     if not args.quiet:
-        _say(f"wrote {args.output} ({len(filters)} filters of {args.layer})")
+        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer})")
 
 
 def _cmd_atlas(args: argparse.Namespace) -> None:

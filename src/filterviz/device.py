@@ -101,7 +101,8 @@ def saved_bytes_per_image(model: LoadedModel, forward: Callable[[torch.Tensor], 
         total[0] += tensor.numel() * tensor.element_size()
         return tensor
 
-    pixels = torch.full((1, 3, size, size), 128.0, dtype=model.dtype, device=model.device, requires_grad=True)
+    pixels = torch.full((1, model.spec.channels, size, size), 128.0, dtype=model.dtype, device=model.device,
+                        requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(model.device, dtype):
         forward(pixels)
     return total[0]
@@ -148,7 +149,7 @@ def measure_saved_bytes(model: LoadedModel, forward: Callable[[torch.Tensor], ob
     if side <= limit:  # a side near the model's own is cheap to measure as it is
         amount = saved_bytes_per_image(model, forward, side, dtype)
         return SavedBytes(side, amount, side, amount)
-    pixels = 3 * side * side * torch.empty((), dtype=model.dtype).element_size()
+    pixels = model.spec.channels * side * side * torch.empty((), dtype=model.dtype).element_size()
     return SavedBytes(side, pixels, side, pixels, measured=False)
 
 

@@ -46,8 +46,9 @@ def as_is(x: np.ndarray) -> np.ndarray:
 
 
 class Deprocess:
-    """A deprocess mode: how an optimized image (H, W, 3), RGB pixel units, becomes a uint8 picture. A
-    recipe's ``deprocess`` field names one; ``register_deprocess(Deprocess("name", function))`` adds one."""
+    """A deprocess mode: how an optimized image (H, W, C), pixel units (RGB, or the model's own C
+    channels), becomes a uint8 picture of the same shape. A recipe's ``deprocess`` field names one;
+    ``register_deprocess(Deprocess("name", function))`` adds one."""
 
     def __init__(self, name: str, function: Callable[[np.ndarray], np.ndarray], summary: str = "") -> None:
         self.name = name
@@ -79,17 +80,51 @@ register_deprocess(Deprocess("none", as_is, "the pixels as they are"))
 register_deprocess(Deprocess("stretch", stretch_image, "1st-99th percentile to 0..255, as MACO shows its images"))
 
 
+def default_shown(channels: int) -> tuple[int, ...]:
+    """The channels a picture of a ``channels``-channel image shows unless told: RGB's three, one
+    channel as gray, the first three of more than three (RGB + near-infrared: its RGB), and the first
+    of two, as gray."""
+    return tuple(range(3)) if channels >= 3 else (0,)
+
+
+def check_shown(shown: Sequence[int], channels: int) -> tuple[int, ...]:
+    """``shown`` (channel indices: one, shown as gray, or three, as red, green and blue) checked against
+    an image of ``channels`` channels; a one-line error names what would be right."""
+    shown = tuple(int(index) for index in shown)
+    if len(shown) not in (1, 3):
+        raise OutputError(f"--show-channels takes 1 channel (shown as gray) or 3 (shown as red, green, blue), not "
+                          f"{len(shown)}: e.g. --show-channels {','.join(map(str, default_shown(max(channels, 3))))}")
+    bad = [index for index in shown if not 0 <= index < channels]
+    if bad:
+        raise OutputError(f"--show-channels {','.join(map(str, shown))}: the image has {channels} channel"
+                          f"{'s' * (channels != 1)}, 0-{channels - 1}; channel {bad[0]} is not one of them")
+    return shown
+
+
+def show_channels(images: np.ndarray, shown: Sequence[int] | None = None) -> np.ndarray:
+    """Pictures (..., H, W, C) as a picture file shows them: ``shown`` channels (default
+    ``default_shown``) in that order, as (..., H, W, 3) RGB, or one as (..., H, W) gray. An RGB picture
+    with the default is returned as it is."""
+    images = np.asarray(images)
+    channels = images.shape[-1]
+    shown = default_shown(channels) if shown is None else check_shown(shown, channels)
+    if channels == 3 and shown == (0, 1, 2):
+        return images
+    return images[..., shown[0]] if len(shown) == 1 else images[..., list(shown)]
+
+
 def make_grid(
     images: Sequence[np.ndarray] | np.ndarray,
     per_row: int = 8,
     margin: int = 5,
     crossed: Sequence[bool] = (),
 ) -> np.ndarray:
-    """Tile equally sized (H, W, 3) uint8 images in reading order, ``per_row`` to a row, with black
-    ``margin``-pixel gaps between tiles (none around the edge), as the book's 8x8 figure.
+    """Tile equally sized uint8 images, (H, W, 3) RGB or (H, W) gray, in reading order, ``per_row`` to a
+    row, with black ``margin``-pixel gaps between tiles (none around the edge), as the book's 8x8
+    figure. The grid has the tiles' channels.
 
-    Tiles flagged in ``crossed`` get a red X, so that a filter that could not be rendered (a dead
-    filter) is never mistaken for a picture.
+    Tiles flagged in ``crossed`` get an X (red; on gray tiles, white edged with black), so that a filter
+    that could not be rendered (a dead filter) is never mistaken for a picture.
     """
     images = [np.asarray(image) for image in images]
     if not images:
@@ -97,7 +132,8 @@ def make_grid(
     height, width = images[0].shape[:2]
     rows = -(-len(images) // per_row)
     columns = min(per_row, len(images))
-    grid = np.zeros((rows * height + (rows - 1) * margin, columns * width + (columns - 1) * margin, 3), np.uint8)
+    grid = np.zeros((rows * height + (rows - 1) * margin, columns * width + (columns - 1) * margin,
+                     *images[0].shape[2:]), np.uint8)
     for index, image in enumerate(images):
         top = (index // per_row) * (height + margin)
         left = (index % per_row) * (width + margin)
@@ -110,12 +146,14 @@ def make_grid(
 
 def _cross_out(tile: np.ndarray) -> None:
     height, width = tile.shape[:2]
+    rgb = tile.ndim == 3 and tile.shape[2] == 3
     steps = np.linspace(0, 1, 4 * max(height, width))
-    for thickness in (-1, 0, 1):
+    for thickness in (-1, 1, 0):  # on gray, the middle line (drawn last) white, its edges black
+        color = (255, 0, 0) if rgb else 255 * (thickness == 0)
         rows = np.clip((steps * (height - 1)).round().astype(int) + thickness, 0, height - 1)
         cols = (steps * (width - 1)).round().astype(int)
-        tile[rows, cols] = (255, 0, 0)
-        tile[rows, width - 1 - cols] = (255, 0, 0)
+        tile[rows, cols] = color
+        tile[rows, width - 1 - cols] = color
 
 
 # Pillow's formats that can write an RGB picture, by suffix (found once, by writing a tiny one).
@@ -303,10 +341,23 @@ def _bytes_text(count: float) -> str:
     return f"{count} bytes"  # not reached
 
 
+def _picture(image: np.ndarray, what: str) -> np.ndarray:
+    """An image that Pillow writes: (H, W, 3) RGB or (H, W) gray ((H, W, 1) becomes (H, W)); other
+    channel counts are refused (``show_channels`` chooses the ones to show)."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[..., 0]
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
+        return image
+    raise OutputError(f"cannot write {what}: a picture is (H, W, 3) RGB or (H, W) gray, not {image.shape}; choose "
+                      "the channels to show (--show-channels, filterviz.show_channels)")
+
+
 def png_bytes(image: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image as PNG file bytes (the same image always gives the same bytes)."""
+    """An (H, W, 3) RGB or (H, W) gray uint8 image as PNG file bytes (the same image always gives the
+    same bytes)."""
     stream = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(stream, format="PNG")
+    Image.fromarray(_picture(image, "a PNG")).save(stream, format="PNG")
     return stream.getvalue()
 
 
@@ -350,13 +401,27 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an (H, W, 3) uint8 image atomically (see ``write_atomic``), in the format its suffix names."""
+    """Write an (H, W, 3) RGB or (H, W) gray uint8 image atomically (see ``write_atomic``), in the format
+    its suffix names."""
     target = check_writable(path)
-    image = np.asarray(image, dtype=np.uint8)
+    image = _picture(image, quote_path(target))
     check_image_size(target, image.shape[1], image.shape[0], "make it smaller")
     stream = io.BytesIO()
     try:
         Image.fromarray(image).save(stream, format=writable_types()[target.suffix.lower()])
     except (OSError, ValueError) as exc:  # a limit of the format that the checks above do not know
         raise OutputError(f"cannot write {quote_path(target)}: {first_line(exc)}; write .png") from None
+    return write_atomic(target, stream.getvalue())
+
+
+def array_file(path: str | os.PathLike[str]) -> Path:
+    """Where the pixels of a picture written to ``path`` go: the same name with ``.npy``."""
+    return Path(path).with_suffix(".npy")
+
+
+def save_array(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write ``array`` as a ``.npy`` file (``np.save``'s format, no pickles) atomically."""
+    target = Path(check_path(path, "output", extra=TEMP_NAME_EXTRA))
+    stream = io.BytesIO()
+    np.save(stream, np.asarray(array), allow_pickle=False)
     return write_atomic(target, stream.getvalue())

@@ -6,6 +6,12 @@ natural photos packaged with filterviz (public-domain and CC0 photos, see
 ``tools/make_probe_photos.py``), any photos the caller adds, and four images of strong noise (uniform
 and Gaussian pixel noise, coarse blotches, and a checkerboard). A unit that varies on any of them
 responds to some input, so its picture can be made: it is *stuck*, not dead.
+
+A model of other channels than RGB gets the same probe in its own channels: for fewer than 3 (a gray
+model), each photo as gray (ITU-R 601 luma, as Pillow converts) in every channel; for more than 3
+(RGB + near-infrared, multispectral), the photo's RGB in the first three and its gray in every other
+channel. The noise images are drawn in every channel independently, so each channel, and each
+difference between channels, still meets strong variation.
 """
 
 from __future__ import annotations
@@ -31,24 +37,39 @@ def packaged_photos() -> np.ndarray:
         return data["photos"]
 
 
-def _resized(photo: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(photo).resize((size, size), Image.BILINEAR), dtype=np.float64)
+def _resized(photo: np.ndarray, size: int, method: int = Image.BILINEAR) -> np.ndarray:
+    if photo.ndim == 3 and photo.shape[2] != 3:  # Pillow resizes RGB or gray: other counts channel by channel
+        return np.stack([_resized(photo[..., c], size, method) for c in range(photo.shape[2])], axis=2)
+    return np.asarray(Image.fromarray(photo).resize((size, size), method), dtype=np.float64)
 
 
-def probe_images(size: int, photos: np.ndarray | None = None) -> np.ndarray:
+def photo_channels(photo: np.ndarray, channels: int) -> np.ndarray:
+    """An RGB photo (H, W, 3) uint8 for a model of ``channels`` channels: as it is for 3; its gray (ITU-R
+    601 luma) in every channel for fewer; its RGB, then its gray in every further channel, for more."""
+    if channels == 3:
+        return photo
+    gray = np.asarray(Image.fromarray(photo).convert("L"))[..., None]
+    if channels < 3:
+        return np.repeat(gray, channels, axis=2)
+    return np.concatenate([photo, np.repeat(gray, channels - 3, axis=2)], axis=2)
+
+
+def probe_images(size: int, photos: np.ndarray | None = None, channels: int = 3) -> np.ndarray:
     """The probe at ``size`` px: the packaged photos, ``photos`` (N, H, W, 3 uint8) if given, and four
-    strong-noise images; (M, size, size, 3) float64 RGB pixels in 0..255. Always the same images."""
+    strong-noise images; (M, size, size, C) float64 pixels in 0..255, RGB for 3 ``channels`` (for
+    others, see the module's docstring). Always the same images."""
     rng = np.random.default_rng(0)
-    pictures = [_resized(p, size) for p in packaged_photos()]
-    pictures += [_resized(np.asarray(p, dtype=np.uint8), size) for p in (photos if photos is not None else ())]
-    coarse = np.asarray(Image.fromarray((rng.random((4, 4, 3)) * 255).astype(np.uint8)).resize(
-        (size, size), Image.NEAREST), dtype=np.float64)
+    given = [np.asarray(p, dtype=np.uint8) for p in (photos if photos is not None else ())]
+    pictures = [_resized(photo_channels(p, channels), size) for p in [*packaged_photos(), *given]]
+    blotches = (rng.random((4, 4, channels)) * 255).astype(np.uint8)
+    coarse = _resized(blotches[..., 0] if channels == 1 else blotches, size, Image.NEAREST)
+    coarse = coarse[..., None] if channels == 1 else coarse
     checks = ((np.add.outer(np.arange(size), np.arange(size)) // max(1, size // 8)) % 2 * 255.0)
     pictures += [
-        rng.random((size, size, 3)) * 255,  # uniform pixel noise over the whole range
-        np.clip(rng.normal(128, 96, (size, size, 3)), 0, 255),  # strong Gaussian noise
+        rng.random((size, size, channels)) * 255,  # uniform pixel noise over the whole range
+        np.clip(rng.normal(128, 96, (size, size, channels)), 0, 255),  # strong Gaussian noise
         coarse,  # large flat blotches of random colors
-        np.repeat(checks[..., None], 3, axis=2),  # black and white edges at every angle a grid has
+        np.repeat(checks[..., None], channels, axis=2),  # black and white edges at every angle a grid has
     ]
     return np.stack(pictures)
 
@@ -74,7 +95,7 @@ def flat_on_probe(model: LoadedModel, objectives: list[Objective], size: int,
     flat = np.array([not part.terms for part in parts])
     if not layers:
         return flat
-    images = probe_images(size, photos)
+    images = probe_images(size, photos, model.spec.channels)
     count = len(images)
     batch = count
     if size > model.spec.default_size:  # only then can the probe be too large for one batch

@@ -4,7 +4,8 @@ The steps of ``filterviz render`` and ``filterviz grid`` besides the ascent, as 
 can call: ``with_copies`` (copies of each objective, made to differ by a diversity term),
 ``copy_keys`` (which noise each copy starts from), ``output_files`` (one file, or one per image from a
 ``{name}`` pattern, checked before any work), ``check_tiles`` (a tiled picture that can be written and
-opened again), ``importance_image`` and ``save_render``.
+opened again), ``array_files`` (where every channel goes when a picture cannot show them all),
+``importance_image`` and ``save_render``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 
 from .ascent import Render
 from .errors import FilterVizError
-from .image import check_image_size, check_writable, make_grid, quote_path, save_image
+from .image import (array_file, check_image_size, check_path, check_shown, check_writable, default_shown, make_grid,
+                    quote_path, save_array, save_image, show_channels, TEMP_NAME_EXTRA)
 from .objectives import Objective, diversity
 
 DIVERSITY_WEIGHT = 3.0  # in the objective's units; chosen by benchmarks/diversity.py
@@ -96,15 +98,44 @@ def importance_image(render: Render) -> np.ndarray:
     return tiles[0] if len(tiles) == 1 else make_grid(tiles, per_row=min(len(tiles), TILES_PER_ROW))
 
 
-def save_render(render: Render, outputs: Sequence[str], importance: str | None = None) -> list[Path]:
+def shows_every_channel(channels: int, shown: Sequence[int] | None = None) -> bool:
+    """Whether a picture showing ``shown`` (default ``default_shown``) holds every one of ``channels``."""
+    return set(default_shown(channels) if shown is None else check_shown(shown, channels)) == set(range(channels))
+
+
+def array_files(outputs: Sequence[str], channels: int, shown: Sequence[int] | None = None) -> list[Path]:
+    """The ``.npy`` files beside ``outputs`` (same name) that hold every channel of the images, where the
+    pictures cannot show them all (more than 3 channels, or 2, or ``shown`` leaves some out); none
+    otherwise. Checked before any work: a path no file can have, or a folder in the way, is refused."""
+    if shows_every_channel(channels, shown):
+        return []
+    files = [array_file(output) for output in outputs]
+    for file in files:
+        check_path(file, "output", extra=TEMP_NAME_EXTRA)
+        if file.is_dir():
+            raise FilterVizError(f"cannot write {quote_path(file)}, the file of every channel of the images: it is a "
+                                 "folder; give -o another name")
+    return files
+
+
+def save_render(render: Render, outputs: Sequence[str], importance: str | None = None,
+                shown: Sequence[int] | None = None) -> list[Path]:
     """Write a render's pictures: one file per image (``outputs`` from a ``{name}`` pattern), or all of
-    them tiled into the one file; and its importance map, when asked. Returns the files written."""
-    images = render.images
+    them tiled into the one file; and its importance map, when asked. Returns the files written.
+
+    An image of one channel is a gray picture; of 3, RGB; of another count, the ``shown`` channels (one,
+    as gray, or three; default ``default_shown``: the first three), with every channel's pixels (the
+    render's ``pixels``) in a ``.npy`` of the same name: (H, W, C) for one image, (N, H, W, C) for
+    images tiled into one picture (see ``array_files``)."""
+    images = show_channels(render.images, shown)
+    arrays = array_files(outputs, render.pixels.shape[-1], shown)
     if len(outputs) > 1:
         written = [save_image(image, output) for image, output in zip(images, outputs)]
+        written += [save_array(pixels, array) for pixels, array in zip(render.pixels, arrays)]
     else:
         tiled = images[0] if len(images) == 1 else make_grid(images, per_row=min(len(images), TILES_PER_ROW))
         written = [save_image(tiled, outputs[0])]
+        written += [save_array(render.pixels[0] if len(images) == 1 else render.pixels, array) for array in arrays]
     if importance is not None:
         written.append(save_image(importance_image(render), importance))
     return written

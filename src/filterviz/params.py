@@ -2,7 +2,8 @@
 
 A ``Parameterization`` is a registered part: its ``create`` makes, for a batch of images, an
 ``nn.Module`` whose parameters are what the optimizer changes and whose ``forward()`` returns the
-images as RGB pixels in 0..255, (N, 3, H, W). A recipe names one (``parameterization="fourier"``);
+images as pixels in 0..255, (N, C, H, W): RGB (C = 3), or the model's own C channels (1 for gray, 4 or
+more for near-infrared or multispectral bands). A recipe names one (``parameterization="fourier"``);
 ``render(parameterization=...)`` takes an instance; ``register_parameterization`` adds one. Built in:
 
 - ``PixelImage``: the pixels themselves (the book's), starting from gray noise;
@@ -13,10 +14,19 @@ images as RGB pixels in 0..255, (N, 3, H, W). A recipe names one (``parameteriza
 
 Random starts are drawn per image from ``(seed, key)``, so an image starts the same whether it is
 rendered alone or in a batch.
+
+Other channel counts than 3: the pixels start from the same gray noise in every channel; color
+decorrelation (fourier's ``decorrelate``, MACO's colors) needs a channel covariance, which is known for
+RGB photos only, so other counts are optimized channel by channel (identity); MACO's packaged
+magnitude is of RGB photos in decorrelated color, so another count gets the mean of its three
+channels' magnitudes in each of its channels (after MACO's standardization only the shape of a
+magnitude counts, and natural images of any band share its 1/f fall-off), unless ``--spectrum`` gives
+a ``.npy`` of the model's own channel count.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -43,17 +53,19 @@ COLOR_CORRELATION = _COLOR_SQRT / np.linalg.norm(_COLOR_SQRT, axis=0).max()
 SPECTRUM_FILE = Path(__file__).parent / "data" / "natural_spectrum.npz"
 
 
-def classic_start(size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None) -> np.ndarray:
-    """The book's start images: ``uniform(0, 1) * 20 + 128``, one per key, as (N, H, W, 3) float64.
+def classic_start(size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
+                  channels: int = 3) -> np.ndarray:
+    """The book's start images: ``uniform(0, 1) * 20 + 128``, one per key, as (N, H, W, C) float64
+    (``channels``: C, 3 for RGB).
 
     With a seed, image ``i`` comes from the seed and ``keys[i]`` alone (e.g. the filter index), so a
     filter starts from the same noise whether it is rendered alone or in any batch or grid.
     """
     height, width = (size, size) if isinstance(size, int) else size
-    starts = np.empty((len(keys), height, width, 3))
+    starts = np.empty((len(keys), height, width, channels))
     for i, key in enumerate(keys):
         rng = np.random.default_rng(None if seed is None else [seed, key])
-        starts[i] = rng.random((height, width, 3)) * 20 + 128.0
+        starts[i] = rng.random((height, width, channels)) * 20 + 128.0
     return starts
 
 
@@ -89,16 +101,17 @@ def frequency_scale(height: int, width: int, decay: float = 1.0) -> torch.Tensor
 
 
 class PixelImage(nn.Module):
-    """The pixels are the parameters (the book's parameterization), RGB 0..255."""
+    """The pixels are the parameters (the book's parameterization), 0..255, (N, C, H, W)."""
 
     def __init__(self, start: np.ndarray | torch.Tensor) -> None:
         super().__init__()
-        start = torch.as_tensor(start, dtype=torch.float64)  # (N, H, W, 3)
+        start = torch.as_tensor(start, dtype=torch.float64)  # (N, H, W, C)
         self.pixels = nn.Parameter(start.permute(0, 3, 1, 2).contiguous())
 
     @classmethod
-    def noise(cls, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None) -> "PixelImage":
-        return cls(classic_start(_sides(size), keys, seed))
+    def noise(cls, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
+              channels: int = 3) -> "PixelImage":
+        return cls(classic_start(_sides(size), keys, seed, channels))
 
     def forward(self) -> torch.Tensor:
         return self.pixels
@@ -108,15 +121,16 @@ class FourierImage(nn.Module):
     """A spectrum scaled by 1/frequency, optionally in decorrelated color, through a sigmoid.
 
     Gradient steps on the spectrum change low frequencies as readily as high ones, which keeps the
-    high-frequency noise of pixel ascent away.
+    high-frequency noise of pixel ascent away. ``channels`` other than 3 have no known color
+    correlation: they are optimized channel by channel, whatever ``decorrelate`` says.
     """
 
     def __init__(self, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
-                 std: float = 0.01, decorrelate: bool = True, decay: float = 1.0) -> None:
+                 std: float = 0.01, decorrelate: bool = True, decay: float = 1.0, channels: int = 3) -> None:
         super().__init__()
         self.height, self.width = _sides(size)
-        self.decorrelate = decorrelate
-        shape = (3, self.height, self.width // 2 + 1, 2)
+        self.decorrelate = decorrelate and channels == 3
+        shape = (channels, self.height, self.width // 2 + 1, 2)
         self.spectrum = nn.Parameter(torch.as_tensor(_normal(shape, keys, seed, 1) * std))
         self.register_buffer("scale", frequency_scale(self.height, self.width, decay))
 
@@ -129,7 +143,7 @@ class FourierImage(nn.Module):
 
     @torch.no_grad()
     def set_image(self, pixels: torch.Tensor) -> None:
-        """Set the spectrum so that ``forward()`` gives ``pixels`` (N, 3, H, W), strictly inside 0..255."""
+        """Set the spectrum so that ``forward()`` gives ``pixels`` (N, C, H, W), strictly inside 0..255."""
         x = torch.logit(pixels.to(self.spectrum.dtype) / 255.0)
         if self.decorrelate:
             x = rgb_to_decorrelated(x)
@@ -173,7 +187,8 @@ SPECTRUM_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def load_spectrum(source: str | os.PathLike[str] | None = None) -> np.ndarray:
-    """A magnitude spectrum (3, h, w//2+1): the packaged one (from scikit-image's photos), a ``.npy``/
+    """A magnitude spectrum (C, h, w//2+1), C = 3 but for a ``.npy`` made for a model of other channels
+    (see ``spectrum_for_channels``): the packaged one (from scikit-image's photos), a ``.npy``/
     ``.npz`` file (finite, non-negative real numbers), or estimated from a folder of images (each at
     least 128 px on its short side). Every bad input is a one-line error before any work: the folder's
     files are checked by their headers (no image, a damaged one, a decompression bomb, too small)
@@ -207,8 +222,9 @@ def load_spectrum(source: str | os.PathLike[str] | None = None) -> np.ndarray:
     if spectrum.dtype.kind not in "biuf":
         raise InputFileError(f"spectrum {str(path)!r} holds {spectrum.dtype} values, not real numbers; give a .npy "
                              "file of magnitudes, shape (3, H, W//2+1)")
-    if spectrum.ndim != 3 or spectrum.shape[0] != 3 or min(spectrum.shape) < 1:
-        raise InputFileError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1)")
+    if spectrum.ndim != 3 or min(spectrum.shape) < 1:
+        raise InputFileError(f"spectrum {str(path)!r} has shape {spectrum.shape}; expected (3, H, W//2+1) (or "
+                             "(C, H, W//2+1) for a model of C channels)")
     spectrum = np.asarray(spectrum, dtype=np.float64)
     if not np.isfinite(spectrum).all() or (spectrum < 0).any():
         raise InputFileError(f"spectrum {str(path)!r} holds NaN, infinite or negative values; a magnitude "
@@ -233,33 +249,52 @@ def _packaged_spectrum() -> np.ndarray:
 
 
 def resize_spectrum(magnitude: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Resize a magnitude spectrum (3, h, w//2+1) to (3, height, width//2+1), frequency by frequency."""
+    """Resize a magnitude spectrum (C, h, w//2+1) to (C, height, width//2+1), frequency by frequency."""
     centered = np.fft.fftshift(magnitude, axes=1)  # rows run -f..f, so resizing keeps them in order
     resized = F.interpolate(torch.as_tensor(centered)[None], size=(height, width // 2 + 1), mode="bilinear",
                             align_corners=False, antialias=True)[0]
     return torch.fft.ifftshift(resized, dim=1)
 
 
+def spectrum_for_channels(magnitude: np.ndarray, channels: int, source: str = "the spectrum") -> np.ndarray:
+    """A magnitude spectrum for images of ``channels`` channels: one of that many channels as it is; one
+    of 3 (RGB photos, in decorrelated color: the packaged one, or a folder's) as the mean of its three
+    channels, in each channel; any other count is refused in one line."""
+    count = magnitude.shape[0]
+    if count == channels:
+        return magnitude
+    if count == 3:
+        return np.repeat(magnitude.mean(axis=0, keepdims=True), channels, axis=0)
+    raise FilterVizError(f"{source} has {count} channels, and the model takes {channels}: give --spectrum a .npy "
+                         f"of shape ({channels}, H, W//2+1), or one of RGB photos (3, H, W//2+1) or a folder of "
+                         "photos, whose mean magnitude each channel then gets")
+
+
 class MacoImage(nn.Module):
     """Only the phase is optimized; the magnitude is that of natural photos (MACO).
 
     ``forward()`` standardizes the phase, builds the spectrum, transforms back, standardizes the
-    image, recorrelates its colors and maps it through a sigmoid to 0..255.
+    image, recorrelates its colors and maps it through a sigmoid to 0..255. ``channels`` other than 3
+    get ``spectrum_for_channels``'s magnitude and no color correlation (channel by channel).
     """
 
     def __init__(self, size: int | tuple[int, int], keys: Sequence[int], seed: int | None = None,
-                 spectrum: np.ndarray | None = None) -> None:
+                 spectrum: np.ndarray | None = None, channels: int = 3) -> None:
         super().__init__()
         self.height, self.width = _sides(size)
-        magnitude = resize_spectrum(load_spectrum() if spectrum is None else spectrum, self.height, self.width)
+        magnitude = spectrum_for_channels(load_spectrum() if spectrum is None else spectrum, channels)
+        magnitude = resize_spectrum(magnitude, self.height, self.width)
+        self.recorrelate = channels == 3
         self.register_buffer("magnitude", magnitude)
         self.phase = nn.Parameter(torch.as_tensor(_normal(tuple(magnitude.shape), keys, seed, 2)))
 
     def forward(self) -> torch.Tensor:
-        return torch.sigmoid(decorrelated_to_rgb(self.forward_decorrelated())) * 255.0
+        x = self.forward_decorrelated()
+        return torch.sigmoid(decorrelated_to_rgb(x) if self.recorrelate else x) * 255.0
 
     def forward_decorrelated(self) -> torch.Tensor:
-        """The standardized image in decorrelated color, before the colors and the sigmoid."""
+        """The standardized image in decorrelated color (or its own channels), before the colors and the
+        sigmoid."""
         phase = self.phase
         flat = phase.flatten(1)
         phase = (phase - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
@@ -285,17 +320,45 @@ class Parameterization:
         """This parameterization with the recipe's settings (its ``recipe_fields``)."""
         return cls()
 
-    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
-        """The module of ``len(keys)`` images of ``size`` px. Image ``i``'s random start comes from
-        ``(seed, keys[i])`` alone; ``start`` (N, H, W, 3) in RGB 0..255, when given, replaces it (a
-        parameterization that cannot start from an image raises FilterVizError)."""
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None,
+               channels: int = 3) -> nn.Module:
+        """The module of ``len(keys)`` images of ``size`` px and ``channels`` channels. Image ``i``'s
+        random start comes from ``(seed, keys[i])`` alone; ``start`` (N, H, W, C) in 0..255, when given,
+        replaces it (a parameterization that cannot start from an image raises FilterVizError). A
+        subclass that makes only RGB images may leave ``channels`` out: it is passed only when not 3,
+        and such a parameterization is refused (``check_channels``) for a model of other channels."""
         raise NotImplementedError
+
+    def check_channels(self, channels: int) -> None:
+        """Refuse, in one line and before any work, a channel count this parameterization cannot make:
+        by default, any but 3 where ``create`` takes no ``channels`` argument."""
+        if channels == 3:
+            return
+        try:
+            parameters = inspect.signature(self.create).parameters
+        except (TypeError, ValueError):  # no signature to read: taken to take it
+            return
+        if "channels" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            raise FilterVizError(f"parameterization {self.name or type(self).__name__} makes RGB images (its create() "
+                                 f"takes no channels argument), and the model takes {channels} channel"
+                                 f"{'s' * (channels != 1)}; use pixel, fourier or maco, or give its create() a "
+                                 "channels argument")
 
     def numbers(self, size: int) -> tuple[int, int]:
         """For one image of ``size`` px: the numbers optimized, and the numbers its forward pass keeps
         for the backward pass. The default assumes a pixel-sized parameter and a few intermediate images."""
         pixels = 3 * size * size
         return pixels, 6 * pixels
+
+
+def create_images(parameterization: Parameterization, size: int, keys: Sequence[int], seed: int | None,
+                  start: np.ndarray | None, channels: int = 3) -> nn.Module:
+    """``parameterization.create``, with ``channels`` passed only where it is not 3 (so that a
+    parameterization written for RGB images is called as it always was), checked first."""
+    if channels == 3:
+        return parameterization.create(size, keys, seed, start)
+    parameterization.check_channels(channels)
+    return parameterization.create(size, keys, seed, start, channels=channels)  # type: ignore[call-arg]
 
 
 PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry(
@@ -314,8 +377,9 @@ class PixelParameterization(Parameterization):
 
     name = "pixel"
 
-    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
-        return PixelImage(start if start is not None else classic_start(size, keys, seed))
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None,
+               channels: int = 3) -> nn.Module:
+        return PixelImage(start if start is not None else classic_start(size, keys, seed, channels))
 
     def numbers(self, size: int) -> tuple[int, int]:
         pixels = 3 * size * size
@@ -337,8 +401,9 @@ class FourierParameterization(Parameterization):
     def from_recipe(cls, recipe: "Recipe") -> "FourierParameterization":
         return cls(std=recipe.init_std, decorrelate=recipe.decorrelate)
 
-    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
-        image = FourierImage(size, keys, seed, std=self.std, decorrelate=self.decorrelate)
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None,
+               channels: int = 3) -> nn.Module:
+        image = FourierImage(size, keys, seed, std=self.std, decorrelate=self.decorrelate, channels=channels)
         if start is not None:  # strictly inside 0..255, where the sigmoid can be inverted
             image.set_image(torch.as_tensor(start).permute(0, 3, 1, 2).clamp(0.5, 254.5))
         return image
@@ -360,15 +425,20 @@ class MacoParameterization(Parameterization):
     def __init__(self, spectrum: np.ndarray | str | os.PathLike[str] | None = None) -> None:
         # A file or folder is read now, so a bad one is refused before any work.
         self.spectrum = spectrum if isinstance(spectrum, np.ndarray) else load_spectrum(spectrum)
+        self.given = spectrum is not None
 
     @classmethod
     def from_recipe(cls, recipe: "Recipe") -> "MacoParameterization":
         return cls(recipe.spectrum)
 
-    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None) -> nn.Module:
+    def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None,
+               channels: int = 3) -> nn.Module:
         if start is not None:
             raise FilterVizError("a MACO image starts from a random phase; start images need pixel or fourier")
-        return MacoImage(size, keys, seed, self.spectrum)
+        return MacoImage(size, keys, seed, self.spectrum, channels)
+
+    def check_channels(self, channels: int) -> None:
+        spectrum_for_channels(self.spectrum, channels, "--spectrum" if self.given else "the spectrum")
 
     def numbers(self, size: int) -> tuple[int, int]:
         # the phase; kept: also the standardized phase and image besides the fourier steps

@@ -130,7 +130,7 @@ def _check_layers_and_channels(model: LoadedModel, objectives: list[Objective], 
 def _output_width(model: LoadedModel, size: int) -> int:
     """How many numbers per image the model's output has (its classes), from one small forward pass."""
     side = min(size, model.spec.default_size)
-    pixels = torch.full((1, 3, side, side), 128.0, dtype=model.dtype, device=model.device)
+    pixels = torch.full((1, model.spec.channels, side, side), 128.0, dtype=model.dtype, device=model.device)
     try:
         with torch.no_grad():
             output = model.logits(pixels)
@@ -161,25 +161,30 @@ def plan_batches(objectives: Sequence[Objective], batch: int) -> list[list[int]]
     return batches
 
 
-def image_bytes(parts: RenderParts, recipe: Recipe, size: int, element: int) -> int:
-    """About how many bytes one image of ``size`` px needs outside the model: its parameters with their
-    gradient and optimizer moments, and what its parameterization, transforms and penalties keep for
-    the backward pass. Counted from the parts, in numbers of ``element`` bytes: nothing is allocated
-    to find out."""
-    pixels = 3 * size * size
-    parameters, kept = parts.parameterization.numbers(size)
+def _per_channel(count: int, channels: int) -> int:
+    """A count the parts give for an RGB image (3 channels), for ``channels`` channels."""
+    return count if channels == 3 else -(-count * channels // 3)
+
+
+def image_bytes(parts: RenderParts, recipe: Recipe, size: int, element: int, channels: int = 3) -> int:
+    """About how many bytes one image of ``size`` px and ``channels`` channels needs outside the model:
+    its parameters with their gradient and optimizer moments, and what its parameterization, transforms
+    and penalties keep for the backward pass. Counted from the parts (which count RGB images: other
+    channel counts scale them), in numbers of ``element`` bytes: nothing is allocated to find out."""
+    pixels = channels * size * size
+    parameters, kept = (_per_channel(n, channels) for n in parts.parameterization.numbers(size))
     slots = 2 + parts.optimizer.moments  # itself, its gradient, the optimizer's buffers
-    views = parts.transforms.kept_numbers(size, recipe.views)
+    views = _per_channel(parts.transforms.kept_numbers(size, recipe.views), channels)
     penalties = 2 * pixels * sum(bool(w) for w in (recipe.tv, recipe.l1, recipe.l2, recipe.blur))
     importance = 8 * size * size if parts.parameterization.importance else 0  # float64, per pixel
     return int((parameters * slots + kept + views + penalties) * element + importance)
 
 
-def result_bytes(parts: RenderParts, size: int) -> int:
-    """The bytes one finished image of ``size`` px is kept in until it is written: its pixels as the
-    model computed them and in float64, its 8-bit picture and its tile in a grid (and the importance
-    map, in float64, twice)."""
-    pixels = 3 * size * size
+def result_bytes(parts: RenderParts, size: int, channels: int = 3) -> int:
+    """The bytes one finished image of ``size`` px and ``channels`` channels is kept in until it is
+    written: its pixels as the model computed them and in float64, its 8-bit picture and its tile in a
+    grid (and the importance map, in float64, twice)."""
+    pixels = channels * size * size
     importance = 16 * size * size if parts.parameterization.importance else 0
     return (4 + 4 + 8 + 1 + 1) * pixels + importance
 
@@ -189,12 +194,13 @@ def _image_need(model: LoadedModel, parts: RenderParts, recipe: Recipe, saved: S
     ``views`` or ``pad``), the larger of an ascent step (its views' saved activations, times 1.5 for
     what the backward pass holds besides, and the image's own) and a scoring of the whole image without
     gradients (at its start and end), which holds at most what a pass with gradients would keep."""
-    element = model.element_size
+    element, channels = model.element_size, model.spec.channels
 
     def need(size: int, view: int, **changes: Any) -> int:
         changed = recipe.replace(**changes) if changes else recipe
-        step = 1.5 * changed.views * saved.at(view) + image_bytes(parts.for_recipe(changed), changed, size, element)
-        whole = saved.at(size) + 3 * size * size * element
+        step = 1.5 * changed.views * saved.at(view) + image_bytes(parts.for_recipe(changed), changed, size, element,
+                                                                  channels)
+        whole = saved.at(size) + channels * size * size * element
         return int(max(step, whole))
     return need
 
@@ -247,10 +253,12 @@ def _check_memory(model: LoadedModel, parts: RenderParts, recipe: Recipe, size: 
         options.append(more_memory(total, model.device))
         raise MemoryBudgetError(f"{what} {verb} about {readable(total)} at {_where(layers)}, "
                                 f"{budget_words(budget, max_memory, model.device)}: use {', or '.join(options)}")
-    kept = count * result_bytes(parts, size)
+    channels = model.spec.channels
+    kept = count * result_bytes(parts, size, channels)
     if count > 1 and kept + need(size, view) > budget:
-        fit = max(int((budget - need(size, view)) // result_bytes(parts, size)), 0)
-        best = largest(lambda side: count * result_bytes(parts, side) + need(side, parts.view_side(side)) <= budget,
+        fit = max(int((budget - need(size, view)) // result_bytes(parts, size, channels)), 0)
+        best = largest(lambda side: count * result_bytes(parts, side, channels) + need(side, parts.view_side(side))
+                       <= budget,
                        size)
         options = [f"at most {fit} images at a time (fewer --copies, --objective or --filters)"] if fit else []
         options += [f"--size {best} or less"] if best and best < size else []
@@ -344,9 +352,11 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
         raise FilterVizError(f"{len(keys)} keys for {len(targets)} objectives")
     if batch_size is not None and batch_size < 1:
         raise FilterVizError(f"batch size must be 1 or more, not {batch_size}")
+    channels = model.spec.channels
+    parts.parameterization.check_channels(channels)
     if start is not None:
-        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != 3:
-            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, 3), not {start.shape}")
+        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != channels:
+            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, {channels}), not {start.shape}")
         recipe = recipe.replace(size=start.shape[1])
     size = render_size(recipe, model.spec.fixed_size)
     if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:

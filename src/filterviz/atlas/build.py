@@ -35,8 +35,8 @@ from ..image import png_bytes
 from ..models.loaded import LoadedModel
 from ..objectives import channel
 from ..recipes import Recipe, get_recipe, render_size
-from .examples import (TopK, check_images, crop_box, folder_fingerprint, list_images, load_square, pack,
-                       receptive_field, scan_images, unpack)
+from .examples import (TopK, check_example_channels, check_images, crop_box, folder_fingerprint, list_images,
+                       load_square, pack, receptive_field, scan_images, unpack)
 from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
 from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, check_tree, example_crop, filter_image, filter_page,
                     index_path, layer_page, manifest_path, part_leftovers, regular_size, remove_empty_folders,
@@ -210,6 +210,8 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
                              "choose filters that it has")
     autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
     root = Path(out)
+    if images is not None:
+        check_example_channels(model.spec.channels)
     files = list_images(images, skip=root) if images is not None else []
     check_images(files)
     _check_memory(model, atlas, wanted, chosen, chunk_size, precision, scan_batch_size if files else 0)
@@ -521,7 +523,7 @@ def _write_examples(plan: _Plan, manifest: Manifest, layers: list[AtlasLayer],
     manifest.claim(claim)
     examples = []
     for image, uses in sorted(boxes.items()):
-        pixels = load_square(plan.files[image], side)
+        pixels = load_square(plan.files[image], side, plan.model.spec.channels)
         write_file(plan.root, source_image(names[image]), _jpeg(pixels))
         for layer, k, rank, value, (top_px, left, crop) in uses:
             relative = example_crop(layer.slug, k, rank)
@@ -532,7 +534,7 @@ def _write_examples(plan: _Plan, manifest: Manifest, layers: list[AtlasLayer],
 
 def _jpeg(pixels: np.ndarray) -> bytes:
     stream = io.BytesIO()
-    Image.fromarray(pixels).save(stream, format="JPEG", quality=90)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(stream, format="JPEG", quality=90)
     return stream.getvalue()
 
 

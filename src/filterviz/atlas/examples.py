@@ -74,14 +74,27 @@ def folder_fingerprint(root: Path, files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_square(path: Path, side: int) -> np.ndarray:
-    """An image as (side, side, 3) uint8 RGB: its short side scaled to ``side``, then center-cropped."""
+def load_square(path: Path, side: int, channels: int = 3) -> np.ndarray:
+    """An image as (side, side, 3) uint8 RGB: its short side scaled to ``side``, then center-cropped;
+    for a gray model (``channels`` 1), as (side, side, 1) gray (ITU-R 601 luma, as Pillow converts)."""
+    check_example_channels(channels)
     image = _open_rgb(path)
     scale = side / min(image.size)
     width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (width - side) // 2, (height - side) // 2
-    return np.asarray(image.crop((left, top, left + side, top + side)))
+    square = image.crop((left, top, left + side, top + side))
+    return np.asarray(square) if channels == 3 else np.asarray(square.convert("L"))[..., None]
+
+
+def check_example_channels(channels: int) -> None:
+    """Dataset examples come from photos: RGB as they are, or as gray for a gray model. For any other
+    channel count a photo holds no true values of the model's bands (near-infrared, ...), and made-up
+    ones would rank the units on what they never see: refused in one line."""
+    if channels not in (1, 3):
+        raise FilterVizError(f"--images shows the photos of a folder that excite each filter most, and the model "
+                             f"takes {channels} channels, which RGB or gray photos do not hold; leave --images out "
+                             "for this model")
 
 
 class TopK:
@@ -161,7 +174,7 @@ def scan_images(
     with torch.no_grad(), deterministic(model.device), model.capture(list(layers)) as run:
         for first in range(next_image, len(files), batch_size):
             chunk = files[first:first + batch_size]
-            pixels = np.stack([load_square(path, side) for path in chunk])
+            pixels = np.stack([load_square(path, side, model.spec.channels) for path in chunk])
             batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(model.device, model.dtype)
             for layer, activations in run(batch).items():
                 if layer not in tops:
@@ -175,7 +188,7 @@ def receptive_field(model: LoadedModel, layer: str, side: int) -> int:
     """The side, in input pixels, of the region that a unit in the middle of ``layer`` sees (the
     extent of its nonzero input gradient), at most ``side``."""
     generator = torch.Generator().manual_seed(0)
-    noise = torch.rand((1, 3, side, side), generator=generator, dtype=torch.float64) * 40 + 108
+    noise = torch.rand((1, model.spec.channels, side, side), generator=generator, dtype=torch.float64) * 40 + 108
     pixels = noise.to(model.device, model.dtype).requires_grad_(True)
     with model.truncated(layer) as run:
         activations = run(pixels)

@@ -18,7 +18,7 @@ import torch
 from ..ascent import render_filters
 from ..errors import FilterVizError, FilterVizWarning, first_line
 from ..device import deterministic
-from ..image import png_bytes
+from ..image import png_bytes, show_channels
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe
 
@@ -66,7 +66,8 @@ def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> 
                                     precision=settings.precision, batch_size=len(task.filters))
     finally:
         torch.set_num_threads(threads)
-    return TaskResult(task, tuple(png_bytes(image) for image in result.images),
+    # Pictures as filterviz shows them: gray for one channel, the first three of more (see show_channels).
+    return TaskResult(task, tuple(png_bytes(image) for image in show_channels(result.images)),
                       tuple(float(s) for s in result.start_score), tuple(float(s) for s in result.score),
                       tuple(bool(d) for d in result.dead), tuple(bool(s) for s in result.stuck))
 

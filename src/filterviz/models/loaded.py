@@ -75,7 +75,7 @@ class LoadedModel:
         error that stopped the forward pass."""
         if size not in self._probes:
             self.check_forward_memory(size)
-            pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
+            pixels = torch.full((1, self.spec.channels, size, size), 128.0, dtype=self.dtype, device=self.device)
             try:
                 probe = self.graph.probe(self.spec.to_model_input(pixels))
                 self._probes[size] = {name: LayerOutput(out.kind, self._nchw_shape(name, out.shape), out.calls)
@@ -161,7 +161,7 @@ class LoadedModel:
 
     def _measure_shape(self, path: str, size: int) -> tuple[tuple[int, ...] | None, str]:
         self.check_forward_memory(size, path)
-        pixels = torch.full((1, 3, size, size), 128.0, dtype=self.dtype, device=self.device)
+        pixels = torch.full((1, self.spec.channels, size, size), 128.0, dtype=self.dtype, device=self.device)
         try:
             with torch.no_grad(), self.truncated(path) as run:
                 out = run(pixels)
@@ -205,7 +205,7 @@ class LoadedModel:
         """
         side = self.spec.default_size
         element = self.element_size
-        need = 2 * 3 * size * size * element
+        need = 2 * self.spec.channels * size * size * element
         probe = self._probe(side)
         if isinstance(probe, str) or not probe:  # the table cannot be had: the input is what is known
             return need, "the input"

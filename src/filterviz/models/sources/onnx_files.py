@@ -62,10 +62,11 @@ def _input_geometry(graph: object) -> dict[str, object]:
     if len(inputs) != 1:
         raise ModelFileError(f"filterviz needs a model with one image input; this one has {len(inputs)} inputs")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or 3 not in (dims[1], dims[3]):
-        raise ModelFileError(f"filterviz needs a model whose input is an image batch (N, 3, H, W) or (N, H, W, 3); "
-                             f"this one takes {dims}")
-    return input_geometry(dims, ambiguous_layout="NCHW")  # ONNX's own convolution layout
+    geometry = input_geometry(dims, ambiguous_layout="NCHW") if len(dims) == 4 else {}  # ONNX's own layout
+    if "channels" not in geometry:
+        raise ModelFileError(f"filterviz needs a model whose input is an image batch (N, C, H, W) or (N, H, W, C) "
+                             f"with a known channel count C (3 for RGB); this one takes {dims}")
+    return geometry
 
 
 def channel_axes(graph: object, input_layout: str) -> dict[str, int | None]:
