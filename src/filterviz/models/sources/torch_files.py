@@ -22,6 +22,7 @@ from torch import nn
 
 from ...errors import FilterVizError, ModelFileError, first_line
 from ...layers import Seen, WatchedGraph
+from ...layouts import AxisTrace
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
@@ -46,6 +47,7 @@ class ScriptGraph(WatchedGraph):
         self._layers = {name: module for name, module in root.named_modules() if name}
         # One compiled function per node that is run alone, by (module type, method, node numbers).
         self._functions: dict[tuple[object, ...], tuple[torch.jit.ScriptFunction, list[int]]] = {}
+        self._observe: Callable[[str, list[object], dict[str, object], object], None] | None = None
 
     def names(self) -> list[str]:
         return list(self._layers)
@@ -127,6 +129,8 @@ class ScriptGraph(WatchedGraph):
                     "the ones that are)")
             else:
                 outputs = self._compiled(node, (*key, number), inputs)
+                if self._observe is not None:  # a trace follows the axes through each operation
+                    self._observe(kind, inputs, {}, outputs[0] if len(outputs) == 1 else tuple(outputs))
             for value, output in zip(node.outputs(), outputs):
                 values[value.unique()] = output
         return [values[v.unique()] for v in block.outputs()]
@@ -156,6 +160,16 @@ class ScriptGraph(WatchedGraph):
         function, used = self._functions[key]
         result = function(*[inputs[index] for index in used])
         return list(result) if node.outputsSize() > 1 else [result]
+
+    @contextmanager
+    def followed(self, trace: AxisTrace) -> Iterator[AxisTrace]:
+        """Compiled code is not seen by a torch function mode: each operation this graph runs is told to
+        ``trace`` as it runs."""
+        self._observe = trace.observe
+        try:
+            yield trace
+        finally:
+            self._observe = None
 
     @contextmanager
     def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
