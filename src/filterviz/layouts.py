@@ -754,5 +754,3 @@ def layout_error(layer: str, model: str, shape: Sequence[int], why: str) -> Layo
                        f"{', '.join(layout_syntax())} (in Python: layouts={{{layer!r}: {example!r}}})")
 
 
-def describe_roles(roles: Iterable[Role]) -> str:  # for tests and messages
-    return ", ".join("?" if role is None else _role_text(role) for role in roles)

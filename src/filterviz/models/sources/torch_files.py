@@ -130,7 +130,7 @@ class ScriptGraph(WatchedGraph):
             else:
                 outputs = self._compiled(node, (*key, number), inputs)
                 if self._observe is not None:  # a trace follows the axes through each operation
-                    self._observe(kind, inputs, {}, outputs[0] if len(outputs) == 1 else tuple(outputs))
+                    self._observe(*_operation(node, inputs), {}, outputs[0] if len(outputs) == 1 else tuple(outputs))
             for value, output in zip(node.outputs(), outputs):
                 values[value.unique()] = output
         return [values[v.unique()] for v in block.outputs()]
@@ -186,6 +186,17 @@ class ScriptGraph(WatchedGraph):
                     seen(path, out)
 
         yield lambda inputs: self._call(self.root, "", "forward", [inputs], enter, told)
+
+
+def _operation(node: torch.Node, inputs: list[object]) -> tuple[str, list[object]]:
+    """A node's operation and arguments as a trace reads them: an ATen operator by its name; a call of a
+    scripted function (``F.max_pool2d`` is ``_max_pool2d``) by the function's name, without the function."""
+    if node.kind() == "prim::CallFunction":
+        try:
+            return node.inputsAt(0).node().s("name").lstrip("_"), inputs[1:]
+        except RuntimeError:  # a function value without a name
+            return node.kind(), inputs[1:]
+    return node.kind(), inputs
 
 
 def _node_function(node: torch.Node) -> tuple[torch.jit.ScriptFunction, list[int]]:
