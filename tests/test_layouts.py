@@ -420,3 +420,14 @@ def test_torchscript_convnet_layers_are_channel_maps(tmp_path, how):
     assert (outputs["2"], outputs["4"], outputs["5"], outputs["7"]) == ("nchw 8x8, 4", "nchw 6x6, 6", "nchw 1x1, 6",
                                                                       "vector 5")
     assert all(text.startswith(("nchw", "vector")) for text in outputs.values()), outputs
+
+
+def test_a_scripted_module_that_cannot_be_stepped_into_keeps_the_layouts_around_it(tmp_path):
+    """TinyNet's call counter sets an attribute, which a TorchScript graph cannot be stepped through:
+    the trace runs it compiled, and the layers before and after it keep their layouts."""
+    from conftest import tiny_model
+
+    torch.jit.script(tiny_model(dtype=torch.float32).module).save(str(tmp_path / "tiny.pt"))
+    model = filterviz.load_model(tmp_path / "tiny.pt", device="cpu")
+    assert (model.layout("features.6"), model.layout("counter"), model.layout("fc")) == (NCHW(), NCHW(), Vector())
+    assert model.layer_info("features.6", 16).channels == 8

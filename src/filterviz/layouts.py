@@ -518,7 +518,7 @@ _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsu
                "nansum", "median", "any", "all", "argmax", "argmin"}
 _SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unsafe_split", "unsafe_chunk",
            "unsafe_split_with_sizes"}
-_REORDERS = {"t", "rot90", "adjoint", "__get__", "unfold", "as_strided", "diagonal", "take_along_dim", "gather",
+_REORDERS = {"t", "rot90", "adjoint", "__get__", "einsum", "unfold", "as_strided", "diagonal", "take_along_dim", "gather",
              "index", "masked_select", "nonzero", "where"}
 
 

@@ -31,6 +31,10 @@ from . import FileSource, LoadRequest, register_source
 SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
 
 
+class _CannotStep(FilterVizError):
+    """A module whose compiled graph cannot be run node by node (it sets attributes, say)."""
+
+
 def is_torchscript(path: Path) -> bool:
     """A TorchScript archive is a zip file with a ``code/`` folder; a torch.save file has none."""
     if not zipfile.is_zipfile(path):
@@ -76,8 +80,16 @@ class ScriptGraph(WatchedGraph):
             for value, arg in zip(graph_inputs[1:], args):
                 values[value.unique()] = arg
             key = (module._c._type().qualified_name(), method)
-            results = self._run_block(graph, key, values, paths, path, enter, seen)
-            out = results[0] if len(results) == 1 else tuple(results)
+            try:
+                results = self._run_block(graph, key, values, paths, path, enter, seen)
+                out = results[0] if len(results) == 1 else tuple(results)
+            except _CannotStep:
+                if self._observe is None:
+                    raise
+                # A trace runs on to find the layouts of the layers after it: the module runs compiled,
+                # its own layers unseen, and its output keeps the axes of a same-shaped input.
+                out = getattr(module, method)(*args)
+                self._observe("", list(args), {}, out)
         if path and method == "forward":
             seen(path, out)
         return out
@@ -123,7 +135,7 @@ class ScriptGraph(WatchedGraph):
             elif kind == "prim::NumToTensor":
                 outputs = [torch.tensor(inputs[0])]
             elif any(isinstance(value, torch.jit.ScriptModule) for value in inputs) or list(node.blocks()):
-                raise FilterVizError(
+                raise _CannotStep(
                     f"cannot step into {path or 'the model'} of this TorchScript file: it uses {kind}; layers "
                     f"inside {path or 'it'} are not reachable, choose a layer outside it (`filterviz layers` lists "
                     "the ones that are)")
