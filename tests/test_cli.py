@@ -160,7 +160,7 @@ def test_layers_lists_names_kinds_channels_and_aliases(capsys):
     code, out, _ = run(capsys, "layers", "vgg16", "--size", "150")  # needs no weights, so works offline
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("features.11 "))
-    assert row.split() == ["features.11", "ReLU", "256", "37x37", "block3_conv1"]
+    assert row.split() == ["features.11", "ReLU", "nchw", "37x37,", "256", "block3_conv1"]
 
 
 def test_models_lists_embedded_default(capsys):

@@ -367,7 +367,7 @@ def test_cli_lists_and_renders_keras_names_of_a_vgg_export(tmp_path, capsys):
     export(small_vgg(), path)
     assert main(["layers", str(path)]) == 0
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
-    assert rows["features/features/7/Relu"] == ["ReLU", "256", "8x8", "features.7,", "block3_conv1"]
+    assert rows["features/features/7/Relu"] == ["ReLU", "nchw", "8x8,", "256", "features.7,", "block3_conv1"]
     image = tmp_path / "f.png"
     assert main(["render", str(path), "block3_conv1", "0", "-o", str(image), "--steps", "2", "--seed", "0",
                  "--quiet"]) == 0

@@ -45,7 +45,9 @@ SKIPPED = {
 def _commands(text: str) -> list[str]:
     """The ``filterviz`` lines of the plain fenced blocks, continuation lines joined, comments cut."""
     commands = []
-    for block in re.findall(r"^```\n(.*?)^```", text, flags=re.S | re.M):
+    # Fences are paired with their language (```python ... ```), so that a closing fence never opens a block.
+    for block in [body for language, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+                  if not language]:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.strip()

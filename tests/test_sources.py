@@ -161,7 +161,7 @@ def test_keras_file_layers_by_keras_name_match_keras(keras_files, suffix, capsys
     assert_render_raises(model, "block2_conv1", 3, size=32)
     code, out, _ = cli(capsys, "layers", str(path), "--size", "32")
     assert code == 0 and out.splitlines()[0] == "input: RGB, pixels 0..255 as they are, NHWC, any size (default 224)"
-    assert ["block1_add", "Add", "6", "32x32"] in [line.split() for line in out.splitlines()]
+    assert ["block1_add", "Add", "nhwc", "32x32,", "6"] in [line.split() for line in out.splitlines()]
 
 
 def test_keras_forward_pass_stops_at_the_layer(keras_files):
@@ -260,7 +260,9 @@ def test_onnx_keras_export_by_keras_names_nhwc_and_fixed_size(tmp_path, capsys):
     code, out, _ = cli(capsys, "layers", str(path))
     assert code == 0 and "NHWC, fixed 16x16" in out.splitlines()[0]
     row = next(line for line in out.splitlines() if line.startswith("functional_1/block1_conv1_1/Relu"))
-    assert row.split()[1:] == ["ReLU", "4", "16x16", "block1_conv1_1,", "block1_conv1"]
+    assert row.split()[1:] == ["ReLU", "nchw", "16x16,", "4", "block1_conv1_1,", "block1_conv1"]
+    row = next(line for line in out.splitlines() if line.startswith("functional_1/Transpose_6"))
+    assert row.split()[1:] == ["OnnxTranspose", "nhwc", "8x8,", "6"]  # the output, transposed back to NHWC
 
 
 def test_onnx_from_pytorch_keeps_module_names_as_aliases(tmp_path):

@@ -84,7 +84,8 @@ def test_selection_does_not_run_the_layer():
         filterviz.render_filters(model, "block3_conv1", [0], steps=1, size=32, seed=0)
     finally:
         handle.remove()
-    assert calls == [1]  # only the shape check's single-image pass; no ascent step runs the full layer
+    # Only the layout trace's pass and the shape check's single-image pass; no ascent step runs the full layer.
+    assert calls == [1, 1]
     assert find_conv_tail(model, "block3_conv1").conv is model.module.features[10]
 
 

@@ -12,6 +12,7 @@ from .book import book_layers, generate_pattern, run_demo
 from .errors import FilterVizError, FilterVizWarning
 from .image import Deprocess, deprocess_image, make_grid, register_deprocess, save_image, show_channels
 from .layers import LayerInfo
+from .layouts import Layout, register_layout
 from .models import (DEFAULT_MODEL, FileSource, InputSpec, LoadedModel, LoadRequest, ModelSource, PrefixSource,
                      known_models, load_model, model_sources, register_source)
 from .objectives import Objective, Term, parse_objective, register_term
@@ -50,6 +51,8 @@ __all__ = [
     "Render",
     "InputSpec",
     "LayerInfo",
+    "Layout",
+    "register_layout",
     "LoadedModel",
     "book_layers",
     "deprocess_image",

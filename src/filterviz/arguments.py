@@ -16,6 +16,7 @@ from . import __version__
 from .errors import FilterVizError
 from .device import PRECISIONS
 from .image import check_path
+from .layouts import layout_syntax, parse_layout
 from .models import DEFAULT_MODEL
 from .models.sources.torch_files import SUFFIXES as TORCH_SUFFIXES
 from .models.spec import PRESETS
@@ -273,6 +274,28 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 
+def _layout_pair(text: str) -> tuple[str, str]:
+    """``--layout LAYER=KIND``: a layer and a layout name (checked here; the layer when the model loads)."""
+    layer, equals, kind = text.rpartition("=")
+    if not equals or not layer.strip() or not kind.strip():
+        raise argparse.ArgumentTypeError(f"give LAYER=KIND, KIND one of {', '.join(layout_syntax())}; not {_quote(text)}")
+    try:
+        parse_layout(kind)
+    except FilterVizError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return layer.strip(), kind.strip()
+
+
+def parse_layouts(pairs: Sequence[tuple[str, str]] | None) -> dict[str, str]:
+    """``--layout`` options as {layer: layout}; a layer given two different layouts is refused."""
+    layouts: dict[str, str] = {}
+    for layer, kind in pairs or ():
+        if layouts.get(layer, kind) != kind:
+            raise FilterVizError(f"--layout gives layer {layer} two layouts, {layouts[layer]} and {kind}; give one")
+        layouts[layer] = kind
+    return layouts
+
+
 def parse_layer_list(texts: Sequence[str] | None) -> list[str] | None:
     """``--layers`` options (each comma-separated) as one list of names; None when none was given. An
     empty name ("" or "a,,b") is refused: it would quietly mean fewer (or all) layers."""
@@ -307,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--arch", type=_name, help="architecture of a state-dict model file (a torchvision name or timm:NAME)")
     common.add_argument("--trust-pickle", action="store_true",
                         help="allow a pickled whole-model file; unpickling runs code from it")
+    common.add_argument("--layout", action="append", type=_layout_pair, metavar="LAYER=KIND",
+                        help="how to read a layer's output where filterviz cannot tell (`filterviz layers` marks "
+                             f"those with ?), or reads it otherwise: KIND is {', '.join(layout_syntax())} "
+                             "(PREFIX: tokens before the patches, the first a class token); repeatable")
 
     optimize = _Parser(add_help=False)  # what every rendering command takes
     optimize.add_argument("--steps", type=int, help="ascent steps (default: the recipe's; 40 for classic)")

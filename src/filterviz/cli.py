@@ -12,11 +12,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .arguments import build_parser, check_inputs, parse_filters, parse_layer_list, recipe_from_args
+from .arguments import build_parser, check_inputs, parse_filters, parse_layer_list, parse_layouts, recipe_from_args
 from .ascent import render, render_filters
 from .book import GRID_FILTERS, run_demo
 from .errors import FilterVizError, FilterVizWarning
 from .image import check_folder_writable, check_writable, make_grid, save_array, save_image, show_channels
+from .layouts import layout_syntax
 from .models import DEFAULT_MODEL, LoadedModel, describe_sources, known_models, load_model
 from .objectives import channel, parse_objective
 from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
@@ -34,7 +35,7 @@ def _load(args: argparse.Namespace, load_weights: bool = True) -> LoadedModel:
     with the spec of the chosen weights, none read or downloaded."""
     model = load_model(args.model, args.weights, args.device, preprocess=args.preprocess, channels=args.channels,
                        arch=args.arch, trust_pickle=args.trust_pickle, progress=not args.quiet,
-                       load_weights=load_weights)
+                       load_weights=load_weights, layouts=parse_layouts(args.layout))
     model.max_memory = getattr(args, "max_memory", None)  # every run of it, checks included, keeps to it
     return model
 
@@ -51,16 +52,22 @@ def _cmd_layers(args: argparse.Namespace) -> None:
     # weights chosen, as a render with the same options uses it.
     check_inputs(args)
     model = _load(args, load_weights=False)
+    infos = model.layers(args.size)
     rows = [(info.name, info.kind + (f" (call {info.name.rpartition('#')[2]} of {info.calls})" if "#" in info.name
                                      else f" (call 1 of {info.calls})" if info.calls > 1 else ""),
-             str(info.channels), info.spatial, ", ".join(info.aliases))
-            for info in model.layers(args.size)]
+             info.output, ", ".join(info.aliases))
+            for info in infos]
     print(f"input: {model.spec.describe()}")
-    header = ("layer", "kind", "channels", f"size@{args.size or model.spec.default_size}", "aliases")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    header = ("layer", "kind", f"output@{args.size or model.spec.default_size}", "aliases")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
+    unknown = [info.name for info in infos if info.channels is None]
+    if unknown and not args.quiet:
+        example = unknown[0]
+        _say(f"{len(unknown)} layer{'s' * (len(unknown) > 1)} marked ? give outputs whose axes filterviz cannot tell "
+             f"apart (shown whole, for one image); to render one, say how to read it: --layout {example}=KIND, KIND one "
+             f"of {', '.join(layout_syntax())}")
 
 
 def _cmd_render(args: argparse.Namespace) -> None:

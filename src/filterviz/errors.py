@@ -30,6 +30,10 @@ class FilterIndexError(FilterVizError, IndexError):
     """A filter (channel) index outside the layer's range."""
 
 
+class LayoutError(FilterVizError):
+    """A layer output whose layout is not known (or not as given), so its channels cannot be read."""
+
+
 class InputSizeError(FilterVizError, ValueError):
     """An input size at which the layer has no spatial output."""
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import PER_CHANNEL, StopForward, module_classes, split_call
+from .layouts import NCHW
 from .models.loaded import LoadedModel
 
 # Modules that act on each channel alone, so that picking a channel commutes with them.
@@ -36,11 +37,12 @@ def find_conv_tail(model: LoadedModel, layer: str) -> ConvTail | None:
     """The plain ``nn.Conv2d`` whose output reaches ``layer`` through per-channel modules only, or None.
 
     Only modules inside a plain ``nn.Sequential`` are followed, where the order of the children is
-    the order they run in; the layer must be called once per forward pass.
+    the order they run in; the layer must be called once per forward pass, and its output must be a
+    channel map (N, C, H, W) as the convolution gives it (not channels-last, tokens or a part).
     """
     path, call = split_call(model.resolve(layer))
     target = model.graph.module(path)
-    if target is None or call != 1 or model.channels_last:
+    if target is None or call != 1 or model.channels_last or type(model.layout(layer)) is not NCHW:
         return None
     parent_path, _, child = path.rpartition(".")
     if type(target) is nn.Conv2d:

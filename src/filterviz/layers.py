@@ -6,7 +6,9 @@ call, ``layer1.0.relu#2`` its second. Running "up to a layer" records the layer'
 the forward pass, so nothing after the layer is computed. How a model is reached inside is a
 ``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
 ONNX graphs), which are always removed when the context ends; ``ScriptGraph`` (TorchScript files) steps
-through compiled graphs. Both probe and capture through ``WatchedGraph``, written once.
+through compiled graphs. Both probe, trace and capture through ``WatchedGraph``, written once. A trace
+is a forward pass that follows what each axis of each tensor means (``layouts.AxisTrace``), and so
+gives every layer call's output layout (channel map, channels-last map, tokens, vector).
 
 The kinds of module that filterviz treats specially (activations, normalizations, per-channel modules,
 ReLU-like modules with a flat region) are known here, in one table: ``MODULE_KINDS``.
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import UnknownLayerError
+from .layouts import Ambiguous, AxisTrace, Layout, Roles, TokenDeclaration, classify
 
 CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
 OUTPUT = "<output>"  # the model's own output (logits), as a layer name for objectives
@@ -76,29 +79,45 @@ class LayerInfo:
     """One addressable layer: its name, kind, output channels and spatial size at a given input size.
 
     ``calls`` counts how often the module runs per forward pass; each call is a layer of its own
-    (``name``, ``name#2``, ...).
+    (``name``, ``name#2``, ...). ``layout`` says how its output is laid out (``layouts``); channels,
+    height and width are those of its channels-first form: a token layer's hidden units and its patch
+    grid, a channels-last map's channels. ``shape`` is the output's own shape, for one image. Where the
+    layout is not known, channels, height and width are None.
     """
 
     name: str
     kind: str
-    channels: int
+    channels: int | None
     height: int | None
     width: int | None
     aliases: tuple[str, ...] = ()
     calls: int = 1
+    layout: Layout | None = None
+    shape: tuple[int, ...] = ()
 
     @property
     def spatial(self) -> str:
         return "-" if self.height is None else f"{self.height}x{self.width}"
 
+    @property
+    def output(self) -> str:
+        """The layout, positions and channels, for people: ``tokens 1+14x14, 768``, ``nchw 56x56, 96``,
+        ``vector 1000``; ``? 3x197x64`` where the layout is not known."""
+        if self.layout is None or not self.layout.known or self.channels is None:
+            return Ambiguous().describe(self.shape, ())
+        canonical = (1, self.channels) if self.height is None else (1, self.channels, self.height, self.width)
+        return self.layout.describe(self.shape, canonical)
+
 
 @dataclass(frozen=True)
 class LayerOutput:
-    """What a probe saw of one call of a layer: its kind, output shape, and the module's call count."""
+    """What a probe saw of one call of a layer: its kind, output shape, and the module's call count; a
+    trace also says its layout."""
 
     kind: str
     shape: tuple[int, ...]
     calls: int = 1
+    layout: Layout | None = None
 
 
 class StopForward(Exception):
@@ -117,15 +136,16 @@ def call_name(name: str, call: int) -> str:
     return name if call == 1 else f"{name}{CALL_MARK}{call}"
 
 
-def outputs_by_call(events: Sequence[tuple[str, str, tuple[int, ...]]]) -> dict[str, LayerOutput]:
-    """Probe events (name, kind, output shape), in the order the calls ended, as layers: one per
-    call (``name``, ``name#2``...), each knowing how often its module ran."""
-    totals = Counter(name for name, _, _ in events)
+def outputs_by_call(events: Sequence[tuple[str, str, tuple[int, ...]]] | Sequence[tuple[str, str, tuple[int, ...], Layout]]
+                    ) -> dict[str, LayerOutput]:
+    """Probe events (name, kind, output shape, and from a trace its layout), in the order the calls
+    ended, as layers: one per call (``name``, ``name#2``...), each knowing how often its module ran."""
+    totals = Counter(event[0] for event in events)
     counts: Counter[str] = Counter()
     layers: dict[str, LayerOutput] = {}
-    for name, kind, shape in events:
+    for name, kind, shape, *layout in events:
         counts[name] += 1
-        layers[call_name(name, counts[name])] = LayerOutput(kind, shape, totals[name])
+        layers[call_name(name, counts[name])] = LayerOutput(kind, shape, totals[name], *layout)
     return layers
 
 
@@ -148,6 +168,12 @@ class LayerGraph(Protocol):
 
     def probe(self, inputs: torch.Tensor) -> dict[str, LayerOutput]:
         """Run the whole model once; every layer call's output, keyed by layer name, in forward order."""
+
+    def trace(self, inputs: torch.Tensor, roles: Roles, declared: TokenDeclaration | None = None,
+              upto: Sequence[str] | None = None) -> dict[str, LayerOutput]:
+        """Run the model once, following what each axis means from the input's (``roles``), up to the
+        last of the layer calls ``upto`` (None: to the end); every layer call's output with its layout,
+        keyed by layer name, in forward order."""
 
     def capture(self, layers: Sequence[str]) -> AbstractContextManager[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
         """A context yielding ``run(inputs) -> {layer: output}`` for native layer names (with call
@@ -184,6 +210,39 @@ class WatchedGraph:
 
         with self.watch(None, seen) as forward, torch.no_grad():
             forward(inputs)
+        return outputs_by_call(events)
+
+    def followed(self, trace: AxisTrace) -> AbstractContextManager[object]:
+        """A context in which every operation of a forward pass is told to ``trace``: the torch function
+        mode itself; a graph that runs operations its own way says so here."""
+        return trace
+
+    def trace(self, inputs: torch.Tensor, roles: Roles, declared: TokenDeclaration | None = None,
+              upto: Sequence[str] | None = None) -> dict[str, LayerOutput]:
+        trace = AxisTrace()
+        trace.seed(inputs, roles)
+        events: list[tuple[str, str, tuple[int, ...], Layout]] = []
+        known = set(self.names())
+        wanted = {split_call(layer) for layer in upto} if upto is not None else set()
+        calls: Counter[str] = Counter()
+
+        def seen(name: str, output: object) -> None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+            layout = classify(trace.roles(output), shape, declared) if shape else Ambiguous("it is not one tensor")
+            events.append((name, self.kind(name) if name in known else "?", shape, layout))
+            calls[name] += 1
+            wanted.discard((name, calls[name]))
+            if upto is not None and not wanted:
+                raise StopForward
+
+        with torch.no_grad(), self.followed(trace), self.watch(None, seen) as forward:
+            try:
+                forward(inputs)
+            except StopForward:
+                pass
+            except Exception:
+                if upto is None or wanted:  # not our stop, re-raised (Keras does)
+                    raise
         return outputs_by_call(events)
 
     @contextmanager
@@ -242,6 +301,19 @@ class ModuleGraph(WatchedGraph):
 
     def modules(self) -> Mapping[str, nn.Module]:
         return MappingProxyType(self._layers)
+
+    @contextmanager
+    def followed(self, trace: AxisTrace) -> Iterator[AxisTrace]:
+        # Before any other hook: a module output that no operation explained gets its input's meanings.
+        handles = [module.register_forward_hook(lambda _m, inputs, output: trace.module_output(inputs, output),
+                                                prepend=True)
+                   for module in self._layers.values()]
+        try:
+            with trace:
+                yield trace
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @contextmanager
     def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .errors import FilterVizError, InputFileError, first_line
 from .layers import OUTPUT
+from .layouts import part_name, part_names, split_part
 from .plugins import Registry
 
 IMAGE = "<image>"  # the image being optimized (RGB 0..255), as a layer name for regularizers
@@ -120,22 +121,28 @@ def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
 @register_term
 @dataclass(frozen=True)
 class Channel(Term):
-    """Mean activation of one channel over all positions: the book's loss."""
+    """Mean activation of one channel over all positions: the book's loss. On a token layer the
+    positions are its patches; ``:cls`` reads the class token alone, ``:all`` every token, prefix tokens
+    (class, register tokens) included (the term then reads the layer's part ``LAYER<cls>``, ``LAYER<all>``)."""
 
     layer: str
     channel: int
-    syntax: ClassVar[tuple[str, ...]] = ("channel:LAYER:K",)
+    syntax: ClassVar[tuple[str, ...]] = ("channel:LAYER:K", "channel:LAYER:K:cls", "channel:LAYER:K:all")
 
     @classmethod
     def parse(cls, kind: str, args: str) -> "Channel":
         head, tail = _layer_and_index(kind, args, cls.syntax[0])
+        layer, _, index = head.rpartition(":")
+        if tail in part_names() and layer and index.lstrip("-").isdigit():
+            return cls(part_name(layer, tail), _int(index, "a channel index"))
         return cls(head, _int(tail, "a channel index"))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         return _spatial_mean(data[rows.views, self.channel]).mean()
 
     def label(self) -> str:
-        return f"channel({self.layer},{self.channel})"
+        layer, part = split_part(self.layer)
+        return f"channel({layer},{self.channel}{',' + part if part else ''})"
 
 
 @register_term
@@ -458,8 +465,12 @@ class Objective:
         return total if total is not None else next(iter(data.values())).new_zeros(())
 
 
-def channel(layer: str, index: int) -> Objective:
-    return Objective.of(Channel(layer, int(index)))
+def channel(layer: str, index: int, part: str = "") -> Objective:
+    """Channel ``index`` of ``layer``, mean over its positions (a token layer's patches); ``part="cls"``
+    reads a token layer's class token alone, ``part="all"`` every token, prefix tokens included."""
+    if part and part not in part_names():
+        raise FilterVizError(f"unknown part {part!r} of a layer; use one of {', '.join(part_names())}")
+    return Objective.of(Channel(part_name(layer, part) if part else layer, int(index)))
 
 
 def neuron(layer: str, index: int, y: int | None = None, x: int | None = None) -> Objective:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..layers import NORM, LayerInfo, kind_names, split_call
+from ..layers import ACTIVATION, NORM, LayerInfo, kind_names, module_classes, split_call
 from ..models.loaded import LoadedModel
 
 _NORMS = kind_names(NORM)
@@ -39,6 +39,10 @@ def _is_conv(info: LayerInfo, module: nn.Module | None) -> bool:
     return leaf and info.height is not None and "conv" in info.kind.lower()
 
 
+def _innermost(found: list[str]) -> list[str]:
+    return [name for name in found if not any(other.startswith(name + ".") for other in found)]
+
+
 def _blocks(modules: Mapping[str, nn.Module]) -> list[str]:
     """Items of a Sequential or ModuleList that contain convolutions, innermost only (ResNet's
     ``layer1.0``, EfficientNet's ``blocks.3``, ConvNeXt's ``stages.0.blocks.1``)."""
@@ -50,24 +54,64 @@ def _blocks(modules: Mapping[str, nn.Module]) -> list[str]:
                 and _has_layers(module)
                 and any("conv" in type(m).__name__.lower() for m in module.modules())):
             found.append(name)
-    return [name for name in found if not any(other.startswith(name + ".") for other in found)]
+    return _innermost(found)
+
+
+def _transformer_blocks(modules: Mapping[str, nn.Module], conv_blocks: set[str]) -> list[str]:
+    """Items of a Sequential or ModuleList without convolutions that hold a linear layer and an
+    activation: the blocks of a vision transformer (timm's ``blocks.3``, torchvision's
+    ``encoder.layers.encoder_layer_3``, Swin's ``layers.2.blocks.1``), innermost only."""
+    activations = module_classes(ACTIVATION)
+    found = []
+    for name, module in modules.items():
+        parent_name, _, _ = name.rpartition(".")
+        parent = modules.get(parent_name) if parent_name else None
+        if (isinstance(parent, (nn.Sequential, nn.ModuleList)) and _has_layers(module)
+                and not any(name == block or name.startswith(block + ".") or block.startswith(name + ".")
+                            for block in conv_blocks)
+                and not any("conv" in type(m).__name__.lower() for m in module.modules())
+                and any(isinstance(m, nn.Linear) for m in module.modules())
+                and any(isinstance(m, activations) for m in module.modules())):
+            found.append(name)
+    return _innermost(found)
+
+
+def _hidden_activation(model: LoadedModel, infos: list[LayerInfo], block: str) -> LayerInfo | None:
+    """A transformer block's MLP hidden activation: the widest activation inside it whose layout is
+    known and has positions (the first of the widest), never the attention's internals."""
+    inside = [info for info in infos if info.name.startswith(block + ".") and split_call(info.name)[1] == 1
+              and info.height is not None and info.layout is not None and info.layout.known
+              and model.is_activation(info.name)]
+    if not inside:
+        return None
+    widest = max(info.channels or 0 for info in inside)
+    return next(info for info in inside if info.channels == widest)
 
 
 def default_layers(model: LoadedModel, size: int) -> list[str]:
     """Every convolution layer (each seen after its norm and activation, as Keras's ``Conv2D(...,
     activation=...)`` is), or for models built of blocks, every block's output plus the convolutions
-    outside blocks (a stem, a head). Names are aliases where the model has them."""
+    outside blocks (a stem, a head); for the blocks of a vision transformer (no convolutions in them),
+    each block's MLP hidden activation (``blocks.N.mlp.act``), not the attention's internals. Names are
+    aliases where the model has them."""
     infos = model.layers(size)
     modules = model.graph.modules()
-    blocks = set(_blocks(modules)) if all(isinstance(m, nn.Module) for m in modules.values()) else set()
+    plain = all(isinstance(m, nn.Module) for m in modules.values())
+    blocks = set(_blocks(modules)) if plain else set()
+    hidden = {}
+    for block in (_transformer_blocks(modules, blocks) if plain else []):
+        found = _hidden_activation(model, infos, block)
+        if found is not None:
+            hidden[found.name] = block
+    inside = blocks | set(hidden.values())
     chosen: list[LayerInfo] = []
     for index, info in enumerate(infos):
         base, call = split_call(info.name)
         if call > 1 or info.height is None:
             continue
-        if base in blocks:
+        if base in blocks or info.name in hidden:
             chosen.append(info)
-        elif _is_conv(info, modules.get(base)) and not any(base.startswith(b + ".") for b in blocks):
+        elif _is_conv(info, modules.get(base)) and not any(base.startswith(b + ".") for b in inside):
             follow = index  # the conv's norm and activation, when they come right after it
             while (follow + 1 < len(infos)
                    and (infos[follow + 1].kind in _NORMS or (model.is_activation(infos[follow + 1].name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..errors import FilterVizError, ModelFileError, UnknownModelError
 from ..layers import closest_names
+from ..layouts import Layout, as_layout
 from .loaded import LoadedModel
 from .sources import FileSource, LoadRequest, PrefixSource, model_sources
 # Each of these modules registers its sources, in the order they are asked: names, prefixes, files.
@@ -194,6 +196,7 @@ def load_model(
     progress: bool = False,
     download_timeout: float = 5.0,
     load_weights: bool = True,
+    layouts: Mapping[str, Layout | str] | None = None,
 ) -> LoadedModel:
     """Load a model from any source (see the module docstring) or wrap an ``nn.Module``.
 
@@ -216,6 +219,11 @@ def load_model(
     ``load_weights=False`` builds a named model's architecture with random parameters but the spec,
     categories and aliases of the chosen weights, reading and downloading nothing (``source`` says
     "architecture only"); a model file is always loaded whole, as its layers come from it.
+
+    ``layouts`` says how to read layer outputs whose layout filterviz cannot tell (or should read
+    otherwise): ``{"blocks.0.attn.q_norm": "nchw", "head_pre": "tokens:1"}``, by layer name (or alias,
+    with ``#N`` for one call) and layout (``nchw``, ``nhwc``, ``tokens[:PREFIX]``, ``vector``, or a
+    ``Layout``).
     """
     target = resolve_device(device)  # checked first: a bad device should not wait for a download
     if preprocess is not None:
@@ -251,9 +259,14 @@ def load_model(
         loaded.origin = functools.partial(
             load_model, text, weights, "auto", spec=spec, preprocess=preprocess, name=name, arch=arch,
             trust_pickle=trust_pickle, download_timeout=download_timeout, load_weights=load_weights,
-            channels=channels)
+            channels=channels, layouts=layouts)
     _settle_channels(loaded, channels, given_spec, f"preprocessing {preprocess!r}" if preprocess else "")
     if preprocess is not None:
         loaded.spec = loaded.spec.with_preset(preprocess)
+    if layouts:
+        given = {str(layer): as_layout(value) for layer, value in layouts.items()}
+        for layer in given:
+            loaded.resolve(layer)  # an unknown name fails now, with suggestions
+        loaded.layouts = {**loaded.layouts, **given}
     loaded.module.to(target)
     return loaded

@@ -22,12 +22,17 @@ from torch import nn
 
 from ...errors import FilterVizError, ModelFileError, first_line
 from ...layers import Seen, WatchedGraph
+from ...layouts import AxisTrace
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
 from . import FileSource, LoadRequest, register_source
 
 SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
+
+
+class _CannotStep(FilterVizError):
+    """A module whose compiled graph cannot be run node by node (it sets attributes, say)."""
 
 
 def is_torchscript(path: Path) -> bool:
@@ -46,6 +51,7 @@ class ScriptGraph(WatchedGraph):
         self._layers = {name: module for name, module in root.named_modules() if name}
         # One compiled function per node that is run alone, by (module type, method, node numbers).
         self._functions: dict[tuple[object, ...], tuple[torch.jit.ScriptFunction, list[int]]] = {}
+        self._observe: Callable[[str, list[object], dict[str, object], object], None] | None = None
 
     def names(self) -> list[str]:
         return list(self._layers)
@@ -74,8 +80,16 @@ class ScriptGraph(WatchedGraph):
             for value, arg in zip(graph_inputs[1:], args):
                 values[value.unique()] = arg
             key = (module._c._type().qualified_name(), method)
-            results = self._run_block(graph, key, values, paths, path, enter, seen)
-            out = results[0] if len(results) == 1 else tuple(results)
+            try:
+                results = self._run_block(graph, key, values, paths, path, enter, seen)
+                out = results[0] if len(results) == 1 else tuple(results)
+            except _CannotStep:
+                if self._observe is None:
+                    raise
+                # A trace runs on to find the layouts of the layers after it: the module runs compiled,
+                # its own layers unseen, and its output keeps the axes of a same-shaped input.
+                out = getattr(module, method)(*args)
+                self._observe("", list(args), {}, out)
         if path and method == "forward":
             seen(path, out)
         return out
@@ -121,12 +135,14 @@ class ScriptGraph(WatchedGraph):
             elif kind == "prim::NumToTensor":
                 outputs = [torch.tensor(inputs[0])]
             elif any(isinstance(value, torch.jit.ScriptModule) for value in inputs) or list(node.blocks()):
-                raise FilterVizError(
+                raise _CannotStep(
                     f"cannot step into {path or 'the model'} of this TorchScript file: it uses {kind}; layers "
                     f"inside {path or 'it'} are not reachable, choose a layer outside it (`filterviz layers` lists "
                     "the ones that are)")
             else:
                 outputs = self._compiled(node, (*key, number), inputs)
+                if self._observe is not None:  # a trace follows the axes through each operation
+                    self._observe(*_operation(node, inputs), {}, outputs[0] if len(outputs) == 1 else tuple(outputs))
             for value, output in zip(node.outputs(), outputs):
                 values[value.unique()] = output
         return [values[v.unique()] for v in block.outputs()]
@@ -158,6 +174,16 @@ class ScriptGraph(WatchedGraph):
         return list(result) if node.outputsSize() > 1 else [result]
 
     @contextmanager
+    def followed(self, trace: AxisTrace) -> Iterator[AxisTrace]:
+        """Compiled code is not seen by a torch function mode: each operation this graph runs is told to
+        ``trace`` as it runs."""
+        self._observe = trace.observe
+        try:
+            yield trace
+        finally:
+            self._observe = None
+
+    @contextmanager
     def watch(self, layers: Collection[str] | None, seen: Seen) -> Iterator[Callable[[torch.Tensor], object]]:
         if layers is None:
             enter, told = (lambda _path: True), seen
@@ -172,6 +198,17 @@ class ScriptGraph(WatchedGraph):
                     seen(path, out)
 
         yield lambda inputs: self._call(self.root, "", "forward", [inputs], enter, told)
+
+
+def _operation(node: torch.Node, inputs: list[object]) -> tuple[str, list[object]]:
+    """A node's operation and arguments as a trace reads them: an ATen operator by its name; a call of a
+    scripted function (``F.max_pool2d`` is ``_max_pool2d``) by the function's name, without the function."""
+    if node.kind() == "prim::CallFunction":
+        try:
+            return node.inputsAt(0).node().s("name").lstrip("_"), inputs[1:]
+        except RuntimeError:  # a function value without a name
+            return node.kind(), inputs[1:]
+    return node.kind(), inputs
 
 
 def _node_function(node: torch.Node) -> tuple[torch.jit.ScriptFunction, list[int]]:
