@@ -63,3 +63,9 @@ def test_text_needs_a_clip_model_and_the_source_says_what_is_missing(tiny_clip, 
     assert len(err.strip().splitlines()) == 1 and "Hugging Face cache" in err and not (tmp_path / "y.png").exists()
     assert main(["layers", "open_clip:NoSuchNet"]) == 2
     assert "unknown open_clip model" in capsys.readouterr().err
+
+
+def test_the_image_towers_layers_are_tokens_with_their_class_token(tiny_clip):
+    """open_clip's transformer runs on (N, 1+16, 32) tokens: its MLP has 128 hidden units per token."""
+    assert tiny_clip.layer_info("transformer.resblocks.1.mlp.c_fc", 32).output == "tokens 1+4x4, 128"
+    assert tiny_clip.layer_info("conv1", 32).output == "nchw 4x4, 32"

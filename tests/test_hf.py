@@ -73,3 +73,22 @@ def test_random_weights_and_bad_names_are_one_line(vit_folder, tmp_path, capsys)
     assert main(["layers", "hf:nobody-here/no-such-model-xyz"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Hugging Face cache" in err
+
+
+def test_a_hidden_unit_of_an_hf_vit_is_read_on_its_channel_axis_and_driven(vit_folder):
+    """vit.layers.1.mlp.fc1 is (N, 1+16 tokens, 48): unit 30 is the 30th of 48 hidden units, averaged over
+    the 16 patch tokens (the class token left out), measured here with transformers' own forward."""
+    model = filterviz.load_model(f"hf:{vit_folder}", device="cpu")
+    info = model.layer_info("vit.layers.1.mlp.fc1", 32)
+    assert info.channels == 48 and info.output == "tokens 1+4x4, 48"
+    result = filterviz.render(model, ["channel:vit.layers.1.mlp.fc1:30"], "classic", steps=10, seed=0,
+                              deprocess="none")
+    hf = transformers.AutoModelForImageClassification.from_pretrained(vit_folder).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(vit_folder)
+    seen = {}
+    hf.vit.layers[1].mlp.fc1.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    with torch.no_grad():
+        hf(**processor(images=result.images[0], return_tensors="pt"))
+    units = seen["out"][0, 1:].mean(dim=0)  # patch tokens only
+    assert int(units.argmax()) == 30
+    assert result.score[0] == pytest.approx(float(units[30]), abs=0.02)
