@@ -431,3 +431,25 @@ def test_a_scripted_module_that_cannot_be_stepped_into_keeps_the_layouts_around_
     model = filterviz.load_model(tmp_path / "tiny.pt", device="cpu")
     assert (model.layout("features.6"), model.layout("counter"), model.layout("fc")) == (NCHW(), NCHW(), Vector())
     assert model.layer_info("features.6", 16).channels == 8
+
+
+@pytest.mark.parametrize(("kind", "prefix"), [("deit", 2), ("eva", 1)])
+def test_deit_distillation_and_eva_tokens_are_prefix_tokens(kind, prefix):
+    """DeiT's class and distillation tokens, and EVA's class token, come before the patches: the capture
+    is the hooked output without them, on the 4x4 grid."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
+
+    torch.manual_seed(0)
+    build = VisionTransformerDistilled if kind == "deit" else Eva
+    module = build(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2, num_classes=5).eval().double()
+    model = filterviz.load_model(module, preprocess="unit", name=kind, device="cpu")
+    assert model.layer_info("blocks.0.mlp.fc1", 32).output == f"tokens {prefix}+4x4, 96"
+    pixels = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 255
+    seen = {}
+    handle = module.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen.update(out=o))
+    with torch.no_grad(), model.capture(["blocks.0.mlp.fc1"]) as run:
+        ours = run(pixels)["blocks.0.mlp.fc1"]
+    handle.remove()
+    expected = seen["out"][:, prefix:].reshape(2, 4, 4, 96).permute(0, 3, 1, 2)
+    assert torch.allclose(ours, expected)
