@@ -92,3 +92,17 @@ def test_a_hidden_unit_of_an_hf_vit_is_read_on_its_channel_axis_and_driven(vit_f
     units = seen["out"][0, 1:].mean(dim=0)  # patch tokens only
     assert int(units.argmax()) == 30
     assert result.score[0] == pytest.approx(float(units[30]), abs=0.02)
+
+
+def test_hf_vit_block_outputs_equal_transformers_hidden_states(vit_folder):
+    """Each block's output, channels-first on the patch grid, is transformers' own hidden state with
+    its class token left out."""
+    model = filterviz.load_model(f"hf:{vit_folder}", device="cpu")
+    pixels = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 255
+    with torch.no_grad(), model.capture(["vit.layers.0", "vit.layers.1"]) as run:
+        ours = run(pixels.to(model.dtype))
+        states = model.module.model(pixel_values=model.spec.to_model_input(pixels.to(model.dtype)),
+                                    output_hidden_states=True).hidden_states
+    for index, layer in enumerate(["vit.layers.0", "vit.layers.1"], start=1):
+        expected = states[index][:, 1:].reshape(2, 4, 4, 24).permute(0, 3, 1, 2)
+        assert torch.allclose(ours[layer], expected, atol=1e-5)
