@@ -48,3 +48,24 @@ def test_modern_torchvision_layers_are_read_on_their_channel_axis(build, layer, 
     with torch.no_grad(), model.capture([layer]) as run:
         ours = run(pixels)[layer]
     assert torch.allclose(ours, to_nchw(_hooked(model, layer, pixels)))
+
+
+def test_a_vision_transformer_gets_its_one_size_and_a_size_check_is_one_line(tmp_path, capsys):
+    """torchvision's ViT checks that images are exactly its image_size: the named model's spec says so
+    (other sizes are resized on the way in), and a module that asserts its size, given as it is, gets
+    one line at another size, not a traceback."""
+    from torchvision.models import VisionTransformer
+
+    from filterviz.cli import main
+
+    named = filterviz.load_model("vit_b_16", weights="random", device="cpu", load_weights=False)
+    assert named.spec.fixed_size == (224, 224)
+    torch.manual_seed(0)
+    module = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    path = tmp_path / "vit.pth"
+    torch.save(module.eval(), str(path))  # a whole module: its forward keeps the size check
+    code = main(["render", str(path), "encoder.layers.encoder_layer_0.mlp.0", "3", "--trust-pickle", "--size", "48",
+                 "--steps", "1", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists()

@@ -144,7 +144,7 @@ def measure_saved_bytes(model: LoadedModel, forward: Callable[[torch.Tensor], ob
         try:
             return SavedBytes(low, saved_bytes_per_image(model, forward, low, dtype),
                               high, saved_bytes_per_image(model, forward, high, dtype))
-        except (RuntimeError, ValueError):  # too small for this model: probe larger
+        except (RuntimeError, ValueError, AssertionError):  # too small for this model: probe larger
             low, high = high, 2 * high
     if side <= limit:  # a side near the model's own is cheap to measure as it is
         amount = saved_bytes_per_image(model, forward, side, dtype)

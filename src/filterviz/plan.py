@@ -134,7 +134,7 @@ def _output_width(model: LoadedModel, size: int) -> int:
     try:
         with torch.no_grad():
             output = model.logits(pixels)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:
         raise InputSizeError(f"{model.name} cannot run at size {side} ({first_line(exc)})") from None
     return int(output.shape[1]) if output.ndim > 1 else int(output.numel())
 

@@ -91,7 +91,7 @@ class LoadedModel:
             try:
                 probe = self.graph.probe(self.spec.to_model_input(pixels))
                 self._probes[size] = probe
-            except (RuntimeError, ValueError) as exc:  # e.g. too small for some layer
+            except (RuntimeError, ValueError, AssertionError) as exc:  # e.g. too small for some layer
                 self._probes[size] = first_line(exc)
         return self._probes[size]
 
@@ -273,7 +273,7 @@ class LoadedModel:
         try:
             with torch.no_grad(), self.graph.capture([path]) as run:  # type: ignore[union-attr]
                 out = run(self.spec.to_model_input(pixels))[path]  # as the layer gives it
-        except (RuntimeError, ValueError) as exc:  # e.g. a kernel larger than its input
+        except (RuntimeError, ValueError, AssertionError) as exc:  # a kernel larger than its input; a size check
             return None, first_line(exc)
         if out.numel() == 0:
             return None, "its output is empty"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tv_models
+from torch import nn
 from ...errors import WeightsError, first_line
 from ..aliases import aliases_for
 from ..downloads import DownloadFailedError, download, unreachable_reason, weights_unavailable
@@ -33,6 +34,15 @@ PREFERRED_WEIGHTS = {"vgg16": "IMAGENET1K_FEATURES"}
 def torchvision_model_names() -> list[str]:
     """Names of torchvision's image classification models."""
     return sorted(tv_models.list_models(module=tv_models))
+
+
+def _own_size(module: nn.Module, spec: InputSpec) -> InputSpec:
+    """The spec, with the one input size a model takes where it declares one: torchvision's vision
+    transformers check that images are exactly their ``image_size``."""
+    size = getattr(module, "image_size", None)
+    if isinstance(module, tv_models.VisionTransformer) and isinstance(size, int):
+        return replace(spec, fixed_size=(size, size), default_size=size)
+    return spec
 
 
 def _spec_of(weights: Enum) -> InputSpec:
@@ -142,14 +152,16 @@ def load_torchvision(
     choice = choose_weights(name, weights)
     aliases = aliases_for(name)
     if not load_weights:
-        return LoadedModel(name, _architecture(name), choice.spec, aliases, choice.categories,
+        module = _architecture(name)
+        return LoadedModel(name, module, _own_size(module, choice.spec), aliases, choice.categories,
                            source=f"architecture only, spec of {choice.reference}")
     if choice.random:
-        return LoadedModel(name, _architecture(name), choice.spec, aliases, None, source="random weights")
+        module = _architecture(name)
+        return LoadedModel(name, module, _own_size(module, choice.spec), aliases, None, source="random weights")
     if choice.file is not None:
         module = _architecture(name)
         load_weights_file(module, choice.file, name)
-        return LoadedModel(name, module, choice.spec, aliases, choice.categories,
+        return LoadedModel(name, module, _own_size(module, choice.spec), aliases, choice.categories,
                            source=f"local file {choice.file} (input standardization of {choice.reference})")
     enum = choice.enum
     file = cached_file(enum)
@@ -167,7 +179,8 @@ def load_torchvision(
         raise WeightsError(
             f"cannot load {enum} from {file} ({first_line(exc)}); delete the file to download it again"
         ) from None
-    return LoadedModel(name, module, choice.spec, aliases, choice.categories, source=f"torchvision {enum}")
+    return LoadedModel(name, module, _own_size(module, choice.spec), aliases, choice.categories,
+                       source=f"torchvision {enum}")
 
 
 class TorchvisionSource(ModelSource):
