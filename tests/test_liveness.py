@@ -19,7 +19,7 @@ from filterviz.params import classic_start
 from filterviz.objectives import channel, diversity, gram
 from filterviz.redirect import _Redirected, redirected
 
-from conftest import TINY_SPEC, tiny_model
+from conftest import tiny_model
 
 
 def _switched_off(model, threshold: float):

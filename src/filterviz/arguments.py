@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                         help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
 
-    models = commands.add_parser("models", help="list the known model names")
+    commands.add_parser("models", help="list the known model names")
 
     layers = commands.add_parser("layers", parents=[common], help="list a model's layers")
     layers.add_argument("model", type=_path, help=f"model name or file, e.g. {DEFAULT_MODEL}, vgg16, timm:resnet50, "

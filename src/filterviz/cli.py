@@ -40,13 +40,6 @@ def _load(args: argparse.Namespace, load_weights: bool = True) -> LoadedModel:
     return model
 
 
-def _cmd_models(args: argparse.Namespace) -> None:
-    for name in known_models():
-        print(name + ("  (embedded default, works offline)" if name == DEFAULT_MODEL else ""))
-    print()
-    print(describe_sources())
-
-
 def _cmd_layers(args: argparse.Namespace) -> None:
     # Layer names and shapes do not depend on the weights: list them offline too, with the spec of the
     # weights chosen, as a render with the same options uses it.

@@ -10,7 +10,6 @@ when even the smallest batch would not fit.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass

@@ -231,7 +231,6 @@ def load_model(
     if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels < 1):
         raise FilterVizError(f"channels must be a whole number, 1 or more, not {channels!r}")
     given_spec = spec is not None
-    download = {"progress": progress, "download_timeout": download_timeout}
     if isinstance(model, nn.Module) and type(model).__module__.startswith("keras"):
         from .sources.keras_models import wrap_module
 
