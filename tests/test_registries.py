@@ -233,3 +233,22 @@ def test_a_registered_term_is_read_from_text_and_scored(clean):
     assert math.isclose(result.score[0], expected, rel_tol=1e-9)
     with pytest.raises(FilterVizError, match="use channel:LAYER:K, .*blur or brightness"):
         filterviz.parse_objective("brightnes")
+
+
+def test_a_plain_function_is_a_transform_in_a_list():
+    """render(transforms=[...]) takes functions as well as modules: here a fixed brightening, whose
+    effect is checked against the same render with the image brightened by a Transform class."""
+    model = tiny_model()
+
+    def brighter(x, generators):
+        return x + 10.0
+
+    class Brighter(filterviz.Transform):
+        def forward(self, x, generators):
+            return x + 10.0
+
+    by_function = filterviz.render(model, ["channel:features.1:0"], transforms=[brighter], size=8, steps=3, seed=0)
+    by_module = filterviz.render(model, ["channel:features.1:0"], transforms=[Brighter()], size=8, steps=3, seed=0)
+    plain = filterviz.render(model, ["channel:features.1:0"], size=8, steps=3, seed=0)
+    assert np.array_equal(by_function.pixels, by_module.pixels)
+    assert not np.array_equal(by_function.pixels, plain.pixels)

@@ -48,6 +48,8 @@ class RenderParts:
     def resolve(cls, recipe: Recipe, parameterization: Parameterization | None = None,
                 transforms: Sequence[torch.nn.Module] | None = None, optimizer: Any = None,
                 deprocess: Deprocess | None = None) -> "RenderParts":
+        """The parts for ``recipe``: each object given replaces the part that the recipe's field names
+        (a list of transforms replaces all of the recipe's transforms)."""
         if parameterization is not None and not isinstance(parameterization, Parameterization):
             raise FilterVizError(f"parameterization must be a name or a filterviz Parameterization, not "
                                  f"{type(parameterization).__name__}")

@@ -11,7 +11,7 @@ Transforms are registered parts: each declares its text syntax (``jitter:PX``), 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -371,13 +371,24 @@ class Resize(Transform):
                              antialias=self.size < x.shape[-1])
 
 
+class _Function(nn.Module):
+    """A plain function ``f(x, generators)`` as a module, so that a list of transforms may hold one."""
+
+    def __init__(self, function: Callable[[torch.Tensor, Sequence[torch.Generator]], torch.Tensor]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return self.function(x, generators)
+
+
 class Compose(nn.Module):
     """Apply transforms in order. Transforms that are not ``Transform``s (any module or function called
     as ``t(x, generators)``) are taken to keep the side and to keep one copy of the views."""
 
     def __init__(self, transforms: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.transforms = nn.ModuleList(transforms)
+        self.transforms = nn.ModuleList(t if isinstance(t, nn.Module) else _Function(t) for t in transforms)
 
     def output_side(self, side: int) -> int:
         """The side of the views that come out for an image of ``side`` px."""
