@@ -106,3 +106,21 @@ def test_hf_vit_block_outputs_equal_transformers_hidden_states(vit_folder):
     for index, layer in enumerate(["vit.layers.0", "vit.layers.1"], start=1):
         expected = states[index][:, 1:].reshape(2, 4, 4, 24).permute(0, 3, 1, 2)
         assert torch.allclose(ours[layer], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("do_rescale", "rescale"), [(True, 1 / 255), (True, 1 / 127.5), (False, 1.0)])
+def test_the_spec_is_what_the_image_processor_computes(tmp_path, do_rescale, rescale):
+    """(pixels * rescale - mean) / std, whatever the processor's rescale factor, checked against the
+    processor itself on a random image."""
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=48, num_labels=3)
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                   image_std=[0.2, 0.25, 0.3], do_rescale=do_rescale,
+                                   rescale_factor=rescale).save_pretrained(tmp_path)
+    model = filterviz.load_model(f"hf:{tmp_path}", device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
+    expected = processor(images=image, return_tensors="pt")["pixel_values"][0].double()
+    ours = model.spec.to_model_input(torch.as_tensor(image).permute(2, 0, 1)[None].double())[0]
+    assert torch.allclose(ours, expected, atol=1e-4)

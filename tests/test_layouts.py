@@ -453,3 +453,17 @@ def test_deit_distillation_and_eva_tokens_are_prefix_tokens(kind, prefix):
     handle.remove()
     expected = seen["out"][:, prefix:].reshape(2, 4, 4, 96).permute(0, 3, 1, 2)
     assert torch.allclose(ours, expected)
+
+
+def test_an_atlas_fingerprint_changes_with_the_layouts_the_user_said():
+    """A layer read another way is other units: an atlas must redo it, not keep the old pictures."""
+    from filterviz.atlas import model_fingerprint
+
+    from conftest import TINY_SPEC, TinyNet
+
+    torch.manual_seed(0)
+    module = TinyNet(nn.ReLU).double()
+    plain = filterviz.load_model(module, spec=TINY_SPEC, name="tiny", device="cpu")
+    said = filterviz.load_model(module, spec=TINY_SPEC, name="tiny", device="cpu", layouts={"features.1": "nhwc"})
+    assert model_fingerprint(plain) == model_fingerprint(filterviz.load_model(module, spec=TINY_SPEC, device="cpu"))
+    assert model_fingerprint(plain) != model_fingerprint(said)

@@ -252,3 +252,16 @@ def test_a_plain_function_is_a_transform_in_a_list():
     plain = filterviz.render(model, ["channel:features.1:0"], size=8, steps=3, seed=0)
     assert np.array_equal(by_function.pixels, by_module.pixels)
     assert not np.array_equal(by_function.pixels, plain.pixels)
+
+
+def test_recipe_fields_that_a_part_given_as_an_object_would_ignore_are_refused():
+    model = tiny_model()
+    with pytest.raises(FilterVizError, match=r"^jitter would be ignored: the transforms given as a list"):
+        filterviz.render(model, ["channel:features.1:0"], "lucid", transforms=[transforms.Jitter(2)], jitter=4,
+                         size=8, steps=1)
+    with pytest.raises(FilterVizError, match=r"^init_std would be ignored: the parameterization given as an object"):
+        filterviz.render(model, ["channel:features.1:0"], "lucid", parameterization=params.FourierParameterization(),
+                         init_std=0.5, size=8, steps=1)
+    # By name, a parameterization still takes its fields as overrides.
+    filterviz.render(model, ["channel:features.1:0"], "lucid", parameterization="fourier", init_std=0.5, size=8,
+                     steps=1)

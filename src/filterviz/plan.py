@@ -27,7 +27,7 @@ from .memory import article, budget_words, largest, memory_budget, more_memory, 
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, ClassScore, Direction, Objective, Regularizer, parse_objective
 from .optimizers import Optimizer, as_optimizer
-from .params import PARAMETERIZATIONS, Parameterization
+from .params import PARAMETERIZATIONS, Parameterization, parameterization_fields
 from .recipes import Recipe, get_recipe, render_size
 from .transforms import Compose
 
@@ -324,6 +324,26 @@ class RenderPlan:
         return max(self.need(self.size, self.view) - int(1.5 * self.recipe.views * self.saved.at(self.view)), 0)
 
 
+# The recipe fields that build the transforms: a list of transforms given as objects replaces them.
+TRANSFORM_FIELDS = ("pad", "jitter", "scales", "angles", "crop", "flip", "final_jitter", "noise", "view_size",
+                    "extra_transforms")
+
+
+def _refuse_ignored(overrides: dict[str, Any], parameterization: object, transforms: object) -> None:
+    """Refuse a recipe field that a part given as an object would leave unread: transform fields beside
+    a list of transforms, a parameterization's own fields (``init_std``...) beside a parameterization."""
+    given = {name for name, value in overrides.items() if value is not None}
+    ignored = sorted(given & set(TRANSFORM_FIELDS)) if transforms is not None else []
+    if ignored:
+        raise FilterVizError(f"{', '.join(ignored)} would be ignored: the transforms given as a list replace the "
+                             "recipe's; add such a transform to the list instead")
+    if parameterization is not None and not isinstance(parameterization, str):
+        ignored = sorted(given & set(parameterization_fields()))
+        if ignored:
+            raise FilterVizError(f"{', '.join(ignored)} would be ignored: the parameterization given as an object "
+                                 "has its own settings; set them on that object instead")
+
+
 def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Recipe | str = "classic", *,
                 parameterization: Parameterization | str | None = None,
                 transforms: Sequence[torch.nn.Module] | None = None, optimizer: Any = None,
@@ -338,6 +358,7 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
     for name, value in (("parameterization", parameterization), ("optimizer", optimizer), ("deprocess", deprocess)):
         if isinstance(value, str):
             overrides[name] = value
+    _refuse_ignored(overrides, parameterization, transforms)
     recipe = get_recipe(recipe, **overrides)
     parts = RenderParts.resolve(recipe, *(None if isinstance(v, str) else v
                                           for v in (parameterization, transforms, optimizer, deprocess)))

@@ -77,9 +77,12 @@ class AtlasSummary:
 
 
 def model_fingerprint(model: LoadedModel) -> str:
-    """Changes with the architecture, the weights or the input spec (not with the model's name)."""
+    """Changes with the architecture, the weights, the input spec or the layouts the user said (not with
+    the model's name)."""
     digest = hashlib.sha256(repr(model.module).encode())
     digest.update(repr(model.spec).encode())
+    if model.layouts:  # layouts said by the user (--layout) decide which unit a filter index is
+        digest.update(repr(sorted((layer, repr(layout)) for layer, layout in model.layouts.items())).encode())
     for name, tensor in model.module.state_dict().items():
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())

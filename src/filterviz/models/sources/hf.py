@@ -93,9 +93,13 @@ def _spec(transformers: ModuleType, repo: str, config: Any, timeout: float) -> t
         return InputSpec.preset("imagenet", default_size=size), " (no image processor: ImageNet's mean and std)"
     shape = getattr(processor, "size", None) or {}
     side = int(shape.get("height") or shape.get("shortest_edge") or size) if isinstance(shape, dict) else size
-    scale = float(getattr(processor, "rescale_factor", 1 / 255)) * 255 if getattr(processor, "do_rescale", True) else 1
-    mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-    spec = InputSpec.from_unit_range(mean, tuple(s / scale for s in std), default_size=side)
+    # The processor computes (x * rescale - mean) / std from 0..255 pixels, which is the unit-range
+    # convention with mean and std divided by 255 * rescale (rescale 1 when it does not rescale).
+    rescale = float(getattr(processor, "rescale_factor", 1 / 255)) if getattr(processor, "do_rescale", True) else 1.0
+    scale = 255 * rescale
+    mean = tuple(m / scale for m in processor.image_mean)
+    std = tuple(s / scale for s in processor.image_std)
+    spec = InputSpec.from_unit_range(mean, std, default_size=side)
     return spec, ""
 
 
