@@ -14,14 +14,14 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import FilterVizError
-from .device import PRECISIONS
+from .device import DEFAULT_PRECISION, PRECISIONS
 from .image import check_path
 from .layouts import layout_syntax, parse_layout
 from .models import DEFAULT_MODEL
 from .models.sources.torch_files import SUFFIXES as TORCH_SUFFIXES
 from .models.spec import PRESETS
 from .objectives import objective_help
-from .recipes import MAX_SIDE, RECIPES, Recipe, field_registry, get_recipe
+from .recipes import BEST_RECIPE, MAX_SIDE, RECIPES, Recipe, field_registry, get_recipe
 from .transforms import TRANSFORMS
 
 
@@ -341,9 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the learning rate: the book's step size, or the optimizer's rate; --lr and --step "
                              "(the book's word) are the same option (default: the recipe's; 1.0 for classic)")
     optimize.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
-    optimize.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
-                             "or auto (bf16 or fp16 on GPUs; fp32 on CPUs, where bf16 measured slower)")
+    optimize.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="arithmetic: auto (default: the fastest that keeps quality here: bf16 on GPUs with it "
+                             "and on CPUs with AMX, measured once on CPUs with AVX512-BF16 only, else fp32), fp32, "
+                             "bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs); demo keeps fp32, as the book")
     ascent = _Parser(add_help=False, parents=[optimize])
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                         help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
@@ -432,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", type=_path, default="out", help="folder to write into (default out)")
     demo.add_argument("--seed", type=_seed, help="seed of the start noise")
     demo.add_argument("--model", type=_path, help="model to use (default: vgg16, or the embedded model when its weights are missing)")
+    demo.add_argument("--beside", default=BEST_RECIPE, metavar="RECIPE",
+                      help=f"recipe of the same figures shown beside the book's, in OUTPUT/RECIPE/ and "
+                           f"OUTPUT/side_by_side.png (default {BEST_RECIPE}: the most recognizable pictures per "
+                           "second); none: the book's figures alone")
     return parser
 
 

@@ -23,7 +23,7 @@ from .objectives import channel, parse_objective
 from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
 from .params import PARAMETERIZATIONS
 from .plan import check_filters
-from .recipes import RECIPES, render_size
+from .recipes import RECIPES, get_recipe, render_size
 
 
 def _say(message: str) -> None:
@@ -94,13 +94,18 @@ def _cmd_render(args: argparse.Namespace) -> None:
         return
     if book:
         _say(f"wrote {args.output}{_arrays_note(arrays)} (filter {args.filter} of {args.layer}: mean activation "
-             f"{result.start_score[0]:.3g} -> {result.score[0]:.3g})")
+             f"{result.start_score[0]:.3g} -> {result.score[0]:.3g}{_precision_note(result.precision)})")
     else:
         scores = ", ".join(f"{o.name}: {a:.3g} -> {b:.3g}" for o, a, b in
                            zip(result.objectives[:4], result.start_score, result.score))
         more = f" and {len(objectives) - 4} more" if len(objectives) > 4 else ""
         _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''}{_arrays_note(arrays)} "
-             f"({scores}{more})")
+             f"({scores}{more}{_precision_note(result.precision)})")
+
+
+def _precision_note(precision: str) -> str:
+    """Said after the scores when a render ran in other than fp32 (``auto`` chose it, or it was asked)."""
+    return "" if precision == "fp32" else f"; in {precision}"
 
 
 def _arrays_note(arrays: Sequence[Path]) -> str:
@@ -142,7 +147,8 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     for array in arrays:  # every channel, where the picture shows some
         save_array(render.pixels, array)
     if not args.quiet:
-        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer})")
+        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer}"
+             f"{_precision_note(render.precision)})")
 
 
 def _cmd_atlas(args: argparse.Namespace) -> None:
@@ -180,8 +186,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     check_folder_writable(args.output, "figures")
     check_inputs(args)
     model = _load(args) if args.model is not None else None
+    beside = None if args.beside == "none" else args.beside
+    if beside is not None:
+        get_recipe(beside)  # before any model is loaded
     figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
-                       progress=not args.quiet)
+                       progress=not args.quiet, best=beside)
     if not args.quiet:
         _say(f"wrote {', '.join(str(f.path) for f in figures)} with {figures[0].render.model}")
 

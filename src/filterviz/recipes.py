@@ -252,6 +252,10 @@ def _one_of(names: list[str]) -> str:
 LUCID_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))  # 0.9 ... 1.1
 LUCID_ANGLES = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
 
+# The preset whose pictures an independent model recognizes most per second of rendering
+# (benchmarks/quality.py --sweep): what the demo shows beside the book's figures.
+BEST_RECIPE = "lucid"
+
 RECIPES: dict[str, Recipe] = {
     # The book: gray noise, 40 RMS-normalized steps of 1 on the pixels, deprocessed for display.
     "classic": Recipe(name="classic"),
