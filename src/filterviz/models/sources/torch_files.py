@@ -23,7 +23,7 @@ from torch import nn
 from ...catalog import TORCH_SUFFIXES
 from ...errors import FilterVizError, ModelFileError, first_line
 from ...layers import Seen, WatchedGraph
-from ...layouts import AxisTrace
+from ...axes import AxisTrace
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
