@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 
+from .catalog import DEFAULT_PRECISION, PRECISIONS  # noqa: F401 - declared without torch, for the command line
 from .errors import FilterVizError, MemoryBudgetError
 from .memory import MEMORY_SHARE, free_memory, memory_budget, readable  # noqa: F401 - re-exported
 from .models.loaded import LoadedModel
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-# The precision of render, grid and atlas; the book's demo and generate_pattern keep fp32, as the book.
-DEFAULT_PRECISION = "auto"
 # Images per batch before any memory cap. On a GPU batching is where the speed is. On a CPU a batch
 # whose saved activations outgrow the caches is slower per image (VGG16 block3_conv1 at 150 px, 43 MiB
 # per image: 1.97 s per filter alone, 2.31 s in fours, 2.73 s in eights), while small ones gain from
