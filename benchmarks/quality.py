@@ -31,12 +31,15 @@ The sweep: which steps and size give each preset the best picture per second? Cl
 (Lite1's top-5 share under random views, the model's own, RMS contrast) and records seconds per
 picture on its device (CUDA synchronized before each clock reading). It writes quality_sweep.json
 after every configuration, cheapest configurations first, so that a run cut short (``--max-seconds``,
-or killed) still holds the cheap end of every preset's curve; ``--resume`` skips what the JSON holds.
+or killed) still holds the cheap end of every preset's curve; ``--resume`` skips what the JSON holds;
+``--with-defaults`` adds each preset's own steps and size where the grid lacks them.
 
 ``--time-only`` measures, without rendering everything, what a picture costs on this device: for each
-preset x size, two renders of a few steps after the escape steps (s1 < s2); their difference per
-image and step is the step's cost, and what is left of the first is the fixed cost per picture, so
-seconds per picture = fixed + steps x per-step for any step count.
+preset x size, two renders of a few steps after the escape steps (s1 < s2, s2 grown until its render
+takes ``--time-target`` seconds more); their difference per image and step is the step's cost, and
+what is left of the first is the fixed cost per picture, so seconds per picture = fixed + steps x
+per-step for any step count. On a CPU shared with other work, ``--threads 1 --clock process``
+counts the process's own CPU time, which the other work does not inflate as it does the wall clock.
 
 ``--plot`` draws recognizability (Lite1 top-5 %) against seconds per picture (log scale; from a
 ``--time`` JSON when given, else the sweep's own), each preset's Pareto front over steps x sizes,
@@ -61,7 +64,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
 
 import filterviz
@@ -125,6 +127,8 @@ def contrast(pictures: np.ndarray) -> np.ndarray:
 def natural_maxima(model: LoadedModel, units: list[tuple[str, int]], crops: int = 48, size: int = 224,
                    seed: int = 0) -> np.ndarray:
     """The highest mean activation each unit reaches over random crops of scikit-image's photos."""
+    import skimage.data  # here: the sweep needs no photos
+
     rng = np.random.default_rng(seed)
     best = np.full(len(units), -np.inf)
     layers = sorted({layer for layer, _ in units})
@@ -215,6 +219,14 @@ def render_classes(model: LoadedModel, recipe: filterviz.Recipe, classes: list[i
     return result, time.perf_counter() - start
 
 
+def clocked_render(model: LoadedModel, recipe: filterviz.Recipe, classes: list[int], objective: str, seed: int,
+                   batch: int | None, precision: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of a render of the class pictures of ``classes``."""
+    cpu = time.process_time()
+    _, wall = render_classes(model, recipe, classes, objective, seed, batch, precision)
+    return wall, time.process_time() - cpu
+
+
 def device_words(device: torch.device) -> str:
     """The device in words: the GPU's name, or the CPU's model with its thread count."""
     if device.type == "cuda":
@@ -226,7 +238,8 @@ def device_words(device: torch.device) -> str:
         line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
         extra = ", AMX" if "amx_bf16" in text else ", AVX512-BF16" if "avx512_bf16" in text else ""
         name = (line.split(":", 1)[1].strip() if line else name) + extra
-    return f"{name}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{name}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def run_facts(model: LoadedModel, precision: str) -> dict:
@@ -411,38 +424,48 @@ def time_only(args: argparse.Namespace, out: Path) -> Path:
     path = out / f"quality_sweep_time_{device.type}.json"
     data = {"benchmark": "filterviz quality sweep: seconds per picture = fixed + steps x per-step",
             **run_facts(model, args.precision), "images": images,
-            "batch": args.batch or "auto", "repeats": args.repeats, "rows": []}
+            "batch": args.batch or "auto", "repeats": args.repeats, "clock": args.clock, "rows": []}
+    if args.clock == "process":
+        data["clock_note"] = ("process CPU seconds, one thread: what the render costs an unshared core, however "
+                              "busy the machine was; the wall clock's figures are under wall_clock")
     for name in args.recipes.split(","):
         for size in args.sizes:
             recipe = filterviz.get_recipe(name, size=size)
             objective = auto_objective(recipe, args.objective)
 
-            def timed(steps: int, repeats: int = args.repeats) -> float:
-                return min(render_classes(model, recipe.replace(steps=steps), classes, objective, args.seed,
-                                          args.batch, args.precision)[1] for _ in range(repeats))
+            def timed(steps: int, repeats: int = args.repeats) -> tuple[float, float]:
+                """The fastest of ``repeats`` renders by the chosen clock: (that clock's, the other's) seconds."""
+                runs = [clocked_render(model, recipe.replace(steps=steps), classes, objective, args.seed,
+                                       args.batch, args.precision) for _ in range(repeats)]
+                return min(runs if args.clock == "wall" else [run[::-1] for run in runs])
 
             render_classes(model, recipe.replace(steps=1), classes[:1], objective, args.seed, args.batch,
                            args.precision)  # warm: kernels, caches, the first allocation at this size
             low = recipe.escape_steps + first
-            low_seconds = timed(low)
+            low_seconds, low_other = timed(low)
             # The second render is made longer until it takes --time-target seconds more than the first,
             # so that the clock's noise (a shared CPU's above all) is small beside the difference.
             extra = second - first
             while True:
-                high_seconds = timed(low + extra, 1)
+                high_seconds, high_other = timed(low + extra, 1)
                 gained = high_seconds - low_seconds
                 if gained >= args.time_target or extra >= MAX_TIMED_EXTRA:
                     break
                 rate = max(gained, 0.0) / extra
                 extra = min(MAX_TIMED_EXTRA, max(2 * extra, math.ceil(1.2 * args.time_target / rate) if rate else 0))
             if args.repeats > 1:
-                high_seconds = min(high_seconds, timed(low + extra, args.repeats - 1))
-            steps, seconds = (low, low + extra), [low_seconds, high_seconds]
+                high_seconds, high_other = min((high_seconds, high_other), timed(low + extra, args.repeats - 1))
+            steps, seconds, other = (low, low + extra), [low_seconds, high_seconds], [low_other, high_other]
             per_step = (seconds[1] - seconds[0]) / (images * (steps[1] - steps[0]))
             fixed = seconds[0] / images - steps[0] * per_step
+            other_per_step = (other[1] - other[0]) / (images * (steps[1] - steps[0]))
+            other_name = "process" if args.clock == "wall" else "wall"
             row = {"recipe": name, "size": size, "view": view_side(recipe, size), "views": recipe.views,
                    "ms_per_image_step": 1000 * per_step, "fixed_seconds_per_picture": fixed,
-                   "steps": list(steps), "seconds": seconds}
+                   "steps": list(steps), "seconds": seconds,
+                   f"{other_name}_clock": {"ms_per_image_step": 1000 * other_per_step,
+                                           "fixed_seconds_per_picture": other[0] / images - steps[0] * other_per_step,
+                                           "seconds": other}}
             data["rows"].append(row)
             if device.type == "cpu":
                 data["load_average_at_end"] = os.getloadavg()
@@ -512,7 +535,7 @@ def print_choices(sweep_data: dict, table: dict | None, where: str, floor: float
         own_text = f"  (now {own['steps']} steps, {own['size']} px)" if own else ""
         print(f"  {name:15s} steps={point['steps']:<4d} size={point['size']:<4d} Lite1 {point['y']:.0%} "
               f"(best {best:.0%})  itself {point['recognized_by_itself']:.0%}  {point['x']:.3g} s/picture"
-              + own_text)
+              + own_text + ("  [Lite1 recognized none: only the cheapest]" if best == 0 else ""))
 
 
 def plot(sweep_data: dict, times: list[dict], out: Path, floor: float) -> None:
@@ -522,7 +545,7 @@ def plot(sweep_data: dict, times: list[dict], out: Path, floor: float) -> None:
     import matplotlib.pyplot as plt
 
     table = time_table(times[0]) if times else None
-    where = (f"on {times[0]['device_name']}, {times[0]['precision']}" if times
+    where = (f"on {times[0]['device_name']}, {times[0]['precision']}, {times[0].get('clock', 'wall')} clock" if times
              else f"on {sweep_data['device_name']}, {sweep_data['precision']}")
     presets = by_preset(sweep_data, table)
     chosen = choices(sweep_data, table, floor)
@@ -547,6 +570,7 @@ def plot(sweep_data: dict, times: list[dict], out: Path, floor: float) -> None:
     axes.scatter([], [], marker="*", s=120, color="gray", edgecolors="black", label="chosen default")
     axes.scatter([], [], marker="o", s=80, facecolors="none", edgecolors="black", label="current default")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.set_ylim(-2, 102)
@@ -571,8 +595,8 @@ def markdown(sweep_data: dict, times: list[dict], floor: float) -> str:
     lines = [f"# Quality sweep: {sweep_data['model']} class pictures, judged by {sweep_data['judge']}",
              "", f"Sweep on {sweep_data['device_name']}, {sweep_data['precision']}, {len(sweep_data['classes'])} "
              f"classes, {sweep_data['draws']} random views each, batch {sweep_data['batch']}"
-             + "".join(f"; timed on {t['device_name']}, {t['precision']} (fixed + steps x per-step, "
-                       f"`--time-only`)" for t in times) + ".",
+             + "".join(f"; timed on {t['device_name']}, {t['precision']}, {t.get('clock', 'wall')} clock "
+                       f"(fixed + steps x per-step, `--time-only`)" for t in times) + ".",
              f"Chosen (*): at least {floor:.0%} of the preset's best Lite1 score, then the most score per second "
              f"({'timed' if times else 'sweep'} seconds). Front (+): the Pareto front on the same seconds.", ""]
     presets = by_preset(sweep_data, table)
@@ -641,6 +665,9 @@ def main() -> None:
                           help="seconds by which the longer timed render must outlast the shorter")
     sweeping.add_argument("--images", type=int, default=None,
                           help="images per timed render (default: 2 on a CPU, --classes on a GPU)")
+    sweeping.add_argument("--clock", choices=["wall", "process"], default="wall",
+                          help="--time-only's clock: wall, or (a CPU at --threads 1) the process's CPU time, "
+                               "which a machine shared with other work does not inflate")
     sweeping.add_argument("--repeats", type=int, default=1, help="timed renders per step count (the fastest counts)")
     sweeping.add_argument("--plot", metavar="SWEEP_JSON", help="quality_curve.png and quality_sweep.md from a sweep")
     sweeping.add_argument("--time", action="append", default=[], metavar="TIME_JSON",
@@ -651,6 +678,8 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.time_steps) != 2 or not 0 <= args.time_steps[0] < args.time_steps[1]:
         parser.error("--time-steps takes two step counts S1 < S2")
+    if args.clock == "process" and (args.threads != 1 or not args.device.startswith("cpu")):
+        parser.error("--clock process counts one CPU thread's time: use it with --device cpu --threads 1")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
