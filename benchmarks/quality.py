@@ -446,10 +446,13 @@ def time_only(args: argparse.Namespace, out: Path) -> Path:
             # The second render is made longer until it takes --time-target seconds more than the first,
             # so that the clock's noise (a shared CPU's above all) is small beside the difference.
             extra = second - first
+            growing = time.perf_counter()
             while True:
                 high_seconds, high_other = timed(low + extra, 1)
                 gained = high_seconds - low_seconds
-                if gained >= args.time_target or extra >= MAX_TIMED_EXTRA:
+                # Bounded in steps, and in time where the clock is too noisy to show a gain at all.
+                if (gained >= args.time_target or extra >= MAX_TIMED_EXTRA
+                        or time.perf_counter() - growing > 20 * args.time_target):
                     break
                 rate = max(gained, 0.0) / extra
                 extra = min(MAX_TIMED_EXTRA, max(2 * extra, math.ceil(1.2 * args.time_target / rate) if rate else 0))
