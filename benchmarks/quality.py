@@ -551,6 +551,14 @@ def plot(sweep_data: dict, times: list[dict], out: Path, floor: float) -> None:
     where = (f"on {times[0]['device_name']}, {times[0]['precision']}, {times[0].get('clock', 'wall')} clock" if times
              else f"on {sweep_data['device_name']}, {sweep_data['precision']}")
     presets = by_preset(sweep_data, table)
+    missing = sorted({(r["recipe"], r["size"]) for r in sweep_data["configs"]}
+                     - {(p["recipe"], p["size"]) for points in presets.values() for p in points})
+    if missing:
+        print("not on the curve, the time JSON lacking them: "
+              + ", ".join(f"{name} {size} px" for name, size in missing))
+    if not presets:
+        raise SystemExit("nothing to plot: the time JSON times none of the sweep's presets and sizes; "
+                         "plot without --time, or run --time-only at those sizes")
     chosen = choices(sweep_data, table, floor)
     figure_, axes = plt.subplots(figsize=(9, 5.6), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
