@@ -52,7 +52,8 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "unknown option": (["render", E, "stem.act", "0", "--jiter", "3", "-o", "a.png"],
                        r"unrecognized arguments: --jiter 3"),
     "unknown recipe": (["render", E, "stem.act", "0", "--recipe", "deep", "-o", "a.png"],
-                       r"argument --recipe: invalid choice: 'deep' \(choose from 'classic', 'lucid', 'maco'\)"),
+                       r"argument --recipe: invalid choice: 'deep' "
+                       r"\(choose from 'classic', 'lucid', 'maco', 'lucid-original'\)"),
     "unknown precision": (["grid", E, "stem.act", "--precision", "fp8", "-o", "a.png"],
                           r"argument --precision: invalid choice: 'fp8'"),
     "unknown recipe field value": (["render", E, "stem.act", "0", "--optimizer", "sgd", "-o", "a.png"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -147,8 +148,25 @@ def test_recipes_are_plain_data_with_checked_overrides():
         lucid.replace(stepz=3)
     with pytest.raises(FilterVizError, match="crop must be 0 < low <= high <= 1"):
         Recipe(crop=(0.9, 0.1))
-    with pytest.raises(FilterVizError, match="unknown recipe 'deepdream'; use one of classic, lucid, maco"):
+    with pytest.raises(FilterVizError,
+                       match="unknown recipe 'deepdream'; use one of classic, lucid, maco, lucid-original$"):
         get_recipe("deepdream")
+
+
+def test_lucid_original_keeps_lucids_original_settings():
+    # Every field of lucid as it was at commit e991e0a (Lucid's own settings), written out: lucid-original
+    # stays so whatever lucid's defaults become.
+    original = {
+        "parameterization": "fourier", "decorrelate": True, "init_std": 0.01, "spectrum": None, "size": 128,
+        "steps": 512, "optimizer": "adam", "learning_rate": 0.05, "escape_steps": 16, "views": 1, "pad": 12,
+        "jitter": 8, "scales": (0.9, 0.92, 0.94, 0.96, 0.98, 1.0, 1.02, 1.04, 1.06, 1.08, 1.1),
+        "angles": (-10.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0,
+                   7.0, 8.0, 9.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        "crop": None, "flip": False, "final_jitter": 4, "noise": 0.0, "view_size": None, "extra_transforms": (),
+        "tv": 0.0, "l1": 0.0, "l2": 0.0, "blur": 0.0, "deprocess": "none",
+    }
+    assert asdict(RECIPES["lucid-original"]) == {"name": "lucid-original", **original}
+    assert get_recipe("lucid-original") == Recipe(name="lucid-original", **original)
 
 
 def test_preset_values_take_effect_in_a_render(tiny):

@@ -2,9 +2,10 @@
 
 A ``Recipe`` says how the image is represented (parameterization), how it is changed at each step
 (transforms), what else is penalized (regularizers), how it is optimized, and how it is turned into
-a picture. Presets: ``classic`` (the book, unchanged), ``lucid`` (Olah et al. 2017's defaults) and
-``maco`` (Fel et al. 2023). Every field can be overridden: ``RECIPES["lucid"].replace(steps=256)``,
-or ``--recipe lucid --steps 256`` on the command line.
+a picture. Presets: ``classic`` (the book, unchanged), ``lucid`` (Olah et al. 2017's defaults),
+``maco`` (Fel et al. 2023) and ``lucid-original`` (Lucid's original settings: 128 px, 512 steps).
+Every field can be overridden: ``RECIPES["lucid"].replace(steps=256)``, or ``--recipe lucid --steps
+256`` on the command line.
 """
 
 from __future__ import annotations
@@ -278,6 +279,11 @@ RECIPES: dict[str, Recipe] = {
     "maco": Recipe(name="maco", parameterization="maco", size=224, steps=256, optimizer="nadam",
                    learning_rate=1.0, escape_steps=16, views=2, crop=(0.5, 1.0), flip=True, noise=3.2, view_size=160,
                    deprocess="stretch"),
+    # Lucid's original settings: lucid as Olah et al. 2017 made it (128 px, 512 steps), written out in
+    # full so that it stays so whatever lucid's own defaults become.
+    "lucid-original": Recipe(name="lucid-original", parameterization="fourier", size=128, steps=512,
+                             optimizer="adam", learning_rate=0.05, escape_steps=16, pad=12, jitter=8,
+                             scales=LUCID_SCALES, angles=LUCID_ANGLES, final_jitter=4, deprocess="none"),
 }
 
 
