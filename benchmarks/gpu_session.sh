@@ -47,7 +47,7 @@ if [[ " $parts " == *" cores "* ]] && ((cores > 6)); then
 fi
 for name in $parts; do
     case $name in
-        peer) part peer 110 taskset -c $gpu_cpus python3 benchmarks/peer_gpu.py --device cuda --out "$results" ;;
+        peer) part peer 110 taskset -c $gpu_cpus python3 benchmarks/speed.py --device cuda --out "$results" ;;
         recipes) part recipes 50 taskset -c $gpu_cpus python3 benchmarks/recipe_step.py --device cuda --steps 24 --out "$results/recipe_step_cuda.md" ;;
         atlas) part atlas 150 taskset -c $gpu_cpus python3 benchmarks/atlas_gpu.py --device cuda --out "$results" ;;
         quality) part quality 230 taskset -c $gpu_cpus python3 benchmarks/quality.py --sweep --device cuda --recipes classic,lucid,maco --steps 64,128,256,512 --sizes 128,160,224,320 --classes 20 --with-defaults --max-seconds 180 --out "$results" ;;

@@ -12,6 +12,8 @@ block4_conv1, 150x150, 40 steps, the classic recipe:
 Prints a table and writes it as JSON. Not part of the tests:
 
     python benchmarks/speed.py --out benchmarks/results
+
+On a GPU, ``--device cuda`` runs filterviz beside Lucent and the book's loop instead (peer_gpu.py).
 """
 
 from __future__ import annotations
@@ -92,7 +94,14 @@ def main() -> None:
     parser.add_argument("--reference-filters", type=int, default=3,
                         help="filters timed with the reference loop (its per-filter time is the mean)")
     parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--device", default="cpu",
+                        help="cuda: filterviz beside Lucent and the book's loop on the GPU (benchmarks/peer_gpu.py)")
     args = parser.parse_args()
+    if args.device != "cpu":
+        import peer_gpu  # beside this file
+
+        peer_gpu.run(torch.device(args.device), Path(args.out))
+        return
     torch.manual_seed(0)
     model = filterviz.load_model("vgg16", weights="random", device="cpu")
     precisions = ["fp32"] + (["bf16"] if cpu_supports_bf16() else [])
