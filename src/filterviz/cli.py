@@ -146,11 +146,20 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 
 
 def _cmd_atlas(args: argparse.Namespace) -> None:
-    from .atlas import LocalExecutor, RayExecutor, build_atlas
+    from .atlas import LocalExecutor, ProcessExecutor, RayExecutor, build_atlas
     from .atlas.build import check_atlas_folder
+    from .atlas.executors import DEFAULT_EXECUTOR, cpu_count, default_workers
 
+    args.executor = args.executor or ("processes" if args.workers is not None else DEFAULT_EXECUTOR)
     if args.executor != "ray" and (args.address is not None or args.gpus_per_task):
         raise FilterVizError("--address and --gpus-per-task go with --executor ray")
+    if args.workers is not None and args.executor != "processes":
+        raise FilterVizError(f"--workers goes with --executor processes, not --executor {args.executor}")
+    if args.executor == "processes":
+        if args.device not in ("auto", "cpu"):
+            raise FilterVizError(f"--executor processes renders on this machine's CPUs, not on {args.device}; "
+                                 "leave out --device, or use --executor local")
+        args.device = "cpu"
     if args.top_k is not None and args.images is None:
         raise FilterVizError("--top-k says how many of the --images FOLDER to show per filter; add --images FOLDER, "
                              "or leave --top-k out")
@@ -161,6 +170,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     check_atlas_folder(Path(args.out))
     check_inputs(args)
     executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
+                else ProcessExecutor(args.workers or default_workers(cpu_count())) if args.executor == "processes"
                 else LocalExecutor())
     if args.executor == "ray":
         from .models.sources import require
