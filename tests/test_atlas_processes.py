@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from filterviz.atlas import LocalExecutor, ProcessExecutor, build_atlas
+from filterviz.atlas import LocalExecutor, ProcessExecutor, build_atlas, executors
 from filterviz.atlas.executors import cpu_count, default_workers
 from filterviz.cli import main
 from filterviz.errors import FilterVizError
@@ -153,6 +153,12 @@ def test_cli_workers_options(tmp_path, capsys, monkeypatch):
     assert seen == [("ProcessExecutor", 3, None, "cpu"), ("ProcessExecutor", workers, None, "cpu"),
                     ("LocalExecutor", None, None, "cpu"), ("ProcessExecutor", workers, 5, "cpu")]
     assert ProcessExecutor(3).default_threads == max(1, cpu_count() // 3)
+    # The default is set in one place: with "processes" there, an atlas that names no executor uses them.
+    monkeypatch.setattr(executors, "DEFAULT_EXECUTOR", "processes")
+    assert main(["atlas", str(model_file), "--out", str(out), "-q"]) == 0
+    assert seen[-1] == ("ProcessExecutor", workers, None, "cpu")
+    assert isinstance(executors.default_executor(torch.device("cpu")), ProcessExecutor)
+    assert isinstance(executors.default_executor(torch.device("cuda")), LocalExecutor)  # GPUs render here
 
 
 def test_processes_check_before_starting_any(tmp_path):

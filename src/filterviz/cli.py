@@ -148,9 +148,11 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 def _cmd_atlas(args: argparse.Namespace) -> None:
     from .atlas import LocalExecutor, ProcessExecutor, RayExecutor, build_atlas
     from .atlas.build import check_atlas_folder
-    from .atlas.executors import DEFAULT_EXECUTOR, cpu_count, default_workers
+    from .atlas.executors import cpu_count, default_executor_name, default_workers
+    from .models.registry import resolve_device
 
-    args.executor = args.executor or ("processes" if args.workers is not None else DEFAULT_EXECUTOR)
+    args.executor = args.executor or ("processes" if args.workers is not None
+                                      else default_executor_name(resolve_device(args.device)))
     if args.executor != "ray" and (args.address is not None or args.gpus_per_task):
         raise FilterVizError("--address and --gpus-per-task go with --executor ray")
     if args.workers is not None and args.executor != "processes":

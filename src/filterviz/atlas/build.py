@@ -223,7 +223,7 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     check_atlas_folder(root)
     if root.is_dir():
         check_tree(root, MANIFEST_FILES)
-    executor = executor or default_executor()
+    executor = executor or default_executor(model.device)
     # Threads per task: given, else the executor's own default (a ProcessExecutor splits the CPUs among
     # its workers), else this process's count.
     threads = threads or getattr(executor, "default_threads", None) or torch.get_num_threads()

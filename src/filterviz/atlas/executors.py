@@ -118,9 +118,10 @@ class LocalExecutor:
             yield run_task(model, task, settings)
 
 
-# What an atlas runs on when none is named: "local" (LocalExecutor, in this process) or "processes"
-# (ProcessExecutor of default_workers(cpu_count()) processes). The one place to change the default
-# (the --executor help in arguments.py says it too); measure with benchmarks/atlas_cores.py.
+# What an atlas on a CPU runs on when none is named: "local" (LocalExecutor, in this process) or
+# "processes" (ProcessExecutor of default_workers(cpu_count()) processes); a model on a GPU renders
+# here. The one place to change the default (the --executor help in arguments.py says it too);
+# measure with benchmarks/atlas_cores.py.
 DEFAULT_EXECUTOR = "local"
 
 
@@ -140,9 +141,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_executor() -> Executor:
-    """The executor of an atlas that names none (see ``DEFAULT_EXECUTOR``)."""
-    return ProcessExecutor(default_workers(cpu_count())) if DEFAULT_EXECUTOR == "processes" else LocalExecutor()
+def default_executor_name(device: torch.device) -> str:
+    """The executor of an atlas that names none, for a model on ``device``: ``DEFAULT_EXECUTOR`` on a
+    CPU; on a GPU, "local" (worker processes render on CPUs)."""
+    return DEFAULT_EXECUTOR if device.type == "cpu" else "local"
+
+
+def default_executor(device: torch.device) -> Executor:
+    """The executor of an atlas that names none, for a model on ``device`` (see ``DEFAULT_EXECUTOR``)."""
+    if default_executor_name(device) == "processes":
+        return ProcessExecutor(default_workers(cpu_count()))
+    return LocalExecutor()
 
 
 # A worker process of a ProcessExecutor: its model (or why it could not load it), loaded once.
