@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 import filterviz
+import filterviz.ascent  # noqa: F401 - the whole API imported up front, as `import filterviz` once did
+import filterviz.models.registry  # noqa: F401 - (so no test that stubs importlib.metadata imports torchvision)
 from filterviz import InputSpec
 from PIL import Image
 

@@ -65,7 +65,7 @@ def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, m
         raise OSError(101, "Network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", offline)
-    code = main(["demo", "-o", str(tmp_path / "out"), "--seed", "0", "--device", "cpu"])
+    code = main(["demo", "-o", str(tmp_path / "out"), "--seed", "0", "--device", "cpu", "--beside", "none"])
     err = capsys.readouterr().err.strip().splitlines()
 
     assert code == 0
@@ -89,7 +89,7 @@ def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, m
         for index in dead:  # crossed out in red, corner to corner
             assert (tiles[index][0, 0] == [255, 0, 0]).all() and (tiles[index][63, 0] == [255, 0, 0]).all()
         # A tile is its filter rendered alone at 64 px with the same seed (up to batch rounding).
-        alone = render_filters(embedded, "blocks.3.depthwise.act", [2], size=64, seed=0).images[0]
+        alone = render_filters(embedded, "blocks.3.depthwise.act", [2], size=64, seed=0, precision="fp32").images[0]
         assert np.abs(tiles[2].astype(int) - alone.astype(int)).max() <= 1
     # vggconv1.png is filter 0 of the first layer, as generate_pattern makes it with the same seed; the
     # four figures are four different pictures.
@@ -97,3 +97,23 @@ def test_demo_command_offline_falls_back_and_writes_the_book_figures(tmp_path, m
     assert np.array_equal(np.array(Image.open(tmp_path / "out" / "vggconv1.png")), first)
     figures = [(tmp_path / "out" / f"vggconv{n}.png").read_bytes() for n in range(1, 5)]
     assert len(set(figures)) == 4
+
+
+def test_demo_shows_the_same_filters_with_another_recipe_beside_the_books(tmp_path, embedded, monkeypatch):
+    monkeypatch.setattr(book, "BEST_GRID_TILE", 32)  # small tiles, few steps: the same code, quickly
+    quick = filterviz.get_recipe("lucid", steps=2, size=48, escape_steps=0)
+    figures = filterviz.run_demo(tmp_path / "out", embedded, seed=0, best=quick)
+    book, beside = figures[:5], figures[5:]
+    assert [f.path.relative_to(tmp_path / "out").as_posix() for f in beside] == [
+        f"lucid/vggconv{n}.png" for n in range(1, 5)] + ["lucid/grid_blocks.3.depthwise.act.png"]
+    for ours, theirs in zip(book, beside):  # the same layers and filters, another recipe
+        assert [o.name for o in ours.render.objectives] == [o.name for o in theirs.render.objectives]
+        assert theirs.render.recipe.parameterization == "fourier" and ours.render.recipe.name == "classic"
+    side = np.array(Image.open(tmp_path / "out" / "side_by_side.png"))
+    assert side.shape == (2 * 150 + 5, 4 * 150 + 3 * 5, 3)  # two rows of four, scaled to the largest (150 px)
+    first = np.array(Image.open(tmp_path / "out" / "vggconv1.png"))
+    assert np.array_equal(side[:150, :150], first)
+    again = np.array(Image.open(beside[0].path).resize((150, 150), Image.NEAREST))
+    assert np.array_equal(side[155:, :150], again)
+    grid = np.array(Image.open(beside[-1].path))
+    assert grid.shape == (8 * 32 + 7 * 5,) * 2 + (3,)

@@ -7,20 +7,12 @@ Synthesizes the input images that most excite a model's filters, by gradient asc
 >>> image = filterviz.generate_pattern(model, "blocks.3.depthwise.act", 0, seed=0)  # (150, 150, 3) uint8
 """
 
-from . import objectives, transforms
-from .book import book_layers, generate_pattern, run_demo
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import FilterVizError, FilterVizWarning
-from .image import Deprocess, deprocess_image, make_grid, register_deprocess, save_image, show_channels
-from .layers import LayerInfo
-from .layouts import Layout, register_layout
-from .models import (DEFAULT_MODEL, FileSource, InputSpec, LoadedModel, LoadRequest, ModelSource, PrefixSource,
-                     known_models, load_model, model_sources, register_source)
-from .objectives import Objective, Term, parse_objective, register_term
-from .optimizers import Optimizer, TorchOptimizer, register_optimizer
-from .params import Parameterization, register_parameterization
-from .recipes import RECIPES, Recipe, get_recipe
-from .transforms import Transform, register_transform
-from .ascent import FilterRender, Render, render, render_filters
 
 __version__ = "0.1.0"
 
@@ -71,3 +63,47 @@ __all__ = [
     "save_image",
     "show_channels",
 ]
+
+# Where each public name is defined. It is imported the first time it is used (PEP 562): importing
+# filterviz, or its command line (filterviz.cli), imports no torch until something needs it.
+_HOMES = {
+    "objectives": None, "transforms": None,  # modules
+    "book_layers": "book", "generate_pattern": "book", "run_demo": "book",
+    "Deprocess": "image", "deprocess_image": "image", "make_grid": "image", "register_deprocess": "image",
+    "save_image": "image", "show_channels": "image",
+    "LayerInfo": "layers",
+    "Layout": "layouts", "register_layout": "layouts",
+    "DEFAULT_MODEL": "catalog",
+    "FileSource": "models.sources", "LoadRequest": "models.sources", "ModelSource": "models.sources",
+    "PrefixSource": "models.sources", "known_models": "models.sources", "model_sources": "models.sources",
+    "register_source": "models.sources",
+    "InputSpec": "models.spec", "LoadedModel": "models.loaded", "load_model": "models.registry",
+    "Objective": "objectives", "Term": "objectives", "parse_objective": "objectives", "register_term": "objectives",
+    "Optimizer": "optimizers", "TorchOptimizer": "optimizers", "register_optimizer": "optimizers",
+    "Parameterization": "params", "register_parameterization": "params",
+    "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
+    "Transform": "transforms", "register_transform": "transforms",
+    "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        home = _HOMES[name]
+        module = importlib.import_module(f"{__name__}.{home or name}")
+        value = module if home is None else getattr(module, name)
+    elif not name.startswith("__"):  # a submodule (filterviz.book, filterviz.plan), as once imported here
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,5 +1,8 @@
 """The ``filterviz`` command line's arguments: the parser, the types of its values, and the checks of
 how options go together. Reading them is all this module does; ``cli`` runs the commands.
+
+Nothing here imports torch (nor numpy): the parser's choices and checks come from the catalog and from
+modules that import neither, so that help and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,16 +16,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
+from .catalog import DEFAULT_MODEL, DEFAULT_PRECISION, PRECISIONS, TORCH_SUFFIXES, TRANSFORMS
 from .errors import FilterVizError
-from .device import PRECISIONS
-from .image import check_path
 from .layouts import layout_syntax, parse_layout
-from .models import DEFAULT_MODEL
-from .models.sources.torch_files import SUFFIXES as TORCH_SUFFIXES
 from .models.spec import PRESETS
 from .objectives import objective_help
-from .recipes import MAX_SIDE, RECIPES, Recipe, field_registry, get_recipe
-from .transforms import TRANSFORMS
+from .recipes import BEST_RECIPE, MAX_SIDE, RECIPES, Recipe, field_registry, get_recipe
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,7 +231,7 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata.get("help", "")
         if item.name == "extra_transforms":  # one transform per option, added to the recipe's own
-            forms = ", ".join(kind.syntax or kind.name for kind in TRANSFORMS.parts().values())
+            forms = ", ".join(kind.syntax or kind.name for kind in TRANSFORMS.entries().values())
             group.add_argument("--transform", dest="extra_transforms", action="append", metavar="NAME[:ARGS]",
                                help=f"add a transform after the recipe's own, before --view-size (repeatable): {forms}")
             continue
@@ -260,6 +259,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     NUL character), which the system would otherwise answer with an OSError deep inside a loader, and
     the options of PyTorch model files given with another model, which would be ignored. Whether a
     file exists and is what it should be is for each loader to say."""
+    from .image import check_path  # numpy: imported by a command, not by the parser
+
     for option, what in (("model", "model"), ("weights", "weights"), ("images", "--images"),
                          ("spectrum", "--spectrum")):
         value = getattr(args, option, None)
@@ -341,9 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the learning rate: the book's step size, or the optimizer's rate; --lr and --step "
                              "(the book's word) are the same option (default: the recipe's; 1.0 for classic)")
     optimize.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
-    optimize.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic: fp32 (default), bf16 (CPUs with AVX512-BF16/AMX, GPUs), fp16 (GPUs), "
-                             "or auto (bf16 or fp16 on GPUs; fp32 on CPUs, where bf16 measured slower)")
+    optimize.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="arithmetic: auto (default: the fastest that keeps quality here: bf16 on GPUs with it "
+                             "and on CPUs with AMX, measured once on CPUs with AVX512-BF16 only, else fp32), fp32, "
+                             "bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs); demo keeps fp32, as the book")
     ascent = _Parser(add_help=False, parents=[optimize])
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
                         help="memory a batch may use, e.g. 2G or 512M (default: a safe share of free memory)")
@@ -437,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", type=_path, default="out", help="folder to write into (default out)")
     demo.add_argument("--seed", type=_seed, help="seed of the start noise")
     demo.add_argument("--model", type=_path, help="model to use (default: vgg16, or the embedded model when its weights are missing)")
+    demo.add_argument("--beside", default=BEST_RECIPE, metavar="RECIPE",
+                      help=f"recipe of the same figures shown beside the book's, in OUTPUT/RECIPE/ and "
+                           f"OUTPUT/side_by_side.png (default {BEST_RECIPE}: the most recognizable pictures per "
+                           "second); none: the book's figures alone")
     return parser
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .fastpath import single_channels
 from .errors import FilterVizError, FilterVizWarning
-from .device import auto_batch_size, autocast
+from .device import DEFAULT_PRECISION, auto_batch_size, autocast
 from .forward import Scorer
 from .image import DEPROCESS, Deprocess
 from .liveness import flat_on_probe, probe_count
@@ -58,6 +58,7 @@ class Render:
     dead: np.ndarray
     importance: np.ndarray | None = None
     deprocess: Deprocess | None = None
+    precision: str = "fp32"  # the arithmetic it ran in (what ``auto`` chose)
 
     @property
     def images(self) -> np.ndarray:
@@ -206,7 +207,7 @@ def render(
     start: np.ndarray | None = None,
     batch_size: int | None = None,
     progress: bool = False,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     max_memory: int | None = None,
     select_channels: bool = True,
     memory_format: str = "channels_last",
@@ -223,7 +224,8 @@ def render(
     ``start`` (N, H, W, C) replaces the start image (pixel and fourier parameterizations).
 
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
-    ``bf16``, ``fp16`` or ``auto``; see ``device.autocast_dtype``), ``batch_size`` (default: the
+    ``bf16``, ``fp16`` or ``auto``, the default: the fastest that keeps quality on this machine,
+    see ``device.choose_precision``; ``Render.precision`` says what it ran in), ``batch_size`` (default: the
     device's, capped so a batch fits in ``max_memory`` bytes, default the model's ``max_memory``, else a
     safe share of free memory), ``select_channels`` (when every image is scored on one channel of a
     convolution layer, compute only those channels), and ``memory_format`` (``channels_last`` or
@@ -275,6 +277,7 @@ def _assemble(model: LoadedModel, plan: RenderPlan, results: list[BatchResult], 
         start_score=start_score, score=final_score, stuck=stuck, dead=dead,
         importance=None if importance is None else importance.double().numpy(),
         deprocess=plan.parts.deprocess if not _named(plan.parts.deprocess, plan.recipe.deprocess) else None,
+        precision=plan.precision,
     )
 
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import FilterVizError, FilterVizWarning, OutputError, WeightsUnavailableError
 from .image import deprocess_image, make_grid, save_image, show_channels
 from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .recipes import BEST_RECIPE, Recipe, get_recipe
 from .ascent import FilterRender, render_filters
 
 __all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "run_demo"]
@@ -24,6 +26,11 @@ __all__ = ["DemoFigure", "book_layers", "deprocess_image", "generate_pattern", "
 GRID_FILTERS = 64
 GRID_TILE = 64
 BOOK_FIGURES = 4  # vggconv1..4.png: the first activation layer at each of four strides
+# Beside the book's figures, the demo shows the same filters with BEST_RECIPE, in a folder of that
+# name, and the two side by side in one picture. Its grid's tiles are larger than the book's 64 px: a
+# Fourier image needs room for its detail.
+BEST_GRID_TILE = 96
+SIDE_BY_SIDE = "side_by_side.png"
 
 
 def generate_pattern(
@@ -39,7 +46,7 @@ def generate_pattern(
     maximizes the mean activation of one filter, as in the book."""
     loaded = load_model(model) if isinstance(model, str) else model
     render = render_filters(loaded, layer_name, [filter_index], size=size, steps=steps, learning_rate=step,
-                            seed=seed)
+                            seed=seed, precision="fp32")
     return render.images[0]
 
 
@@ -71,13 +78,19 @@ def run_demo(
     seed: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    best: Recipe | str | None = BEST_RECIPE,
 ) -> list[DemoFigure]:
-    """Write the book's figures into ``out_dir``: ``vggconv1..4.png`` and ``grid_<layer>.png``.
+    """Write the book's figures into ``out_dir``: ``vggconv1..4.png`` and ``grid_<layer>.png``; then,
+    unless ``best`` is None, the same four filters and grid with the recipe ``best`` (default: the
+    preset with the most recognizable pictures per second) into ``out_dir/<best>/``, and both rows side
+    by side in ``out_dir/side_by_side.png``.
 
     Without ``model``, uses VGG16 with ImageNet weights (cached, downloaded, or the local file
     ``weights``); when they cannot be had, a FilterVizWarning says why and the embedded model is used,
     with comparable layers (see ``book_layers``). Each figure's render names the model that made it.
+    The book's figures are rendered in fp32, as the book; the other recipe's in ``auto`` precision.
     """
+    beside = get_recipe(best) if best is not None else None  # an unknown recipe fails before any work
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"cannot write figures into {str(folder)!r}: it is a file; give a folder")
@@ -101,13 +114,48 @@ def run_demo(
         raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
     figures = []
     for number, layer in enumerate(layers, start=1):
-        render = render_filters(model, layer, [0], seed=seed, progress=progress)
+        render = render_filters(model, layer, [0], seed=seed, progress=progress, precision="fp32")
         figures.append(DemoFigure(save_image(show_channels(render.images)[0], folder / f"vggconv{number}.png"), render))
     grid_layer = layers[min(2, len(layers) - 1)]
     channels = model.layer_info(grid_layer, GRID_TILE).channels
     render = render_filters(
-        model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress
-    )
+        model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress,
+        precision="fp32")
     grid = make_grid(show_channels(render.images), crossed=render.stuck)  # gray, RGB, or a model's first 3 bands
     figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
+    if beside is None:
+        return figures
+    figures += _best_figures(model, layers, grid_layer, beside, folder / beside.name, seed, progress)
+    rows = [[show_channels(f.render.images)[0] for f in figures[i:i + BOOK_FIGURES]]
+            for i in (0, BOOK_FIGURES + 1)]
+    side = max(image.shape[0] for row in rows for image in row)
+    tiles = [_fit(image, side) for row in rows for image in row]
+    save_image(make_grid(np.stack(tiles), per_row=BOOK_FIGURES, margin=5), folder / SIDE_BY_SIDE)
     return figures
+
+
+def _best_figures(model: LoadedModel, layers: list[str], grid_layer: str, recipe: Recipe, folder: Path,
+                  seed: int | None, progress: bool) -> list[DemoFigure]:
+    """The demo's four filters and grid, again with ``recipe``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
+    figures = []
+    for number, layer in enumerate(layers, start=1):
+        render = render_filters(model, layer, [0], seed=seed, progress=progress, recipe=recipe)
+        figures.append(DemoFigure(save_image(show_channels(render.images)[0], folder / f"vggconv{number}.png"), render))
+    channels = model.layer_info(grid_layer, BEST_GRID_TILE).channels
+    render = render_filters(model, grid_layer, range(min(GRID_FILTERS, channels)), size=BEST_GRID_TILE, seed=seed,
+                            progress=progress, recipe=recipe)
+    grid = make_grid(show_channels(render.images), crossed=render.stuck)
+    figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
+    return figures
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` scaled to ``side`` px (nearest neighbour: the book's small figures keep their pixels)."""
+    if image.shape[0] == side:
+        return image
+    picture = Image.fromarray(image).resize((side, side), Image.NEAREST)
+    return np.asarray(picture)

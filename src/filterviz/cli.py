@@ -1,6 +1,9 @@
 """The ``filterviz`` command: parses its arguments (``arguments``), calls the Python API, prints.
 
 Every user error is a FilterVizError, printed here as one line on stderr with exit status 2.
+
+This module and the parser import no torch: ``--help``, ``recipes``, ``models`` and usage errors (a bad
+option, a bad objective) answer without it. Each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -11,19 +14,16 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .arguments import build_parser, check_inputs, parse_filters, parse_layer_list, parse_layouts, recipe_from_args
-from .ascent import render, render_filters
-from .book import GRID_FILTERS, run_demo
+from .catalog import DEFAULT_MODEL, PARAMETERIZATIONS
 from .errors import FilterVizError, FilterVizWarning
-from .image import check_folder_writable, check_writable, make_grid, save_array, save_image, show_channels
 from .layouts import layout_syntax
-from .models import DEFAULT_MODEL, LoadedModel, describe_sources, known_models, load_model
-from .objectives import channel, parse_objective
-from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
-from .params import PARAMETERIZATIONS
-from .plan import check_filters
-from .recipes import RECIPES, render_size
+from .recipes import RECIPES, get_recipe, render_size
+
+if TYPE_CHECKING:
+    from .models.loaded import LoadedModel
 
 
 def _say(message: str) -> None:
@@ -33,6 +33,8 @@ def _say(message: str) -> None:
 def _load(args: argparse.Namespace, load_weights: bool = True) -> LoadedModel:
     """The model the command line names, with its options; ``load_weights=False``: its architecture
     with the spec of the chosen weights, none read or downloaded."""
+    from .models.registry import load_model
+
     model = load_model(args.model, args.weights, args.device, preprocess=args.preprocess, channels=args.channels,
                        arch=args.arch, trust_pickle=args.trust_pickle, progress=not args.quiet,
                        load_weights=load_weights, layouts=parse_layouts(args.layout))
@@ -64,12 +66,19 @@ def _cmd_layers(args: argparse.Namespace) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> None:
+    from .objectives import channel, parse_objective
+
     book = args.layer is not None and not args.objective  # the book's command: LAYER FILTER
     if args.objective and args.layer is not None:
         raise FilterVizError("give either LAYER FILTER or --objective, not both")
     if not args.objective and (args.layer is None or args.filter is None):
         raise FilterVizError("say what to render: LAYER FILTER, or --objective (e.g. channel:LAYER:K or class:207)")
     chosen = [channel(args.layer, args.filter)] if book else [parse_objective(text) for text in args.objective]
+    # The objectives read (and checked) without torch; what follows imports it.
+    from .ascent import render
+    from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
+    from .plan import check_filters
+
     objectives = with_copies(chosen, args.copies, args.diversity, args.diversity_weight)
     recipe = recipe_from_args(args)
     if args.importance is not None and not PARAMETERIZATIONS.get(recipe.parameterization).importance:
@@ -94,13 +103,18 @@ def _cmd_render(args: argparse.Namespace) -> None:
         return
     if book:
         _say(f"wrote {args.output}{_arrays_note(arrays)} (filter {args.filter} of {args.layer}: mean activation "
-             f"{result.start_score[0]:.3g} -> {result.score[0]:.3g})")
+             f"{result.start_score[0]:.3g} -> {result.score[0]:.3g}{_precision_note(result.precision)})")
     else:
         scores = ", ".join(f"{o.name}: {a:.3g} -> {b:.3g}" for o, a, b in
                            zip(result.objectives[:4], result.start_score, result.score))
         more = f" and {len(objectives) - 4} more" if len(objectives) > 4 else ""
         _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''}{_arrays_note(arrays)} "
-             f"({scores}{more})")
+             f"({scores}{more}{_precision_note(result.precision)})")
+
+
+def _precision_note(precision: str) -> str:
+    """Said after the scores when a render ran in other than fp32 (``auto`` chose it, or it was asked)."""
+    return "" if precision == "fp32" else f"; in {precision}"
 
 
 def _arrays_note(arrays: Sequence[Path]) -> str:
@@ -119,6 +133,12 @@ def _cmd_recipes(args: argparse.Namespace) -> None:
 
 
 def _cmd_grid(args: argparse.Namespace) -> None:
+    from .ascent import render_filters
+    from .book import GRID_FILTERS
+    from .image import check_writable, make_grid, save_array, save_image, show_channels
+    from .outputs import array_files, check_tiles
+    from .plan import check_filters
+
     check_writable(args.output)
     ranges = parse_filters(args.filters) if args.filters is not None else None
     recipe = recipe_from_args(args)
@@ -142,13 +162,15 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     for array in arrays:  # every channel, where the picture shows some
         save_array(render.pixels, array)
     if not args.quiet:
-        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer})")
+        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer}"
+             f"{_precision_note(render.precision)})")
 
 
 def _cmd_atlas(args: argparse.Namespace) -> None:
     from .atlas import LocalExecutor, ProcessExecutor, RayExecutor, build_atlas
     from .atlas.build import check_atlas_folder
     from .atlas.executors import cpu_count, default_executor_name, default_workers
+    from .image import check_folder_writable
     from .models.registry import resolve_device
 
     args.executor = args.executor or ("processes" if args.workers is not None
@@ -189,16 +211,24 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from .book import run_demo
+    from .image import check_folder_writable
+
     check_folder_writable(args.output, "figures")
     check_inputs(args)
+    beside = None if args.beside == "none" else args.beside
+    if beside is not None:
+        get_recipe(beside)  # before any model is loaded
     model = _load(args) if args.model is not None else None
     figures = run_demo(args.output, model, weights=args.weights, seed=args.seed, device=args.device,
-                       progress=not args.quiet)
+                       progress=not args.quiet, best=beside)
     if not args.quiet:
         _say(f"wrote {', '.join(str(f.path) for f in figures)} with {figures[0].render.model}")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
+    from .models.sources import describe_sources, known_models  # their declarations: no torch
+
     for name in known_models():
         print(name + ("  (embedded default, works offline)" if name == DEFAULT_MODEL else ""))
     print()

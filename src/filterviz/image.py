@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .catalog import DEPROCESS  # declared without numpy, for the command line
 from .errors import OutputError, PathError, first_line
-from .plugins import Registry
 
 
 def deprocess_image(x: np.ndarray) -> np.ndarray:
@@ -64,10 +64,6 @@ class Deprocess:
 
     def __repr__(self) -> str:
         return f"Deprocess({self.name!r})"
-
-
-DEPROCESS: Registry[Deprocess] = Registry("deprocess mode", "filterviz.deprocess",
-                                          lambda part: isinstance(part, Deprocess), "a Deprocess instance")
 
 
 def register_deprocess(mode: Deprocess) -> Deprocess:

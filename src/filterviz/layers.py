@@ -7,7 +7,7 @@ the forward pass, so nothing after the layer is computed. How a model is reached
 ``LayerGraph``: ``ModuleGraph`` uses forward hooks (PyTorch, timm, Keras on its torch backend, converted
 ONNX graphs), which are always removed when the context ends; ``ScriptGraph`` (TorchScript files) steps
 through compiled graphs. Both probe, trace and capture through ``WatchedGraph``, written once. A trace
-is a forward pass that follows what each axis of each tensor means (``layouts.AxisTrace``), and so
+is a forward pass that follows what each axis of each tensor means (``axes.AxisTrace``), and so
 gives every layer call's output layout (channel map, channels-last map, tokens, vector).
 
 The kinds of module that filterviz treats specially (activations, normalizations, per-channel modules,
@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from .errors import UnknownLayerError
-from .layouts import Ambiguous, AxisTrace, Layout, Roles, TokenDeclaration, classify
+from .axes import AxisTrace
+from .layouts import OUTPUT, Ambiguous, Layout, Roles, TokenDeclaration, classify
 
 CALL_MARK = "#"  # "name#2": the second call of a module that runs more than once
-OUTPUT = "<output>"  # the model's own output (logits), as a layer name for objectives
 
 
 # -- kinds of module -------------------------------------------------------------------------------

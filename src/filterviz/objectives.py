@@ -21,16 +21,17 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import FilterVizError, InputFileError, first_line
-from .layers import OUTPUT
-from .layouts import part_name, part_names, split_part
+from .layouts import OUTPUT, part_name, part_names, split_part
 from .plugins import Registry
+
+# Objective text is read, and refused, without torch, before a command loads a model: torch and numpy
+# are imported where a term scores, or where a direction file is read.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 IMAGE = "<image>"  # the image being optimized (RGB 0..255), as a layer name for regularizers
 
@@ -216,6 +217,8 @@ class ClassScore(Term):
         return cls(_int(args, "a class index"), log_probability=kind == "logprob")
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        import torch.nn.functional as F
+
         logits = data[rows.views].reshape(data[rows.views].shape[0], -1)
         if not 0 <= self.index < logits.shape[1]:
             raise FilterVizError(f"class {self.index} is out of range: the model has {logits.shape[1]} "
@@ -244,6 +247,8 @@ class Direction(Term):
         return _only_term(direction(head, load_direction(tail).tolist(), tail))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        import torch
+
         picked = data[rows.views]
         if picked.shape[1] != len(self.vector):
             raise FilterVizError(f"direction has {len(self.vector)} components but {self.layer} has "
@@ -285,6 +290,9 @@ class TextSimilarity(Term):
         return TextSimilarity(self.text, tuple(float(v) for v in embed(self.text)))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         if not self.vector:
             raise FilterVizError(f"text:{self.text!r} was not bound to a model; render it with a CLIP model")
         images = data[rows.views].reshape(data[rows.views].shape[0], -1)
@@ -316,6 +324,9 @@ class Diversity(Term):
         return cls(_layer(kind, args))
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         others = [peer for peer in rows.peers if peer != rows.views]
         if not others:
             return data.new_zeros(())
@@ -328,6 +339,9 @@ class Diversity(Term):
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
     kernel = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
     kernel = (kernel[:, None] * kernel[None, :] / 16).expand(x.shape[1], 1, 3, 3)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
@@ -508,6 +522,8 @@ def load_direction(path: str) -> np.ndarray:
     """A direction vector from a ``.npy`` file (``np.save``): one row of real numbers (an array of one
     row or column is taken as that row). Anything else (no file, an ``.npz`` archive, a pickle, text,
     strings, objects, complex numbers, a 2-D array) is a one-line error saying what the file holds."""
+    import numpy as np
+
     where = f"direction file {path!r}"
     advice = "give a .npy file of one vector, e.g. np.save(FILE, np.asarray(vector, dtype=np.float32))"
     if not path:
@@ -570,6 +586,8 @@ def blur() -> Objective:
 
 def batch_scores(objectives: Sequence[Objective], data: Mapping[str, torch.Tensor], views: int) -> torch.Tensor:
     """Each image's objective, (N,): image ``i`` is scored on its own rows ``i*views ... i*views+views-1``."""
+    import torch
+
     groups: dict[Objective, list[slice]] = {}
     for index, objective in enumerate(objectives):
         groups.setdefault(objective, []).append(slice(index * views, (index + 1) * views))

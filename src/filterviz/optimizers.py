@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from .catalog import OPTIMIZERS  # declared without torch, for the command line
 from .errors import FilterVizError
-from .plugins import Registry
 
 Step = Callable[[Sequence[torch.Tensor]], None]  # called with each parameter's gradient, once per step
 
@@ -68,10 +68,6 @@ class TorchOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"TorchOptimizer({self.name!r}, {self.kind.__module__}.{self.kind.__qualname__})"
-
-
-OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", "filterviz.optimizers",
-                                           lambda part: isinstance(part, Optimizer), "an Optimizer instance")
 
 
 def register_optimizer(optimizer: Optimizer) -> Optimizer:

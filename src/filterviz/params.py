@@ -31,16 +31,16 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalog import PARAMETERIZATIONS, parameterization_fields  # noqa: F401 - declared without torch
 from .errors import FilterVizError, InputFileError, first_line
 from .imagefiles import check_image, open_image
-from .plugins import Registry
 
 if TYPE_CHECKING:
     from .recipes import Recipe
@@ -361,11 +361,6 @@ def create_images(parameterization: Parameterization, size: int, keys: Sequence[
     return parameterization.create(size, keys, seed, start, channels=channels)  # type: ignore[call-arg]
 
 
-PARAMETERIZATIONS: Registry[type[Parameterization]] = Registry(
-    "parameterization", "filterviz.parameterizations",
-    lambda part: isinstance(part, type) and issubclass(part, Parameterization), "a Parameterization subclass")
-
-
 def register_parameterization(kind: type[Parameterization]) -> type[Parameterization]:
     """Add a parameterization (a ``Parameterization`` subclass with a ``name``); usable as a decorator."""
     return PARAMETERIZATIONS.register(kind)
@@ -443,12 +438,3 @@ class MacoParameterization(Parameterization):
     def numbers(self, size: int) -> tuple[int, int]:
         # the phase; kept: also the standardized phase and image besides the fourier steps
         return 3 * size * (size // 2 + 1), 10 * 3 * size * size
-
-
-def parameterization_fields() -> dict[str, Any]:
-    """Each recipe field that only some parameterizations read, with the names of those."""
-    owners: dict[str, list[str]] = {}
-    for name, kind in PARAMETERIZATIONS.parts().items():
-        for field_name in kind.recipe_fields:
-            owners.setdefault(field_name, []).append(name)
-    return owners

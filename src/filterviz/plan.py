@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import FilterIndexError, FilterVizError, InputSizeError, MemoryBudgetError, first_line
-from .device import SavedBytes, autocast_dtype, measure_saved_bytes
+from .device import DEFAULT_PRECISION, SavedBytes, autocast_dtype, measure_saved_bytes, resolve_precision
 from .forward import FullCapture, SelectedChannels, choose_forward
 from .image import DEPROCESS, Deprocess
 from .layers import OUTPUT
@@ -318,6 +318,7 @@ class RenderPlan:
     max_memory: int | None
     saved: SavedBytes
     need: Callable[..., int]
+    precision: str = "fp32"  # what the render runs in: fp32, bf16 or fp16 (``auto`` resolved)
 
     def batch_extra(self) -> int:
         """What one image needs besides its views' saved activations, for the batch size."""
@@ -348,7 +349,7 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
                 parameterization: Parameterization | str | None = None,
                 transforms: Sequence[torch.nn.Module] | None = None, optimizer: Any = None,
                 deprocess: Deprocess | str | None = None, keys: Sequence[int] | None = None,
-                start: np.ndarray | None = None, batch_size: int | None = None, precision: str = "fp32",
+                start: np.ndarray | None = None, batch_size: int | None = None, precision: str = DEFAULT_PRECISION,
                 max_memory: int | None = None, select_channels: bool = True, memory_format: str = "channels_last",
                 batch_option: str = "--batch-size", **overrides: Any) -> RenderPlan:
     """Check a render before any work: its objectives, parts, sizes, transforms, layers, channels and
@@ -411,7 +412,8 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
     for side in sorted({size, view}):
         if side > own:
             _check_layers_and_channels(model, targets, side)
-    return RenderPlan(recipe, parts, targets, keys, size, view, forward, dtype, nhwc, together, budget, saved, need)
+    return RenderPlan(recipe, parts, targets, keys, size, view, forward, dtype, nhwc, together, budget, saved, need,
+                      resolve_precision(precision, model.device))
 
 
 def check_render(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Recipe | str = "classic",

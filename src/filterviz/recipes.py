@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# Recipes are read by the command line's parser and `filterviz recipes`: they import no torch (the
+# registries' names come from the catalog; transforms are imported when a recipe has any to make).
+from .catalog import DEPROCESS, OPTIMIZERS, PARAMETERIZATIONS, parameterization_fields
 from .errors import FilterVizError
-from .image import DEPROCESS
-from .optimizers import OPTIMIZERS
-from .params import PARAMETERIZATIONS, parameterization_fields
 from .plugins import Registry
-from .transforms import (Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale, Resize,
-                         parse_transform)
+
+if TYPE_CHECKING:
+    from .transforms import Compose
 
 # More steps than anyone waits for: a typo (or a wrong unit) caught before hours of work.
 MAX_STEPS = 1_000_000
@@ -122,11 +123,14 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise FilterVizError(f"recipe {self._shown_name}: {message}")
-        for text in self.extra_transforms:
-            try:
-                parse_transform(text)
-            except FilterVizError as exc:
-                raise FilterVizError(f"recipe {self._shown_name}: {exc}") from None
+        if self.extra_transforms:  # read by the transforms' own module, which imports torch
+            from .transforms import parse_transform
+
+            for text in self.extra_transforms:
+                try:
+                    parse_transform(text)
+                except FilterVizError as exc:
+                    raise FilterVizError(f"recipe {self._shown_name}: {exc}") from None
 
     def check_sizes(self, size: int) -> None:
         """Refuse transforms that leave less than a pixel of a ``size`` px image, saying what would work:
@@ -199,6 +203,9 @@ class Recipe:
 
     def transforms(self) -> Compose:
         """The per-step transforms, in the documented order."""
+        from .transforms import (Compose, Jitter, Noise, Pad, RandomCrop, RandomFlip, RandomRotate, RandomScale,
+                                 Resize, parse_transform)
+
         steps = [Pad(self.pad), Jitter(self.jitter), RandomScale(self.scales), RandomRotate(self.angles)]
         if self.crop is not None:
             steps.append(RandomCrop(self.crop))
@@ -251,6 +258,10 @@ def _one_of(names: list[str]) -> str:
 
 LUCID_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))  # 0.9 ... 1.1
 LUCID_ANGLES = tuple(float(a) for a in range(-10, 11)) + (0.0,) * 5
+
+# The preset whose pictures an independent model recognizes most per second of rendering
+# (benchmarks/quality.py --sweep): what the demo shows beside the book's figures.
+BEST_RECIPE = "lucid"
 
 RECIPES: dict[str, Recipe] = {
     # The book: gray noise, 40 RMS-normalized steps of 1 on the pixels, deprocessed for display.

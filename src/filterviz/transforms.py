@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalog import TRANSFORMS  # declared without torch, for the command line
 from .errors import FilterVizError
-from .plugins import Registry
 
 GRAY = 127.5
 
@@ -110,11 +110,6 @@ class Transform(nn.Module):
 
     def numbers_per_pixel(self) -> int:
         return 3
-
-
-TRANSFORMS: Registry[type[Transform]] = Registry(
-    "transform", "filterviz.transforms", lambda part: isinstance(part, type) and issubclass(part, Transform),
-    "a Transform subclass")
 
 
 def register_transform(kind: type[Transform]) -> type[Transform]:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..plan import check_render
 from ..errors import FilterVizError, MemoryBudgetError, OutputError
-from ..device import autocast_dtype
+from ..device import DEFAULT_PRECISION, autocast_dtype, resolve_precision
 from ..memory import budget_words, largest, memory_budget, more_memory, readable
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
@@ -148,7 +148,7 @@ def build_atlas(
     top_k: int = 8,
     executor: Executor | None = None,
     chunk_size: int = 16,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     threads: int | None = None,
     scan_batch_size: int = 16,
     progress: bool = False,
@@ -214,6 +214,9 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
         raise FilterVizError(f"no filters to show in layer {empty[0].name} ({empty[0].channels} channels); "
                              "choose filters that it has")
     autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
+    # auto is resolved here, where the atlas is planned: every task (on any Ray worker) runs what this
+    # machine chose, and the fingerprints name the precision itself.
+    precision = resolve_precision(precision, model.device)
     root = Path(out)
     if images is not None:
         check_example_channels(model.spec.channels)

@@ -23,7 +23,7 @@ from ..errors import FilterVizError, ModelFileError, UnknownModelError
 from ..layers import closest_names
 from ..layouts import Layout, as_layout
 from .loaded import LoadedModel
-from .sources import FileSource, LoadRequest, PrefixSource, model_sources
+from .sources import FileSource, LoadRequest, PrefixSource, describe_sources, known_models, model_sources  # noqa: F401
 # Each of these modules registers its sources, in the order they are asked: names, prefixes, files.
 from .sources import (embedded, torchvision_zoo, timm_zoo, hf, open_clip_zoo, keras_models, onnx_files,  # noqa: F401
                       torch_files)
@@ -31,23 +31,6 @@ from .spec import InputSpec, input_geometry
 from .weights import load_weights_file
 
 DEFAULT_MODEL = embedded.NAME
-
-
-def known_models() -> list[str]:
-    """Every model name ``load_model`` accepts without a prefix: the embedded default, then torchvision's
-    (and those of any source registered with names of its own)."""
-    return [name for source in model_sources() for name in source.names()]
-
-
-def describe_sources() -> str:
-    """The sources other than model names, one per line with the extra each needs (``filterviz models``)."""
-    lines = ["Other sources:"]
-    for source in model_sources():
-        if source.names():
-            continue
-        extra = f" (pip install 'filterviz[{source.extra}]')" if source.extra else ""
-        lines.append(f"  {source.usage:<18} {source.description}{extra}")
-    return "\n".join(lines)
 
 
 def supported_files() -> str:

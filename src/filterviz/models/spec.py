@@ -7,12 +7,12 @@ import numbers
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from collections.abc import Sequence
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import FilterVizError
+
+if TYPE_CHECKING:  # imported where tensors are made: the command line reads the presets without torch
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,6 +142,8 @@ class InputSpec:
         mean, std = _constants(self.mean, self.std, x.dtype, x.device)
         x = (x - mean) / std
         if self.fixed_size is not None and tuple(x.shape[2:]) != tuple(self.fixed_size):
+            import torch.nn.functional as F
+
             x = F.interpolate(x, size=self.fixed_size, mode="bilinear", align_corners=False)
         if self.layout == "NHWC":
             x = x.permute(0, 2, 3, 1)
@@ -152,6 +154,8 @@ class InputSpec:
 def _constants(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype, device: torch.device
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (1, C, 1, 1) tensors, made once per type and device rather than at every step."""
+    import torch
+
     return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1),
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
 

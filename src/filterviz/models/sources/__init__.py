@@ -1,5 +1,9 @@
 """Model sources: one module per place a model can come from, each with one ``ModelSource`` class and
-its registration; ``load_model`` asks the registered sources in turn."""
+its registration; ``load_model`` asks the registered sources in turn.
+
+This module imports no torch: filterviz's own sources are declared in ``catalog.SOURCES``, so that
+``filterviz models`` lists them without importing their modules; ``model_sources`` imports them all.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+from ...catalog import SOURCES, DeclaredSource
 from ...errors import FilterVizError, MissingExtraError
-from ..loaded import LoadedModel
 from ..spec import InputSpec
+
+if TYPE_CHECKING:
+    from ..loaded import LoadedModel
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:
@@ -112,8 +119,8 @@ def register_source(source: ModelSource, *, builtin: bool = False) -> ModelSourc
     return source
 
 
-def model_sources() -> list[ModelSource]:
-    """Every registered source, in the order they are asked (installed plugins' ones are read once)."""
+def _read_entry_points() -> None:
+    """Register installed plugins' sources (once)."""
     global _entry_points_read
     if not _entry_points_read:
         _entry_points_read = True
@@ -126,4 +133,43 @@ def model_sources() -> list[ModelSource]:
                 raise FilterVizError(f"the model source plugin {point.name!r} ({point.value}) cannot be loaded: "
                                      f"{exc}; reinstall or uninstall the package that provides it") from None
             register_source(loaded() if isinstance(loaded, type) else loaded)
-    return [*_added, *_builtin]
+
+
+def _builtin_entries() -> list[ModelSource | DeclaredSource]:
+    """filterviz's own sources in their declared order: each registered one, else its declaration; a
+    built-in source registered without a declaration comes after them."""
+    declared = [next((s for s in _builtin if d.declares(s)), d) for d in SOURCES]
+    return [*declared, *(s for s in _builtin if not any(d.declares(s) for d in SOURCES))]
+
+
+def model_sources() -> list[ModelSource]:
+    """Every registered source, in the order they are asked (installed plugins' ones are read once;
+    filterviz's own modules are imported)."""
+    _read_entry_points()
+    for declaration in SOURCES:
+        importlib.import_module(declaration.module)  # registers its sources
+    return [*_added, *_builtin_entries()]  # type: ignore[list-item]
+
+
+def source_entries() -> list[ModelSource | DeclaredSource]:
+    """Every source as ``model_sources`` gives them, but a built-in one whose module is not imported yet
+    is its declaration, which answers ``names()``, ``usage``, ``description`` and ``extra`` alike."""
+    _read_entry_points()
+    return [*_added, *_builtin_entries()]
+
+
+def known_models() -> list[str]:
+    """Every model name ``load_model`` accepts without a prefix: the embedded default, then torchvision's
+    (and those of any source registered with names of its own)."""
+    return [name for source in source_entries() for name in source.names()]
+
+
+def describe_sources() -> str:
+    """The sources other than model names, one per line with the extra each needs (``filterviz models``)."""
+    lines = ["Other sources:"]
+    for source in source_entries():
+        if source.names():
+            continue
+        extra = f" (pip install 'filterviz[{source.extra}]')" if source.extra else ""
+        lines.append(f"  {source.usage:<18} {source.description}{extra}")
+    return "\n".join(lines)

@@ -18,12 +18,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ...catalog import DEFAULT_MODEL
 from ..loaded import LoadedModel
 from ..spec import InputSpec
 from ..weights import RANDOM_WEIGHTS, check_weights_file, load_weights_file
 from . import LoadRequest, ModelSource, imagenet_categories, register_source
 
-NAME = "efficientnet-lite0"
+NAME = DEFAULT_MODEL  # "efficientnet-lite0"
 SPEC = InputSpec(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), default_size=224)
 
 

@@ -20,15 +20,16 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from ...catalog import TORCH_SUFFIXES
 from ...errors import FilterVizError, ModelFileError, first_line
 from ...layers import Seen, WatchedGraph
-from ...layouts import AxisTrace
+from ...axes import AxisTrace
 from ..loaded import LoadedModel
 from ..spec import InputSpec, file_spec
 from ..weights import PickledObjectsError, read_state_dict
 from . import FileSource, LoadRequest, register_source
 
-SUFFIXES = (".pt", ".pth", ".pts", ".ts", ".torchscript", ".ckpt", ".bin", ".tar", ".safetensors")
+SUFFIXES = TORCH_SUFFIXES  # declared without torch, for the command line's checks
 
 
 class _CannotStep(FilterVizError):
