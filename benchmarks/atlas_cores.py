@@ -33,6 +33,7 @@ import torch
 import filterviz
 from filterviz.atlas import LocalExecutor, ProcessExecutor, build_atlas
 from filterviz.atlas.executors import DEFAULT_EXECUTOR, cpu_count, default_workers
+from filterviz.device import resolve_precision
 from filterviz.memory import free_memory, readable
 
 LAYERS = "stem.act,blocks.3,blocks.5,blocks.8,blocks.10,blocks.12,blocks.15,head.act"
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--filters", type=int, default=32, help="the first N filters of each layer (default 32)")
     parser.add_argument("--size", type=int, default=150, help="image side in pixels (default 150)")
     parser.add_argument("--chunk-size", type=int, default=16, help="filters per task (default 16, the atlas's)")
+    parser.add_argument("--precision", default="auto", help="fp32, bf16... (default auto: the atlas's default)")
     parser.add_argument("--configs", help="WORKERSxTHREADS,... (default from os.cpu_count(), e.g. "
                                           "1x16,2x8,4x4,8x2,16x1 on 16 CPUs); 1xT runs with the local executor")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/atlas_cores"),
@@ -92,8 +94,10 @@ def main() -> None:
     # The atlas alone on this machine: its workers share 60% of the free memory (the default budget,
     # a quarter of it, is for a process that shares the machine).
     budget = int(free_memory(torch.device("cpu")) * 0.6)
+    # The precision auto chooses on this CPU (bf16 where it has AMX), the same for every configuration.
+    precision = resolve_precision(args.precision, model.device)
     options = dict(layers=layers, filters=range(args.filters), recipe="classic", size=args.size, seed=0,
-                   chunk_size=args.chunk_size, max_memory=budget)
+                   chunk_size=args.chunk_size, max_memory=budget, precision=precision)
     rows = []
     load_before = _load()
     with tempfile.TemporaryDirectory() as temp:
@@ -114,14 +118,14 @@ def main() -> None:
     result = {"cpu": cpu_name(), "cpus": cpus, "cpus_usable": cpu_count(), "torch": torch.__version__,
               "torch_default_threads": torch.get_num_threads(), "python": platform.python_version(),
               "model": model.name, "layers": layers, "filters_per_layer": args.filters, "size": args.size,
-              "recipe": "classic", "chunk_size": args.chunk_size, "filters": rows[0]["filters"],
+              "recipe": "classic", "precision": precision, "chunk_size": args.chunk_size, "filters": rows[0]["filters"],
               "memory_budget": readable(budget), "default_executor": DEFAULT_EXECUTOR,
               "default_workers": default_workers(cpu_count()), "fastest": f"{best['workers']}x{best['threads']}",
               "load_average_before": load_before, "load_average_after": _load(), "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Atlas of {model.name}: {result['filters']} filters ({len(layers)} layers x {args.filters}, classic "
-             f"recipe, {args.size} px, tasks of {args.chunk_size}), on {result['cpu']}, {cpus} CPUs "
+             f"recipe, {args.size} px, {precision}, tasks of {args.chunk_size}), on {result['cpu']}, {cpus} CPUs "
              f"({result['cpus_usable']} usable; torch {torch.__version__}, {torch.get_num_threads()} threads by "
              "default). Each build in a fresh folder, timed whole (the processes' start included). Load "
              f"average (1 min) {load_before} before, {result['load_average_after']} after: other work on the "

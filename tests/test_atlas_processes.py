@@ -142,6 +142,13 @@ def test_cli_workers_options(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+    # Those usage errors come before torch is imported, as the command line's others do.
+    check = ("import sys; from filterviz.cli import main; "
+             f"code = main(['atlas', 'm.pt', '--out', {str(out)!r}, '--workers', '2', '--executor', 'local']); "
+             "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.split() == ["2", "False"], done.stderr
     # --workers alone means processes; --executor processes alone, default_workers of them; the threads
     # default to the CPUs over the workers.
     seen = []
