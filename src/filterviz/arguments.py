@@ -415,14 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
     atlas.add_argument("--images", metavar="FOLDER", type=_path, help="show each filter's top images from this folder")
     atlas.add_argument("--top-k", type=_positive, help="with --images: examples per filter (default 8)")
-    atlas.add_argument("--executor", choices=["local", "ray"], default="local",
-                       help="where renders run: here (default) or on a Ray cluster (pip install 'filterviz[ray]')")
+    atlas.add_argument("--executor", choices=["local", "processes", "ray"],
+                       help="where renders run: here (default), in --workers processes of this machine, or on a Ray "
+                            "cluster (pip install 'filterviz[ray]')")
+    atlas.add_argument("--workers", type=_positive,
+                       help="processes rendering at once, each on --threads threads (implies --executor processes; "
+                            "default half this machine's CPUs)")
     atlas.add_argument("--address", type=_name, help="with --executor ray: the cluster's address, e.g. auto or "
                                          "ray://HOST:10001 (default: start Ray on this machine)")
     atlas.add_argument("--gpus-per-task", type=_non_negative_number, default=0,
                        help="with --executor ray: GPUs per render task (fractions share a GPU)")
     atlas.add_argument("--threads", type=_positive,
-                       help="CPU threads per render task, here and on Ray workers (default: this machine's)")
+                       help="CPU threads per render task, here, in each process and on Ray workers (default: this "
+                            "machine's; with --executor processes, its CPUs over --workers)")
     atlas.add_argument("--chunk-size", type=_positive, default=16,
                        help="filters rendered together as one task and batch (default 16)")
     atlas.add_argument("--rebuild", action="store_true",

@@ -167,10 +167,22 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 
 
 def _cmd_atlas(args: argparse.Namespace) -> None:
-    from .atlas import LocalExecutor, RayExecutor, build_atlas
+    if args.workers is not None:  # --workers N means --executor processes; usage errors come before torch
+        if args.executor not in (None, "processes"):
+            raise FilterVizError(f"--workers goes with --executor processes, not --executor {args.executor}")
+        args.executor = "processes"
+    if args.executor == "processes":
+        if args.device not in ("auto", "cpu"):
+            raise FilterVizError(f"--executor processes renders on this machine's CPUs, not on {args.device}; "
+                                 "leave out --device, or use --executor local")
+        args.device = "cpu"
+    from .atlas import LocalExecutor, ProcessExecutor, RayExecutor, build_atlas
     from .atlas.build import check_atlas_folder
+    from .atlas.executors import cpu_count, default_executor_name, default_workers
     from .image import check_folder_writable
+    from .models.registry import resolve_device
 
+    args.executor = args.executor or default_executor_name(resolve_device(args.device))
     if args.executor != "ray" and (args.address is not None or args.gpus_per_task):
         raise FilterVizError("--address and --gpus-per-task go with --executor ray")
     if args.top_k is not None and args.images is None:
@@ -183,6 +195,7 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     check_atlas_folder(Path(args.out))
     check_inputs(args)
     executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
+                else ProcessExecutor(args.workers or default_workers(cpu_count())) if args.executor == "processes"
                 else LocalExecutor())
     if args.executor == "ray":
         from .models.sources import require

@@ -37,7 +37,7 @@ from ..objectives import channel
 from ..recipes import Recipe, get_recipe, render_size
 from .examples import (TopK, check_example_channels, check_images, crop_box, folder_fingerprint, list_images,
                        load_square, pack, receptive_field, scan_images, unpack)
-from .executors import Executor, LocalExecutor, RenderSettings, RenderTask, TaskResult
+from .executors import Executor, RenderSettings, RenderTask, TaskResult, default_executor
 from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, check_tree, example_crop, filter_image, filter_page,
                     index_path, layer_page, manifest_path, part_leftovers, regular_size, remove_empty_folders,
                     remove_file, source_image, write_file)
@@ -160,9 +160,11 @@ def build_atlas(
 
     ``filters`` limits each layer to those indices (ints or ranges; beyond a layer's channels they
     are skipped). ``images``: a folder whose ``top_k`` most exciting images per filter are shown
-    beside it. ``executor``: where the renders run (default ``LocalExecutor``; ``RayExecutor`` for a
-    cluster); tasks are ``chunk_size`` filters of one layer, each rendered as one batch on ``threads``
-    CPU threads (default: this process's count), so that any executor gives the same bytes.
+    beside it. ``executor``: where the renders run (default ``LocalExecutor``, see ``DEFAULT_EXECUTOR``;
+    ``ProcessExecutor`` for processes of this machine, ``RayExecutor`` for a cluster); tasks are
+    ``chunk_size`` filters of one layer, each rendered as one batch on ``threads`` CPU threads (default:
+    the executor's ``default_threads``, else this process's count), so that any executor gives the
+    same bytes.
     ``overrides`` change recipe fields (``size=``, ``steps=``...). ``out`` must be a new or empty
     folder, or an atlas folder. Running again with the same arguments continues an interrupted atlas;
     with other arguments, it redoes only what they change. Bad arguments fail before anything is written.
@@ -224,9 +226,12 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     check_atlas_folder(root)
     if root.is_dir():
         check_tree(root, MANIFEST_FILES)
-    plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads or torch.get_num_threads()),
-                 executor or LocalExecutor(), chunk_size, Path(images) if images is not None else None, files, top_k,
-                 scan_batch_size, progress)
+    executor = executor or default_executor(model.device)
+    # Threads per task: given, else the executor's own default (a ProcessExecutor splits the CPUs among
+    # its workers), else this process's count.
+    threads = threads or getattr(executor, "default_threads", None) or torch.get_num_threads()
+    plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads), executor, chunk_size,
+                 Path(images) if images is not None else None, files, top_k, scan_batch_size, progress)
     missing = [name for name in ("run", "open", "close", "retried") if not hasattr(plan.executor, name)]
     if missing:
         raise FilterVizError(f"executor {type(plan.executor).__name__} lacks {', '.join(missing)}: an executor "

@@ -1,13 +1,24 @@
 """Executors: where an atlas's render tasks run. ``LocalExecutor`` runs them here, one after another;
-``RayExecutor`` spreads them over a Ray cluster. Either way a task is a chunk of filters of one layer,
-rendered as one batch, and comes back as PNG bytes: only the caller writes files.
+``ProcessExecutor`` in worker processes of this machine, several at once; ``RayExecutor`` spreads them
+over a Ray cluster. Either way a task is a chunk of filters of one layer, rendered as one batch, and
+comes back as PNG bytes: only the caller writes files.
+
+Which executor an atlas uses when none is named (``filterviz atlas`` without ``--executor`` or
+``--workers``, ``build_atlas`` without ``executor=``) is decided here, in one place:
+``DEFAULT_EXECUTOR`` and ``default_workers`` (measured with ``benchmarks/atlas_cores.py``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
 import os
+import pickle
+import signal
 import socket
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +30,7 @@ from ..ascent import render_filters
 from ..errors import FilterVizError, FilterVizWarning, first_line
 from ..device import deterministic
 from ..image import png_bytes, show_channels
+from ..memory import memory_budget
 from ..models.loaded import LoadedModel
 from ..recipes import Recipe
 
@@ -104,6 +116,216 @@ class LocalExecutor:
     def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
         for task in tasks:
             yield run_task(model, task, settings)
+
+
+# What an atlas on a CPU runs on when none is named: "local" (LocalExecutor, in this process) or
+# "processes" (ProcessExecutor of default_workers(cpu_count()) processes); a model on a GPU renders
+# here. The one place to change the default (the --executor help in arguments.py says it too);
+# measure with benchmarks/atlas_cores.py.
+DEFAULT_EXECUTOR = "local"
+
+
+def default_workers(cpu_count: int) -> int:
+    """Worker processes of a ``ProcessExecutor`` when their number is not given (``--executor processes``
+    without ``--workers``, or the default executor when ``DEFAULT_EXECUTOR`` is "processes"), on a
+    machine of ``cpu_count`` CPUs; each renders on ``cpu_count // workers`` threads by default. (The
+    ``--workers`` help in arguments.py says it.)"""
+    return max(1, cpu_count // 2)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's): what the workers share."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_executor_name(device: torch.device) -> str:
+    """The executor of an atlas that names none, for a model on ``device``: ``DEFAULT_EXECUTOR`` on a
+    CPU; on a GPU, "local" (worker processes render on CPUs)."""
+    return DEFAULT_EXECUTOR if device.type == "cpu" else "local"
+
+
+def default_executor(device: torch.device) -> Executor:
+    """The executor of an atlas that names none, for a model on ``device`` (see ``DEFAULT_EXECUTOR``)."""
+    if default_executor_name(device) == "processes":
+        return ProcessExecutor(default_workers(cpu_count()))
+    return LocalExecutor()
+
+
+# A worker process of a ProcessExecutor: its model (or why it could not load it), loaded once.
+_process_model: LoadedModel | BaseException | None = None
+
+
+def _start_process(shipped: bytes, parent: int) -> None:
+    """A worker process's start (the pool's initializer): leave Ctrl-C to the caller, which stops the
+    workers itself; end when the caller is gone (even killed with SIGKILL, which leaves no chance to
+    stop us); load the model it was sent, once. A model that fails to load fails each task, in one line."""
+    global _process_model
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # CPU workers: a model loaded by name stays off the GPU
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="filterviz-parent-watch", daemon=True).start()
+    try:
+        model, origin, max_memory = pickle.loads(shipped)
+        if model is None:
+            model = origin()
+        model.module.to("cpu")
+        model.max_memory = max_memory
+        _process_model = model
+    except Exception as exc:  # noqa: BLE001 - said by each task, in one line
+        _process_model = FilterVizError(f"a worker process could not load the model: {first_line(exc)}")
+
+
+def _run_in_process(task: RenderTask, settings: RenderSettings) -> TaskResult:
+    """What a worker process runs for a task: its model renders it (``run_task``)."""
+    if not isinstance(_process_model, LoadedModel):
+        raise _process_model or FilterVizError("a worker process has no model")
+    return run_task(_process_model, task, settings)
+
+
+class ProcessExecutor:
+    """Runs tasks in ``workers`` processes of this machine, several at once: for a multi-core CPU, where
+    processes of a few threads each keep more cores busy than one process of many threads. Each task
+    renders on the settings' threads (``build_atlas``'s default for this executor: ``default_threads``,
+    the CPUs over the workers, at least 1), so the bytes are those of ``LocalExecutor`` with the same
+    threads. Processes start with "spawn" (forking a process that runs torch threads is unsafe), so a
+    script that builds an atlas with it does so under ``if __name__ == "__main__":``.
+
+    The model is pickled once and loaded once by each worker (one that cannot be pickled, TorchScript,
+    is loaded by each worker from its name or file); it must be on the CPU. The workers share the
+    model's memory budget (each renders within ``1/workers`` of it, checked before any starts). Results
+    come back as they finish, in any order. A worker that dies (killed, out of memory) fails the atlas
+    with one line, nothing is run again; the filters finished so far are kept, and running again goes
+    on from there. ``close()`` stops the workers, at once when tasks are left (Ctrl-C, an error); they
+    end by themselves too when this process dies.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.retried: list[RenderTask] = []  # a dead worker fails the atlas: nothing runs again
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._futures: list[concurrent.futures.Future[TaskResult]] = []
+
+    @property
+    def default_threads(self) -> int:
+        """Threads per task when ``build_atlas`` is given none: this machine's CPUs over the workers."""
+        return max(1, cpu_count() // max(self.workers, 1))
+
+    def open(self) -> None:
+        """Check what can be checked before the model is at hand: the worker count and the start method."""
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise FilterVizError(f"a ProcessExecutor needs 1 or more workers, not {self.workers!r}")
+        if "spawn" not in multiprocessing.get_all_start_methods():
+            raise FilterVizError("this Python cannot start worker processes (no 'spawn' start method); "
+                                 "use the local executor")
+        executable = _spawn_executable()
+        if not executable or not os.path.exists(executable):
+            raise FilterVizError(f"cannot start worker processes: no Python interpreter at {executable!r}; "
+                                 "use the local executor")
+
+    def _ship(self, model: LoadedModel, share: int) -> bytes:
+        """The model as the workers load it, pickled once: itself, else how to load it again."""
+        try:
+            return pickle.dumps((model, None, share), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            if model.origin is None:
+                raise FilterVizError(f"model {model.name} cannot be sent to worker processes ({first_line(exc)}); "
+                                     "load it from a name or a file so that workers can load it too, or use "
+                                     "the local executor") from None
+            try:
+                return pickle.dumps((None, model.origin, share), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as again:  # noqa: BLE001
+                raise FilterVizError(f"model {model.name} cannot be sent to worker processes "
+                                     f"({first_line(again)}); use the local executor") from None
+
+    def _check_share(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings,
+                     share: int) -> None:
+        """Each layer's largest task fits a worker's share of the memory budget; else one line, now."""
+        from ..objectives import channel
+        from ..plan import check_render
+
+        largest: dict[str, tuple[int, ...]] = {}
+        for task in tasks:
+            if len(task.filters) > len(largest.get(task.layer, ())):
+                largest[task.layer] = task.filters
+        for layer, filters in largest.items():
+            try:
+                check_render(model, [channel(layer, filters[0])] * len(filters), settings.recipe,
+                             batch_size=len(filters), precision=settings.precision, max_memory=share,
+                             batch_option="--chunk-size")
+            except FilterVizError as exc:
+                raise type(exc)(f"each of {self.workers} worker processes renders within 1/{self.workers} of the "
+                                f"memory budget: {exc} (or use fewer --workers)") from None
+
+    def _check_pickles(self, settings: RenderSettings) -> None:
+        try:
+            pickle.dumps(settings)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            raise FilterVizError(f"the recipe cannot be sent to worker processes ({first_line(exc)}); give its "
+                                 "parts by name or as importable classes, or use the local executor") from None
+
+    def run(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings) -> Iterator[TaskResult]:
+        self.open()
+        if model.device.type != "cpu":
+            raise FilterVizError(f"worker processes render on this machine's CPUs, and model {model.name} is on "
+                                 f"{model.device}; use the local executor for a GPU")
+        if not tasks:
+            return
+        self._check_pickles(settings)
+        share = memory_budget(model.device, model.max_memory) // self.workers
+        self._check_share(model, tasks, settings, share)
+        shipped = self._ship(model, share)
+        self.close()  # a pool left from an earlier run
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            min(self.workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_process, initargs=(shipped, os.getpid()))
+        finished = 0
+        try:
+            futures = [self._pool.submit(_run_in_process, task, settings) for task in tasks]
+            self._futures = futures
+            for future in concurrent.futures.as_completed(futures):
+                result = future.result()
+                finished += 1
+                yield result
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            # Its cause, where one was found (a result that could not be read back): its last line.
+            said = [line.strip() for line in str(exc.__cause__ or "").splitlines() if line.strip().strip('"')]
+            cause = f" ({said[-1][:160]})" if said else ""
+            raise FilterVizError(
+                f"a worker process died{cause} after {finished} of {len(tasks)} tasks (killed, or out of memory? "
+                "fewer --workers or a smaller --chunk-size use less); what was finished is kept: run again to "
+                "go on") from None
+        finally:
+            for future in self._futures:
+                future.cancel()  # left over when the caller stopped early; close() stops the running ones
+
+    def close(self) -> None:
+        """Stop the workers: at once when tasks were left unfinished (the caller stopped early: Ctrl-C,
+        an error), else once they are idle. No worker outlives this."""
+        pool, self._pool = self._pool, None
+        futures, self._futures = self._futures, []
+        if pool is None:
+            return
+        if any(not future.done() for future in futures):
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _spawn_executable() -> str:
+    """The interpreter that "spawn" starts worker processes with."""
+    from multiprocessing import spawn
+
+    return spawn.get_executable()
 
 
 # A Ray worker keeps the models it was sent, by object id, for the tasks that follow.
