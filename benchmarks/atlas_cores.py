@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/atlas_cores"),
                         help="writes OUT.md and OUT.json (default benchmarks/results/atlas_cores)")
     args = parser.parse_args()
-    cpus = os.cpu_count() or 1
+    cpus = cpu_count()  # the CPUs this process may use (taskset, containers), not the machine's
     configs = parse_configs(args.configs) if args.configs else default_configs(cpus)
     layers = [name.strip() for name in args.layers.split(",")]
     model = filterviz.load_model(args.model, device="cpu")

@@ -41,16 +41,16 @@ cores=$(nproc)
 gpu_cpus=0-3
 cpu_cpus=4-$((cores - 1))
 if [[ " $parts " == *" cores "* ]] && ((cores > 6)); then
-    echo "== cores (limit 330s, CPUs $cpu_cpus) in the background $(date +%T)"
-    (timeout 330 taskset -c "$cpu_cpus" python3 benchmarks/atlas_cores.py --out "$results" > "$results/cores.log" 2>&1;
+    echo "== cores (limit 300s, CPUs $cpu_cpus) in the background $(date +%T)"
+    (timeout 300 taskset -c "$cpu_cpus" python3 benchmarks/atlas_cores.py --out "$results/atlas_cores" > "$results/cores.log" 2>&1;
      echo "== cores: exit $? $(date +%T)" >> "$results/cores.log") &
 fi
 for name in $parts; do
     case $name in
-        peer) part peer 110 taskset -c $gpu_cpus python3 benchmarks/speed.py --device cuda --out "$results" ;;
-        recipes) part recipes 50 taskset -c $gpu_cpus python3 benchmarks/recipe_step.py --device cuda --steps 24 --out "$results/recipe_step_cuda.md" ;;
-        atlas) part atlas 150 taskset -c $gpu_cpus python3 benchmarks/atlas_gpu.py --device cuda --out "$results" ;;
-        quality) part quality 230 taskset -c $gpu_cpus python3 benchmarks/quality.py --sweep --device cuda --recipes classic,lucid,maco --steps 64,128,256,512 --sizes 128,160,224,320 --classes 20 --with-defaults --max-seconds 180 --out "$results" ;;
+        peer) part peer 100 taskset -c $gpu_cpus python3 benchmarks/speed.py --device cuda --out "$results" ;;
+        recipes) part recipes 45 taskset -c $gpu_cpus python3 benchmarks/recipe_step.py --device cuda --steps 24 --out "$results/recipe_step_cuda.md" ;;
+        atlas) part atlas 130 taskset -c $gpu_cpus python3 benchmarks/atlas_gpu.py --device cuda --out "$results" ;;
+        quality) part quality 190 taskset -c $gpu_cpus python3 benchmarks/quality.py --sweep --device cuda --recipes classic,lucid,maco --steps 64,128,256,512 --sizes 128,160,224,320 --classes 20 --with-defaults --max-seconds 150 --out "$results" ;;
         cores) ;;
         *) echo "unknown part $name" ;;
     esac
