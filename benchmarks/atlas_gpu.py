@@ -3,8 +3,9 @@
 - VGG16 (random weights: a step's time does not depend on them), every convolution layer (4,224
   filters), classic recipe, 150 px, 40 steps, tasks of ``--chunk-size`` filters;
 - the chunk size's effect on two layers (block1_conv1, block4_conv1);
-- the embedded EfficientNet-Lite0 with ``lucid``: the first ``--lucid-filters`` filters of every default
-  layer, and from their time per filter, the whole atlas (every filter of every default layer).
+- the embedded EfficientNet-Lite0 with ``lucid``: one task (the first ``--lucid-chunk`` filters) of every
+  ``--lucid-every``-th default layer, and from their time per task, the whole atlas (every filter of
+  every default layer).
 
 Writes ``atlas_gpu.json`` and ``atlas_gpu.md`` into ``--out``:
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +47,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--chunk-sizes", default="16,64,256", help="compared on two layers")
-    parser.add_argument("--lucid-filters", type=int, default=16)
+    parser.add_argument("--lucid-chunk", type=int, default=64, help="filters per task of the lucid atlas")
+    parser.add_argument("--lucid-every", type=int, default=4, help="time every Nth default layer (the first "
+                                                                 "--lucid-chunk filters of each)")
     parser.add_argument("--lucid-steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--vgg-layers", default=None, help="comma-separated (default: every convolution layer)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: vgg, chunks, lucid")
@@ -62,15 +66,6 @@ def main() -> None:
 
     vgg = filterviz.load_model("vgg16", weights="random", device=str(device))
     layers = args.vgg_layers.split(",") if args.vgg_layers else None
-    if "chunks" not in skip:
-        rows = []
-        for chunk in (int(c) for c in args.chunk_sizes.split(",")):
-            seconds, count = timed_atlas(vgg, layers=["block1_conv1", "block4_conv1"], filters=[range(256)],
-                                         chunk_size=chunk)
-            rows.append({"chunk_size": chunk, "seconds": seconds, "filters": count, "filters_per_s": count / seconds})
-            print(json.dumps(rows[-1]), flush=True)
-        result["chunks"] = rows
-        save()
     if "vgg" not in skip:
         timed_atlas(vgg, layers=["block1_conv1"], filters=[range(8)], chunk_size=8)  # warm-up
         seconds, count = timed_atlas(vgg, layers=layers, chunk_size=args.chunk_size)
@@ -83,13 +78,26 @@ def main() -> None:
         recipe = filterviz.get_recipe("lucid", steps=args.lucid_steps)
         side = render_size(recipe, lite.spec.fixed_size)
         names = default_layers(lite, side)
+        chunk = args.lucid_chunk
+        tasks = sum(math.ceil(lite.layer_info(name, side).channels / chunk) for name in names)
         total = sum(lite.layer_info(name, side).channels for name in names)
-        seconds, count = timed_atlas(lite, recipe=recipe, filters=[range(args.lucid_filters)],
-                                     chunk_size=args.lucid_filters)
-        result["lite0_lucid"] = {"seconds": seconds, "filters": count, "all_filters": total, "layers": len(names),
-                                 "size": side, "steps": recipe.steps, "seconds_per_filter": seconds / count,
-                                 "whole_atlas_seconds_estimated": seconds / count * total}
+        sample = names[::args.lucid_every]  # shallow to deep
+        seconds, count = timed_atlas(lite, layers=sample, recipe=recipe, filters=[range(chunk)], chunk_size=chunk)
+        per_task = seconds / len(sample)
+        result["lite0_lucid"] = {"seconds": seconds, "filters": count, "layers_timed": sample, "chunk_size": chunk,
+                                 "all_filters": total, "all_tasks": tasks, "layers": len(names), "size": side,
+                                 "steps": recipe.steps, "seconds_per_filter": seconds / count,
+                                 "whole_atlas_seconds_estimated": per_task * tasks}
         print(json.dumps(result["lite0_lucid"]), flush=True)
+        save()
+    if "chunks" not in skip:
+        rows = []
+        for chunk in (int(c) for c in args.chunk_sizes.split(",")):
+            seconds, count = timed_atlas(vgg, layers=["block1_conv1", "block4_conv1"], filters=[range(256)],
+                                         chunk_size=chunk)
+            rows.append({"chunk_size": chunk, "seconds": seconds, "filters": count, "filters_per_s": count / seconds})
+            print(json.dumps(rows[-1]), flush=True)
+        result["chunks"] = rows
         save()
     lines = [f"# Atlases on {result['device']} (torch {result['torch']})", "",
              "`python benchmarks/atlas_gpu.py --device cuda`", ""]
@@ -99,10 +107,11 @@ def main() -> None:
                   f"{v['chunk_size']}: {v['seconds']:.0f} s ({v['filters_per_s']:.0f} filters/s)"]
     if "lite0_lucid" in result:
         v = result["lite0_lucid"]
-        lines += [f"- efficientnet-lite0, lucid ({v['size']} px, {v['steps']} steps): {v['filters']} filters in "
-                  f"{v['seconds']:.0f} s ({v['seconds_per_filter']:.2f} s per filter); every filter of its "
-                  f"{v['layers']} default layers ({v['all_filters']}) would take about "
-                  f"{v['whole_atlas_seconds_estimated'] / 60:.0f} min"]
+        lines += [f"- efficientnet-lite0, lucid ({v['size']} px, {v['steps']} steps, chunks of {v['chunk_size']}): "
+                  f"{v['filters']} filters of {len(v['layers_timed'])} layers in {v['seconds']:.0f} s "
+                  f"({v['seconds_per_filter']:.2f} s per filter); every filter of its {v['layers']} default layers "
+                  f"({v['all_filters']} in {v['all_tasks']} tasks) would take about "
+                  f"{v['whole_atlas_seconds_estimated'] / 60:.1f} min at the same time per task"]
     if "chunks" in result:
         lines += ["", "| chunk size | seconds (block1_conv1 + block4_conv1, 256 filters each at most) | filters/s |",
                   "|---|---|---|"]
