@@ -122,3 +122,23 @@ def test_the_same_command_writes_the_same_bytes_and_says_its_precision(capsys, t
     assert main(["grid", EMBEDDED, "blocks.1.depthwise.act", "--filters", "0-3", "--size", "32", "--steps", "3",
                  "--seed", "0", "--precision", chosen, "-o", str(explicit), "-q"]) == 0
     assert explicit.read_bytes() == outputs[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_resampling_a_reduced_precision_image_keeps_exact_coordinates(dtype):
+    """Under autocast an image may arrive in bf16: its sampling grid and pixel indices must not. (In
+    bf16 a flat index near 236 * 200 is off by hundreds: wrong pixels, or a gather out of bounds.)"""
+    from torch.nn import functional as F
+
+    from filterviz.transforms import affine, gather_sample, matrix_resize
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 236, 236)
+    matrices = torch.tensor([[[0.98, 0.1, 0.03], [-0.1, 0.98, -0.02]]]).repeat(2, 1, 1)
+    exact = affine(x, matrices)
+    assert (affine(x.to(dtype), matrices).float() - exact).abs().max() < 0.01
+    grid = F.affine_grid(matrices.to(dtype), [2, 3, 236, 236], align_corners=False)
+    gathered = gather_sample(x.to(dtype), grid)  # the deterministic path a CUDA atlas takes
+    sampled = F.grid_sample(x, grid.float(), mode="bilinear", padding_mode="reflection", align_corners=False)
+    assert (gathered.float() - sampled).abs().max() < 0.01
+    assert (matrix_resize(x.to(dtype), 100, True).float() - matrix_resize(x, 100, True)).abs().max() < 0.01

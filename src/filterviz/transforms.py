@@ -52,6 +52,7 @@ def gather_sample(x: torch.Tensor, grid: torch.Tensor, padding: str = "reflectio
     is deterministic on CUDA."""
     batch, channels, height, width = x.shape
     out_height, out_width = grid.shape[1:3]
+    grid = grid.float() if grid.dtype in (torch.bfloat16, torch.float16) else grid  # exact pixel indices
     column = _source_index(((grid[..., 0] + 1) * width - 1) / 2, width, padding)
     row = _source_index(((grid[..., 1] + 1) * height - 1) / 2, height, padding)
     left, top = column.floor(), row.floor()
@@ -74,6 +75,7 @@ def matrix_resize(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
         identity = torch.eye(length, dtype=torch.float64)[None, None]
         return F.interpolate(identity, size=(size, length), mode="bilinear", align_corners=False,
                              antialias=antialias)[0, 0].to(x.device, x.dtype)
+    x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # weights kept exact to fp32
     return torch.einsum("ih,nchw,jw->ncij", along(x.shape[-2]), x, along(x.shape[-1]))
 
 
@@ -82,6 +84,9 @@ def affine(x: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] | None
     """Resample each row of ``x`` through its 2x3 matrix in normalized coordinates (output -> input),
     bilinear, to ``size`` (default: x's own)."""
     height, width = size or tuple(x.shape[-2:])
+    # Coordinates in at least fp32: in bf16 a position near 200 px is off by up to a pixel, and a
+    # gathered pixel's flat index (row * width + column) by hundreds: a wrong pixel, or out of bounds.
+    x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
     grid = F.affine_grid(matrices.to(x.dtype), [x.shape[0], x.shape[1], height, width], align_corners=False)
     if _deterministic_cuda(x):
         return gather_sample(x, grid, padding)
