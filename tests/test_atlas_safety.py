@@ -18,7 +18,7 @@ import filterviz.atlas.build as atlas_build
 from filterviz.atlas import MANIFEST, build_atlas
 from filterviz.cli import main
 from filterviz.errors import OutputError
-from filterviz.device import cpu_supports_bf16
+from filterviz.device import cpu_supports_bf16, resolve_precision
 
 from conftest import TinyNet, tiny_model
 
@@ -235,10 +235,11 @@ def test_each_input_of_a_picture_rerenders_what_it_changes(tmp_path, photos, cha
         changed, scans = {**options, "seed": 1}, 0  # examples never depend on the seed
     elif change == "size":
         changed, scans = {**options, "size": 20}, 6  # they do on the size
-    elif change == "precision":
-        if not cpu_supports_bf16():
+    elif change == "precision":  # the other of fp32 and what the default (auto) chooses here
+        other = "fp32" if resolve_precision("auto", torch.device("cpu")) != "fp32" else "bf16"
+        if other == "bf16" and not cpu_supports_bf16():
             pytest.skip("this CPU has no native bf16")
-        changed, scans = {**options, "precision": "bf16"}, 0
+        changed, scans = {**options, "precision": other}, 0
     else:
         if not torch.cuda.is_available():
             pytest.skip("no second device here")

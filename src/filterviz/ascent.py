@@ -151,6 +151,11 @@ class BatchResult:
     importance: torch.Tensor | None
 
 
+def _exact(model: LoadedModel, reduced: bool) -> contextlib.AbstractContextManager[None]:
+    """Autocast switched off (when it was on): the model in its own precision."""
+    return torch.autocast(device_type=model.device.type, enabled=False) if reduced else contextlib.nullcontext()
+
+
 def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: Recipe, parts: RenderParts, size: int,
                    seed: int | None, start: np.ndarray | None, on_step: Callable[[], None] = lambda: None,
                    redirection: Redirection | None = None) -> BatchResult:
@@ -165,9 +170,13 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
     importance = (torch.zeros(count, size, size, dtype=torch.float64) if parts.parameterization.importance
                   else None)
     first = None
-    if parts.transformed(recipe):
-        with torch.no_grad():
-            pixels = image()
+    # Under bf16 or fp16 the steps run in that precision, but the scores a render reports (and from
+    # which a stuck image is told) are measured in the model's own precision, so that they are the
+    # numbers anyone measuring the unit on these pixels gets.
+    reduced = torch.is_autocast_enabled(model.device.type)
+    if parts.transformed(recipe) or reduced:
+        with torch.no_grad(), _exact(model, reduced):
+            pixels = image().to(model.dtype)
             first = score(pixels, pixels, 1).detach().cpu()
     for step in range(recipe.steps):
         if redirection is not None:
@@ -187,8 +196,8 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
         on_step()
     if redirection is not None:
         redirection.active = False
-    with torch.no_grad():
-        pixels = image()
+    with torch.no_grad(), _exact(model, reduced):
+        pixels = image().to(model.dtype)
         final = score(pixels, pixels, 1).detach().cpu()
     return BatchResult(pixels.detach().cpu(), final if first is None else first, final, alive, importance)
 

@@ -259,7 +259,7 @@ def _check_memory(model: LoadedModel, parts: RenderParts, recipe: Recipe, size: 
     if count > 1 and kept + need(size, view) > budget:
         fit = max(int((budget - need(size, view)) // result_bytes(parts, size, channels)), 0)
         best = largest(lambda side: count * result_bytes(parts, side, channels) + need(side, parts.view_side(side))
-                       <= budget,
+                       <= budget * ADVICE_SHARE,
                        size)
         options = [f"at most {fit} images at a time (fewer --copies, --objective or --filters)"] if fit else []
         options += [f"--size {best} or less"] if best and best < size else []
@@ -269,12 +269,19 @@ def _check_memory(model: LoadedModel, parts: RenderParts, recipe: Recipe, size: 
                                 f"{budget_words(budget, max_memory, model.device)}: use {', or '.join(options)}")
 
 
+# The advice a memory refusal gives is computed from the need estimated at the refused size; a rerun at
+# the advised size estimates it afresh there (measured directly below the probe sides, where saved
+# tensors of mixed precision make the need not quite linear in the pixel count), which can come out a
+# percent or two higher. Advice that keeps this share of the budget stays true when followed.
+ADVICE_SHARE = 0.97
+
+
 def _memory_options(parts: RenderParts, recipe: Recipe, size: int, need: Callable[..., int], budget: int,
                     images: int) -> list[str]:
     """The changes that would let ``images`` images fit, each alone: the largest size, view size, pad
     or views that fit with everything else as it is."""
     def fits(side: int, view: int, **changes: Any) -> bool:
-        return images * need(side, view, **changes) <= budget
+        return images * need(side, view, **changes) <= budget * ADVICE_SHARE
 
     options = []
     smallest = max(1, recipe.jitter + recipe.final_jitter - 2 * recipe.pad + 1)  # a smaller one leaves no view
