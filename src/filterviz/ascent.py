@@ -167,8 +167,9 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
     generators = [_generator(seed, key, 3) for key in keys for _ in range(recipe.views)]
     count = len(keys)
     alive = torch.full((count,), recipe.steps == 0, dtype=torch.bool)
-    importance = (torch.zeros(count, size, size, dtype=torch.float64) if parts.parameterization.importance
-                  else None)
+    all_alive = recipe.steps == 0  # once every image has had a gradient, nothing more is asked of them
+    importance = (torch.zeros(count, size, size, dtype=torch.float64, device=_accumulator_device(model.device))
+                  if parts.parameterization.importance else None)
     first = None
     # Under bf16 or fp16 the steps run in that precision, but the scores a render reports (and from
     # which a stuck image is told) are measured in the model's own precision, so that they are the
@@ -187,11 +188,13 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
         first = scores.detach().cpu() if first is None else first
         wanted = [*parameters, pixels] if importance is not None else parameters
         grads = torch.autograd.grad(scores.sum(), wanted)
-        if importance is not None:
-            importance += grads[-1].detach().abs().sum(dim=1).double().cpu()
-        with torch.no_grad():
-            for grad in grads[:len(parameters)]:
-                alive |= (grad.square().flatten(1).mean(dim=1).sqrt() > 0).cpu()
+        if importance is not None:  # float32 into float64: the same sums as converting first
+            importance += grads[-1].detach().abs().sum(dim=1).to(importance.device)
+        if not all_alive:
+            with torch.no_grad():
+                for grad in grads[:len(parameters)]:
+                    alive |= (grad.square().flatten(1).mean(dim=1).sqrt() > 0).cpu()
+            all_alive = bool(alive.all())
         step_parameters(grads[:len(parameters)])
         on_step()
     if redirection is not None:
@@ -199,7 +202,14 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
     with torch.no_grad(), _exact(model, reduced):
         pixels = image().to(model.dtype)
         final = score(pixels, pixels, 1).detach().cpu()
-    return BatchResult(pixels.detach().cpu(), final if first is None else first, final, alive, importance)
+    return BatchResult(pixels.detach().cpu(), final if first is None else first, final, alive,
+                       None if importance is None else importance.cpu())
+
+
+def _accumulator_device(device: torch.device) -> torch.device:
+    """Where a float64 sum over the steps is kept: on the device when it has float64 (no copy to the
+    host at every step), else on the CPU."""
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
 
 
 def render(

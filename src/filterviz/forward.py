@@ -18,7 +18,7 @@ import torch
 from .fastpath import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
 from .device import channels_last
 from .models.loaded import LoadedModel
-from .objectives import IMAGE, Objective, batch_scores
+from .objectives import IMAGE, Objective, Rows, batch_scores
 from .redirect import Redirection, redirected
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (images, views, views per image) -> (N,)
@@ -77,12 +77,44 @@ class FullCapture:
 
     def scorer(self, step: ForwardPass, chunk: Sequence[int]) -> Scorer:
         objectives = [self.objectives[i] for i in chunk]
+        own_rows = all(_reads_own_rows(objective) for objective in objectives)
 
         def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
             data = step.run(_layout(views, step.nhwc))
             data[IMAGE] = pixels
+            if own_rows:
+                scores = per_image_scores(objectives, data, count)
+                if scores is not None:
+                    return full_precision(scores)
             return full_precision(batch_scores(objectives, data, count))
         return score
+
+
+def _reads_own_rows(objective: Objective) -> bool:
+    """Whether each term of ``objective`` reads only its own image's rows: filterviz's own terms that do
+    not compare an image with its peers (a term of a plugin may read the whole batch)."""
+    return not objective.batchwise and all(type(term).score.__module__ == Objective.__module__
+                                           for _, term in objective.terms)
+
+
+def per_image_scores(objectives: Sequence[Objective], data: dict[str, torch.Tensor],
+                     count: int) -> torch.Tensor | None:
+    """``batch_scores(objectives, data, count)`` with each image scored on its own piece of each layer
+    (``split``: views of the same memory, so every term computes on the same numbers in the same order,
+    and gives the same bytes). The gradient differs only in cost: a term's slice of the whole batch
+    sends back a gradient of the whole batch's size, for each image (work and memory that grow with
+    the square of the batch), where a piece sends back a gradient of its own size, joined once. None
+    when a layer's first axis is not the batch's rows (then ``batch_scores`` is used)."""
+    images = len(objectives)
+    pieces: dict[str, tuple[torch.Tensor, ...]] = {}
+    for name, value in data.items():
+        per = 1 if name == IMAGE else count
+        if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != images * per:
+            return None
+        pieces[name] = value.split(per)
+    rows = Rows(slice(0, count), 0, (slice(0, count),))
+    return torch.stack([objective.score({name: piece[index] for name, piece in pieces.items()}, rows)
+                        for index, objective in enumerate(objectives)])
 
 
 @dataclass

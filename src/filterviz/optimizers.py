@@ -76,7 +76,10 @@ def register_optimizer(optimizer: Optimizer) -> Optimizer:
 
 
 register_optimizer(NormalizedAscent())
-register_optimizer(TorchOptimizer("adam", torch.optim.Adam))
+# foreach: the same arithmetic, kernel for kernel, as the default single-tensor loop on a CPU (it is the
+# default on a GPU), with fewer intermediate tensors: the same bytes, about 3x faster a step on a CPU.
+# (NAdam's foreach form computes in another order and gives other bytes, so it keeps the default.)
+register_optimizer(TorchOptimizer("adam", torch.optim.Adam, foreach=True))
 register_optimizer(TorchOptimizer("nadam", torch.optim.NAdam))
 
 

@@ -270,6 +270,23 @@ def spectrum_for_channels(magnitude: np.ndarray, channels: int, source: str = "t
                          "photos, whose mean magnitude each channel then gets")
 
 
+class _PolarPhase(torch.autograd.Function):
+    """``torch.polar(magnitude, phase)`` with the gradient of the phase alone: the same numbers, and the
+    phase's gradient by ATen's own formula (``polar_backward``: ``real(conj(grad) * result * 1j)``),
+    without the magnitude's, which ATen computes with it though a fixed magnitude needs none."""
+
+    @staticmethod
+    def forward(ctx, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        result = torch.polar(magnitude, phase)
+        ctx.save_for_backward(result)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (result,) = ctx.saved_tensors
+        return None, torch.real(grad.conj() * (result * 1j))
+
+
 class MacoImage(nn.Module):
     """Only the phase is optimized; the magnitude is that of natural photos (MACO).
 
@@ -299,7 +316,8 @@ class MacoImage(nn.Module):
         flat = phase.flatten(1)
         phase = (phase - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
         magnitude = self.magnitude.to(phase.dtype)
-        x = torch.fft.irfft2(torch.polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
+        polar = torch.polar if magnitude.requires_grad else _PolarPhase.apply  # a fixed magnitude: no gradient
+        x = torch.fft.irfft2(polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
         flat = x.flatten(1)
         return (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
 

@@ -52,8 +52,7 @@ class _Redirected(torch.autograd.Function):
             ordinary = torch.ops.aten.hardtanh_backward(grad, x, ctx.low, ctx.high)
         else:
             ordinary = torch.ops.aten.hardswish_backward(grad, x)
-        rows = ordinary.reshape(ordinary.shape[0], -1) if ordinary.ndim > 1 else ordinary.reshape(-1, 1)
-        blocked = rows.eq(0).all(dim=1)  # rows through which no gradient passed
+        blocked = _all_zero_rows(ordinary)  # rows through which no gradient passed
         if not bool(blocked.any()):
             return ordinary, None, None, None
         # Let the gradient through where it would switch the unit on: upwards (a positive gradient of
@@ -63,6 +62,20 @@ class _Redirected(torch.autograd.Function):
         redirected = torch.where(passes, grad, torch.zeros_like(grad))
         shape = (-1,) + (1,) * (grad.ndim - 1)
         return torch.where(blocked.view(shape), redirected, ordinary), None, None, None
+
+
+def _all_zero_rows(x: torch.Tensor) -> torch.Tensor:
+    """Whether each row (first axis) of ``x`` is all zeros: ``x.reshape(N, -1).eq(0).all(1)``, with the
+    same answer for every value (a NaN is not zero, -0 is), read in the tensor's memory order (a
+    channels-last gradient is not copied into channels-first order) and as the largest magnitude (one
+    vectorized pass, where comparing makes a tensor of booleans and reduces it)."""
+    if x.ndim <= 1:
+        x = x.reshape(-1, 1)
+    if x.numel() == 0:  # no values: nothing passed
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        x = x.permute(0, 2, 3, 1)
+    return x.reshape(x.shape[0], -1).abs().amax(dim=1) == 0
 
 
 def _bends(module: nn.Module) -> tuple[str, float, float]:

@@ -32,6 +32,93 @@ def _choice(generator: torch.Generator, options: Sequence[float]) -> float:
     return float(options[int(torch.randint(len(options), (), generator=generator))])
 
 
+class _Window(torch.autograd.Function):
+    """Each row's window of its image padded with a constant: row ``i`` of the output is rows
+    ``tops[i]`` ... and columns ``lefts[i]`` ... of ``F.pad(x, (pad,) * 4, value=value)``, as ``Pad``
+    and then ``Jitter`` make it, without the padded image. The numbers are copies either way, so they
+    are the same bytes; the gradient is the output's gradient copied back to where each number came from
+    (nothing is added), where the plain path zero-fills and stacks a padded image's gradient per row."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pad: int, value: float, tops: list[int], lefts: list[int],  # type: ignore[override]
+                height: int, width: int) -> torch.Tensor:
+        out = x.new_empty(x.shape[0], x.shape[1], height, width)
+        pieces = []
+        for row, (top, left) in enumerate(zip(tops, lefts)):
+            # the window's part that lies on the image, in the image's and in the window's coordinates
+            y0, y1 = max(top - pad, 0), min(top - pad + height, x.shape[-2])
+            x0, x1 = max(left - pad, 0), min(left - pad + width, x.shape[-1])
+            inner = (y0 + pad - top, x0 + pad - left)
+            pieces.append((y0, y1, x0, x1, *inner))
+            _fill_outside(out[row], inner[0], inner[1], max(y1 - y0, 0), max(x1 - x0, 0), value)
+            if y1 > y0 and x1 > x0:
+                out[row, :, inner[0]:inner[0] + y1 - y0, inner[1]:inner[1] + x1 - x0].copy_(x[row, :, y0:y1, x0:x1])
+        ctx.pieces, ctx.shape = pieces, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        result = grad.new_empty(ctx.shape)
+        for row, (y0, y1, x0, x1, top, left) in enumerate(ctx.pieces):
+            _fill_outside(result[row], y0, x0, max(y1 - y0, 0), max(x1 - x0, 0), 0.0)
+            if y1 > y0 and x1 > x0:
+                result[row, :, y0:y1, x0:x1].copy_(grad[row, :, top:top + y1 - y0, left:left + x1 - x0])
+        return result, None, None, None, None, None, None
+
+
+def _fill_outside(x: torch.Tensor, top: int, left: int, height: int, width: int, value: float) -> None:
+    """Fill (C, H, W) ``x`` with ``value`` outside its box of ``height`` x ``width`` at (``top``, ``left``)
+    (the box is written next, so only the border around it is filled)."""
+    if height <= 0 or width <= 0:
+        x.fill_(value)
+        return
+    x[:, :top].fill_(value)
+    x[:, top + height:].fill_(value)
+    x[:, top:top + height, :left].fill_(value)
+    x[:, top:top + height, left + width:].fill_(value)
+
+
+def padded_windows(x: torch.Tensor, pad: int, value: float, jitter: int,
+                   generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``Jitter(jitter)(Pad(pad, value)(x, generators), generators)`` in one step (the same draws and the
+    same numbers), without making the padded image."""
+    height, width = x.shape[-2] + 2 * pad - jitter, x.shape[-1] + 2 * pad - jitter
+    shifts = [[int(v) for v in torch.randint(jitter + 1, (2,), generator=generator)] for generator in generators]
+    return _Window.apply(x, pad, value, [dy for dy, _ in shifts], [dx for _, dx in shifts], height, width)
+
+
+_BASE_GRIDS: dict[tuple[object, ...], torch.Tensor] = {}
+
+
+def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (1, H*W, 3) grid of output pixel centers that ``F.affine_grid`` (align_corners=False)
+    multiplies by each matrix, made as ATen makes it, once per shape (it is the same at every step)."""
+    key = (height, width, dtype, device)
+    grid = _BASE_GRIDS.get(key)
+    if grid is None:
+        def centers(steps: int) -> torch.Tensor:
+            if steps <= 1:
+                return torch.zeros((), dtype=dtype, device=device)
+            return torch.linspace(-1, 1, steps, dtype=dtype, device=device) * (steps - 1) / steps
+        grid = torch.empty(1, height, width, 3, dtype=dtype, device=device)
+        grid.select(-1, 0).copy_(centers(width))
+        grid.select(-1, 1).copy_(centers(height).unsqueeze(-1))
+        grid.select(-1, 2).fill_(1)
+        grid = grid.view(1, height * width, 3)
+        if len(_BASE_GRIDS) >= 16:
+            _BASE_GRIDS.clear()
+        _BASE_GRIDS[key] = grid
+    return grid
+
+
+def affine_grid(matrices: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(matrices, [N, C, height, width], align_corners=False)`` for N matrices (N, 2, 3):
+    the same bytes, with the constant grid of pixel centers made once per shape rather than per step."""
+    count = matrices.shape[0]
+    base = _base_grid(height, width, matrices.dtype, matrices.device).expand(count, -1, -1)
+    return base.bmm(matrices.transpose(1, 2)).view(count, height, width, 2)
+
+
 def _deterministic_cuda(x: torch.Tensor) -> bool:
     """Whether deterministic kernels were asked for on this CUDA tensor (see ``device.deterministic``).
     PyTorch's CUDA backward of grid_sample and interpolate adds with atomics, in no fixed order; the
@@ -87,7 +174,7 @@ def affine(x: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] | None
     # Coordinates in at least fp32: in bf16 a position near 200 px is off by up to a pixel, and a
     # gathered pixel's flat index (row * width + column) by hundreds: a wrong pixel, or out of bounds.
     x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-    grid = F.affine_grid(matrices.to(x.dtype), [x.shape[0], x.shape[1], height, width], align_corners=False)
+    grid = affine_grid(matrices.to(x.dtype), height, width)
     if _deterministic_cuda(x):
         return gather_sample(x, grid, padding)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
@@ -199,12 +286,7 @@ class Jitter(Transform):
     def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         if not self.pixels:
             return x
-        height, width = x.shape[-2] - self.pixels, x.shape[-1] - self.pixels
-        rows = []
-        for row, generator in zip(x, generators):
-            dy, dx = (int(v) for v in torch.randint(self.pixels + 1, (2,), generator=generator))
-            rows.append(row[:, dy:dy + height, dx:dx + width])
-        return torch.stack(rows)
+        return padded_windows(x, 0, GRAY, self.pixels, generators)
 
 
 @register_transform
@@ -307,8 +389,34 @@ class RandomFlip(Transform):
     name, syntax = "flip", "flip"
 
     def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        flips = torch.tensor([bool(torch.rand((), generator=g) < 0.5) for g in generators], device=x.device)
-        return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        flips = [bool(torch.rand((), generator=g) < 0.5) for g in generators]
+        if not any(flips):
+            return x
+        if all(flips):
+            return x.flip(-1)
+        return _Flip.apply(x, flips)
+
+
+def _flip_rows(x: torch.Tensor, flips: Sequence[bool]) -> torch.Tensor:
+    """Row ``i`` of ``x`` mirrored left-right where ``flips[i]``: ``torch.where(flips, x.flip(-1), x)``, copied
+    row by row (a copy of each row, where the ``where`` reads both a mirrored copy and the image)."""
+    out = torch.empty_like(x)
+    for row, flip in enumerate(flips):
+        out[row].copy_(x[row].flip(-1) if flip else x[row])
+    return out
+
+
+class _Flip(torch.autograd.Function):
+    """Some rows mirrored (``_flip_rows``); the gradient is the same rows of the gradient mirrored back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, flips: Sequence[bool]) -> torch.Tensor:  # type: ignore[override]
+        ctx.flips = flips
+        return _flip_rows(x, flips)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        return _flip_rows(grad, ctx.flips), None
 
 
 @register_transform
@@ -335,8 +443,10 @@ class Noise(Transform):
     def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         if not self.std:
             return x
-        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generators])
-        return x + noise.to(x.device) * self.std
+        noise = torch.empty((len(generators), *x.shape[1:]), dtype=x.dtype)
+        for row, generator in zip(noise, generators):
+            torch.randn(x.shape[1:], generator=generator, dtype=x.dtype, out=row)
+        return x + noise.to(x.device).mul_(self.std)
 
 
 @register_transform
@@ -411,6 +521,16 @@ class Compose(nn.Module):
         return views * per_pixel * largest * largest
 
     def forward(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        for transform in self.transforms:
+        transforms = list(self.transforms)
+        index = 0
+        while index < len(transforms):
+            transform = transforms[index]
+            after = transforms[index + 1] if index + 1 < len(transforms) else None
+            if type(transform) is Pad and type(after) is Jitter and transform.pixels and after.pixels:
+                # a pad and then a jitter: each view's window of the padded image, made in one step
+                x = padded_windows(x, transform.pixels, transform.value, after.pixels, generators)
+                index += 2
+                continue
             x = transform(x, generators)
+            index += 1
         return x
