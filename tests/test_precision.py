@@ -142,3 +142,6 @@ def test_resampling_a_reduced_precision_image_keeps_exact_coordinates(dtype):
     sampled = F.grid_sample(x, grid.float(), mode="bilinear", padding_mode="reflection", align_corners=False)
     assert (gathered.float() - sampled).abs().max() < 0.01
     assert (matrix_resize(x.to(dtype), 100, True).float() - matrix_resize(x, 100, True)).abs().max() < 0.01
+    if dtype is torch.bfloat16:  # under autocast too, as a render runs them
+        with torch.autocast("cpu", dtype=dtype):
+            assert (affine(x.to(dtype), matrices).float() - exact).abs().max() < 0.01

@@ -116,7 +116,8 @@ def affine_grid(matrices: torch.Tensor, height: int, width: int) -> torch.Tensor
     the same bytes, with the constant grid of pixel centers made once per shape rather than per step."""
     count = matrices.shape[0]
     base = _base_grid(height, width, matrices.dtype, matrices.device).expand(count, -1, -1)
-    return base.bmm(matrices.transpose(1, 2)).view(count, height, width, 2)
+    with torch.autocast(device_type=matrices.device.type, enabled=False):  # coordinates stay exact under autocast
+        return base.bmm(matrices.transpose(1, 2)).view(count, height, width, 2)
 
 
 def _deterministic_cuda(x: torch.Tensor) -> bool:
