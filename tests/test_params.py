@@ -141,7 +141,7 @@ def test_recipes_are_plain_data_with_checked_overrides():
     lucid = RECIPES["lucid"]
     assert (lucid.parameterization, lucid.optimizer, lucid.learning_rate, lucid.decorrelate) == (
         "fourier", "adam", 0.05, True)
-    assert lucid.replace(steps=3).steps == 3 and lucid.steps == 512
+    assert lucid.replace(steps=3).steps == 3 and lucid.steps == 64
     assert get_recipe("lucid", steps=None, jitter=2).jitter == 2
     assert "optimizer = 'adam'" in lucid.describe()
     with pytest.raises(FilterVizError, match="unknown recipe field"):
@@ -170,16 +170,16 @@ def test_lucid_original_keeps_lucids_original_settings():
 
 
 def test_preset_values_take_effect_in_a_render(tiny):
-    # What the presets say, as a render does it: lucid takes 512 Adam steps at 0.05, maco NAdam steps at
-    # 1.0, classic no optimizer at all (the book's normalized step); sizes 128, 224 and 150 px.
+    # What the presets say, as a render does it: lucid takes 64 Adam steps at 0.05, maco NAdam steps at
+    # 1.0, classic no optimizer at all (the book's normalized step); sizes 224, 160 and 150 px.
     taken: list[tuple[str, float]] = []
     hook = register_optimizer_step_post_hook(
         lambda optimizer, args, kwargs: taken.append((type(optimizer).__name__, optimizer.param_groups[0]["lr"])))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 512 steps of tiny tensors: threads only wait on each other, more so on a busy machine
+    torch.set_num_threads(1)  # 64 steps of tiny tensors: threads only wait on each other, more so on a busy machine
     try:
         filterviz.render(tiny, ["channel:features.3:1"], "lucid", size=8, seed=0)
-        assert taken == [("Adam", 0.05)] * 512
+        assert taken == [("Adam", 0.05)] * 64
         taken.clear()
         filterviz.render(tiny, ["channel:features.3:1"], "maco", size=16, steps=2, seed=0)
         assert taken == [("NAdam", 1.0)] * 2
@@ -189,7 +189,7 @@ def test_preset_values_take_effect_in_a_render(tiny):
     finally:
         hook.remove()
         torch.set_num_threads(threads)
-    for name, side in (("lucid", 128), ("maco", 224), ("classic", 150)):
+    for name, side in (("lucid", 224), ("maco", 160), ("classic", 150), ("lucid-original", 128)):
         assert filterviz.render(tiny, ["channel:features.3:1"], name, steps=0, seed=0).pixels.shape == (1, side, side, 3)
 
 
