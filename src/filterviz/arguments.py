@@ -343,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the book's word) are the same option (default: the recipe's; 1.0 for classic)")
     optimize.add_argument("--seed", type=_seed, help="seed of the start noise; same seed, same bytes")
     optimize.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                        help="arithmetic: auto (default: the fastest that keeps quality here: bf16 on GPUs with it "
-                             "and on CPUs with AMX, measured once on CPUs with AVX512-BF16 only, else fp32), fp32, "
+                        help="arithmetic: auto (default: the fastest that keeps quality here: bf16 on CPUs with "
+                             "AMX, measured once on CPUs with AVX512-BF16 only, else fp32, GPUs included), fp32, "
                              "bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs); demo keeps fp32, as the book")
     ascent = _Parser(add_help=False, parents=[optimize])
     ascent.add_argument("--max-memory", type=_bytes, metavar="SIZE",
