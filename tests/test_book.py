@@ -103,10 +103,10 @@ def test_demo_shows_the_same_filters_with_another_recipe_beside_the_books(tmp_pa
     monkeypatch.setattr(book, "BEST_GRID_TILE", 32)  # small tiles, few steps: the same code, quickly
     quick = filterviz.get_recipe("lucid", steps=2, size=48, escape_steps=0)
     figures = filterviz.run_demo(tmp_path / "out", embedded, seed=0, best=quick)
-    book, beside = figures[:5], figures[5:]
+    books, beside = figures[:5], figures[5:]
     assert [f.path.relative_to(tmp_path / "out").as_posix() for f in beside] == [
         f"lucid/vggconv{n}.png" for n in range(1, 5)] + ["lucid/grid_blocks.3.depthwise.act.png"]
-    for ours, theirs in zip(book, beside):  # the same layers and filters, another recipe
+    for ours, theirs in zip(books, beside):  # the same layers and filters, another recipe
         assert [o.name for o in ours.render.objectives] == [o.name for o in theirs.render.objectives]
         assert theirs.render.recipe.parameterization == "fourier" and ours.render.recipe.name == "classic"
     side = np.array(Image.open(tmp_path / "out" / "side_by_side.png"))
