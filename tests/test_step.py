@@ -340,3 +340,14 @@ def test_a_render_with_folded_batch_norms_starts_from_the_same_scores(select_cha
     folded = filterviz.render(model, objectives, "lucid", fold_batchnorm=True, **options)
     np.testing.assert_allclose(folded.start_score, plain.start_score, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(folded.pixels, plain.pixels, rtol=0, atol=1e-2)
+
+
+def test_the_gpu_forms_of_windows_and_flips_are_the_row_by_row_ones(monkeypatch):
+    """A GPU makes windows with one gather and flips with one where: the same bytes (run here on the CPU)."""
+    x = image(count=5, size=10)
+    cases = [lambda v: Compose([Pad(3), Jitter(4)])(v, generators(5)), lambda v: Jitter(5)(v, generators(5)),
+             lambda v: Compose([Pad(1), Jitter(6)])(v, generators(5)), lambda v: RandomFlip()(v, generators(5))]
+    rows = [values_and_gradient(case, x) for case in cases]
+    monkeypatch.setattr(filterviz.transforms, "ROW_LOOP_DEVICES", set())
+    for case, expected in zip(cases, rows):
+        assert all(same_bytes(a, b) for a, b in zip(values_and_gradient(case, x), expected))
