@@ -351,3 +351,11 @@ def test_the_gpu_forms_of_windows_and_flips_are_the_row_by_row_ones(monkeypatch)
     monkeypatch.setattr(filterviz.transforms, "ROW_LOOP_DEVICES", set())
     for case, expected in zip(cases, rows):
         assert all(same_bytes(a, b) for a, b in zip(values_and_gradient(case, x), expected))
+
+
+def test_a_convolution_used_in_two_places_is_not_folded():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    root = torch.nn.Sequential(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4)),
+                               torch.nn.Sequential(torch.nn.Conv2d(4, 3, 1), conv, torch.nn.BatchNorm2d(4))).eval()
+    with filterviz.forward.folded_batchnorm(root) as folded:
+        assert folded == 0

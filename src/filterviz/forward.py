@@ -9,6 +9,7 @@ convolution layer, only those channels.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -98,6 +99,9 @@ def folded_batchnorm(root: nn.Module, keep: Collection[nn.Module] = ()) -> Itera
     Weights, biases and forwards come back on exit. Yields how many pairs were folded."""
     undo: list[Callable[[], None]] = []
     kept = {id(module) for module in keep}
+    # a module that appears in more than one place may run without its neighbour: left as it is
+    seen = Counter(id(module) for _, module in root.named_modules(remove_duplicate=False))
+    kept |= {key for key, count in seen.items() if count > 1}
     try:
         for sequence in root.modules():
             if type(sequence) is not nn.Sequential:
