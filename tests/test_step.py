@@ -34,7 +34,9 @@ def generators(count: int, seed: int = 0) -> list[torch.Generator]:
 
 def bits(x: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes as integers, so that -0.0 and 0.0 (and NaNs) are told apart."""
-    return x.contiguous().view(torch.int64 if x.dtype == torch.float64 else torch.int32)
+    if not x.is_floating_point():
+        return x
+    return x.contiguous().reshape(-1).view(torch.int64 if x.dtype == torch.float64 else torch.int32)
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -270,3 +272,90 @@ def test_renders_equal_the_plain_paths(recipe, monkeypatch):
     assert (fast.importance is None) == (slow.importance is None)
     if fast.importance is not None:
         assert fast.importance.tobytes() == slow.importance.tobytes()
+
+
+# -- batch norms folded into their convolutions (opt-in: the same up to rounding) ---------------------------------
+
+
+class BatchNormNet(torch.nn.Module):
+    """conv bn relu | conv bn relu | weight-standardized conv bn relu, all in one Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+            torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            StandardizedConv(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        for module in self.features:
+            if isinstance(module, torch.nn.BatchNorm2d):  # statistics of a trained network
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+                torch.nn.init.uniform_(module.bias, -0.2, 0.4)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class StandardizedConv(torch.nn.Conv2d):
+    """A convolution that standardizes its weights in ``forward``: folding a scale into them is undone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)) / (
+            self.weight.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, weight, self.bias)
+
+
+def batchnorm_model():
+    return filterviz.load_model(BatchNormNet(), spec=filterviz.InputSpec(default_size=16), name="bn", device="cpu")
+
+
+def test_folded_batch_norms_give_the_same_outputs_up_to_rounding_and_come_back():
+    model = batchnorm_model()
+    before = {name: value.clone() for name, value in model.module.state_dict().items()}
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
+    plain = {layer: model.activations(pixels, layer) for layer in ("features.2", "features.4", "features.8")}
+    with filterviz.forward.folded_batchnorm(model.module, keep=[model.module.features[3]]) as folded:
+        assert folded == 1  # the first pair; the second's convolution is kept, the standardized one refused
+        for layer, expected in plain.items():  # within 1e-5 of the layer's largest magnitude
+            torch.testing.assert_close(model.activations(pixels, layer), expected, rtol=0,
+                                       atol=1e-5 * float(expected.abs().max()))
+        assert not torch.equal(model.module.features[0].weight, before["features.0.weight"])
+    after = model.module.state_dict()
+    assert after.keys() == before.keys() and all(same_bytes(after[k], before[k]) for k in before)
+    assert model.module.features[0].bias is None
+
+
+@pytest.mark.parametrize("select_channels", [True, False])
+def test_a_render_with_folded_batch_norms_starts_from_the_same_scores(select_channels):
+    model = batchnorm_model()
+    # features.3 (a convolution) and features.5 (behind the second batch norm): the fast path reads the
+    # convolution and batch norm behind features.5 itself, and neither may be folded
+    objectives = ["channel:features.5:1", "channel:features.5:6"] if select_channels else \
+        ["channel:features.3:2", "channel:features.8:1 + channel:features.1:0"]
+    options = dict(size=16, steps=2, seed=0, select_channels=select_channels)
+    plain = filterviz.render(model, objectives, "lucid", **options)
+    folded = filterviz.render(model, objectives, "lucid", fold_batchnorm=True, **options)
+    np.testing.assert_allclose(folded.start_score, plain.start_score, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(folded.pixels, plain.pixels, rtol=0, atol=1e-2)
+
+
+def test_the_gpu_forms_of_windows_and_flips_are_the_row_by_row_ones(monkeypatch):
+    """A GPU makes windows with one gather and flips with one where: the same bytes (run here on the CPU)."""
+    x = image(count=5, size=10)
+    cases = [lambda v: Compose([Pad(3), Jitter(4)])(v, generators(5)), lambda v: Jitter(5)(v, generators(5)),
+             lambda v: Compose([Pad(1), Jitter(6)])(v, generators(5)), lambda v: RandomFlip()(v, generators(5))]
+    rows = [values_and_gradient(case, x) for case in cases]
+    monkeypatch.setattr(filterviz.transforms, "ROW_LOOP_DEVICES", set())
+    for case, expected in zip(cases, rows):
+        assert all(same_bytes(a, b) for a, b in zip(values_and_gradient(case, x), expected))
+
+
+def test_a_convolution_used_in_two_places_is_not_folded():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    root = torch.nn.Sequential(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4)),
+                               torch.nn.Sequential(torch.nn.Conv2d(4, 3, 1), conv, torch.nn.BatchNorm2d(4))).eval()
+    with filterviz.forward.folded_batchnorm(root) as folded:
+        assert folded == 0

@@ -230,6 +230,7 @@ def render(
     max_memory: int | None = None,
     select_channels: bool = True,
     memory_format: str = "channels_last",
+    fold_batchnorm: bool = False,
     **overrides: Any,
 ) -> Render:
     """Optimize one image per objective with ``recipe`` (a preset name or a Recipe).
@@ -250,6 +251,10 @@ def render(
     convolution layer, compute only those channels), and ``memory_format`` (``channels_last`` or
     ``contiguous``). Everything is checked before the first step (see ``plan.check_render``): a batch
     that would not fit the memory budget is refused with the figures, before anything runs at its size.
+    ``fold_batchnorm`` (off by default) folds each batch norm into the convolution before it while the
+    render runs (``forward.folded_batchnorm``; a layer an objective reads is left as it is): fewer
+    passes over the activations (EfficientNet-Lite0's step about a third faster on a CPU), the same
+    result up to float rounding, not byte for byte.
     """
     plan = plan_render(model, objectives, recipe, parameterization=parameterization, transforms=transforms,
                        optimizer=optimizer, deprocess=deprocess, keys=keys, start=start, batch_size=batch_size,
@@ -257,7 +262,8 @@ def render(
                        memory_format=memory_format, **overrides)
     results: list[BatchResult] = []
     with contextlib.ExitStack() as stack:
-        step = stack.enter_context(plan.forward.open(model, plan.nhwc, bool(plan.recipe.escape_steps)))
+        step = stack.enter_context(plan.forward.open(model, plan.nhwc, bool(plan.recipe.escape_steps),
+                                                     fold_batchnorm=fold_batchnorm))
         batch = batch_size or auto_batch_size(model, step.run, plan.view, plan.recipe.views, plan.max_memory,
                                               plan.dtype, plan.together, extra=plan.batch_extra(), saved=plan.saved)
         chunks = plan_batches(plan.objectives, batch)

@@ -9,14 +9,18 @@ convolution layer, only those channels.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from .fastpath import ConvTail, conv_input, find_conv_tail, selected_channels, single_channels
 from .device import channels_last
+from .layers import OUTPUT, split_call
+from .layouts import split_part
 from .models.loaded import LoadedModel
 from .objectives import IMAGE, Objective, Rows, batch_scores
 from .redirect import Redirection, redirected
@@ -40,7 +44,8 @@ class ForwardStrategy(Protocol):
 
     layers: list[str]
 
-    def open(self, model: LoadedModel, nhwc: bool, escape: bool) -> contextlib.AbstractContextManager[ForwardPass]:
+    def open(self, model: LoadedModel, nhwc: bool, escape: bool,
+             fold_batchnorm: bool = False) -> contextlib.AbstractContextManager[ForwardPass]:
         ...
 
     def scorer(self, step: ForwardPass, chunk: Sequence[int]) -> Scorer:
@@ -58,11 +63,121 @@ def _layout(views: torch.Tensor, nhwc: bool) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _prepared(model: LoadedModel, nhwc: bool, escape: bool,
-              run: Callable[[], contextlib.AbstractContextManager[Callable[[torch.Tensor], Any]]]) -> Iterator[ForwardPass]:
+              run: Callable[[], contextlib.AbstractContextManager[Callable[[torch.Tensor], Any]]],
+              fold: Collection[nn.Module] | None = None) -> Iterator[ForwardPass]:
+    """The model ready for steps: channels-last, its ReLUs redirected (``escape``), its batch norms folded
+    into their convolutions but for those of the modules ``fold`` names to keep (None: none folded)."""
     with contextlib.ExitStack() as stack:
         on = stack.enter_context(channels_last(model.module, nhwc))
+        if fold is not None:
+            stack.enter_context(folded_batchnorm(model.module, fold))
         redirection = stack.enter_context(redirected(model.module)) if escape else None
         yield ForwardPass(stack.enter_context(run()), on, redirection)
+
+
+def _read_modules(model: LoadedModel, layers: Sequence[str]) -> set[nn.Module]:
+    """The modules whose outputs ``layers`` read (what folding must leave as they are)."""
+    modules = set()
+    for layer in layers:
+        if layer in (OUTPUT, IMAGE):
+            continue
+        module = model.graph.module(split_call(split_part(model.resolve(layer))[0])[0])
+        if module is not None:
+            modules.add(module)
+    return modules
+
+
+@contextlib.contextmanager
+def folded_batchnorm(root: nn.Module, keep: Collection[nn.Module] = ()) -> Iterator[int]:
+    """Inside, every convolution followed directly by a batch norm (in eval mode, next to it in a plain
+    ``nn.Sequential``) computes the batch norm too, in its weights and bias, and the batch norm passes
+    its input on: one pass over the activations, forward and backward, instead of two. The batch norm's
+    output (and what comes after) is the same up to float rounding, not byte for byte; a convolution's
+    own output becomes the batch norm's, so a pair is left as it is when ``keep`` holds either module
+    (a layer an objective reads). Each pair is checked on a small random input first (a convolution
+    that transforms its weights in ``forward``, such as a weight-standardized one, is left as it is).
+    Weights, biases and forwards come back on exit. Yields how many pairs were folded."""
+    undo: list[Callable[[], None]] = []
+    kept = {id(module) for module in keep}
+    # a module that appears in more than one place may run without its neighbour: left as it is
+    seen = Counter(id(module) for _, module in root.named_modules(remove_duplicate=False))
+    kept |= {key for key, count in seen.items() if count > 1}
+    try:
+        for sequence in root.modules():
+            if type(sequence) is not nn.Sequential:
+                continue
+            children = list(sequence)
+            for conv, norm in zip(children, children[1:]):
+                if id(conv) in kept or id(norm) in kept or not _foldable(conv, norm):
+                    continue
+                restore = _fold(conv, norm)
+                if restore is not None:
+                    undo.append(restore)
+        yield len(undo)
+    finally:
+        for restore in reversed(undo):
+            restore()
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and not norm.training
+            and norm.running_mean is not None and norm.running_var is not None
+            and norm.num_features == conv.out_channels and "forward" not in vars(norm)
+            and conv.weight.dtype.is_floating_point)
+
+
+def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> Callable[[], None] | None:
+    """Fold ``norm`` into ``conv`` and return what undoes it; checked on a small input first: if the folded
+    convolution does not give the batch norm's output, nothing changes (None)."""
+    weight, bias = conv.weight, conv.bias
+    with torch.no_grad():
+        scale = norm.running_var.double().add(norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = scale * norm.weight.double()
+        shift = -norm.running_mean.double() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.double()
+        if bias is not None:
+            shift = shift + bias.double() * scale
+        folded_weight = (weight.double() * scale.view(-1, *[1] * (weight.ndim - 1))).to(weight.dtype)
+        folded_weight = folded_weight.contiguous(memory_format=_format_of(weight))
+        folded_bias = shift.to(weight.dtype)
+        side = 2 * max(k * d for k, d in zip(conv.kernel_size, conv.dilation)) + 4
+        probe = torch.randn(2, conv.in_channels, side, side, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64).to(weight.device, weight.dtype)
+        expected = norm.forward(conv.forward(probe))  # not through the modules: no hooks run
+    saved_weight, saved_bias = weight.data, None if bias is None else bias.data
+
+    def restore() -> None:
+        weight.data = saved_weight
+        if bias is None:
+            conv.bias = None
+        else:
+            bias.data = saved_bias
+        vars(norm).pop("forward", None)
+
+    weight.data = folded_weight
+    if bias is None:
+        conv.bias = nn.Parameter(folded_bias, requires_grad=False)
+    else:
+        bias.data = folded_bias
+    with torch.no_grad():
+        got = conv.forward(probe)
+    tolerance = 1e-3 * float(expected.abs().max()) + 1e-6
+    if got.shape != expected.shape or not bool(((got - expected).abs() <= tolerance).all()):
+        restore()
+        return None
+    norm.forward = _identity  # type: ignore[method-assign]
+    return restore
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.ndim == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 @dataclass
@@ -72,8 +187,10 @@ class FullCapture:
     objectives: list[Objective]
     layers: list[str]
 
-    def open(self, model: LoadedModel, nhwc: bool, escape: bool) -> contextlib.AbstractContextManager[ForwardPass]:
-        return _prepared(model, nhwc, escape, lambda: model.capture(self.layers))
+    def open(self, model: LoadedModel, nhwc: bool, escape: bool,
+             fold_batchnorm: bool = False) -> contextlib.AbstractContextManager[ForwardPass]:
+        keep = _read_modules(model, self.layers) if fold_batchnorm else None
+        return _prepared(model, nhwc, escape, lambda: model.capture(self.layers), keep)
 
     def scorer(self, step: ForwardPass, chunk: Sequence[int]) -> Scorer:
         objectives = [self.objectives[i] for i in chunk]
@@ -126,8 +243,12 @@ class SelectedChannels:
     channels: list[int]
     layers: list[str]
 
-    def open(self, model: LoadedModel, nhwc: bool, escape: bool) -> contextlib.AbstractContextManager[ForwardPass]:
-        return _prepared(model, nhwc, escape, lambda: conv_input(model, self.conv_tail.conv))
+    def open(self, model: LoadedModel, nhwc: bool, escape: bool,
+             fold_batchnorm: bool = False) -> contextlib.AbstractContextManager[ForwardPass]:
+        # the selected channels read the convolution's weights and its tail's batch norms themselves
+        keep = ({*_read_modules(model, self.layers), self.conv_tail.conv, *self.conv_tail.tail} if fold_batchnorm
+                else None)
+        return _prepared(model, nhwc, escape, lambda: conv_input(model, self.conv_tail.conv), keep)
 
     def scorer(self, step: ForwardPass, chunk: Sequence[int]) -> Scorer:
         device = next(iter(self.conv_tail.conv.parameters())).device

@@ -42,6 +42,10 @@ class _Window(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, pad: int, value: float, tops: list[int], lefts: list[int],  # type: ignore[override]
                 height: int, width: int) -> torch.Tensor:
+        ctx.shape = x.shape
+        if x.device.type not in ROW_LOOP_DEVICES:
+            ctx.offsets = [top - pad for top in tops], [left - pad for left in lefts]
+            return _shifted(x, *ctx.offsets, height, width, value)
         out = x.new_empty(x.shape[0], x.shape[1], height, width)
         pieces = []
         for row, (top, left) in enumerate(zip(tops, lefts)):
@@ -58,12 +62,36 @@ class _Window(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if grad.device.type not in ROW_LOOP_DEVICES:
+            tops, lefts = ctx.offsets
+            result = _shifted(grad, [-top for top in tops], [-left for left in lefts], *ctx.shape[-2:], 0.0)
+            return result, None, None, None, None, None, None
         result = grad.new_empty(ctx.shape)
         for row, (y0, y1, x0, x1, top, left) in enumerate(ctx.pieces):
             _fill_outside(result[row], y0, x0, max(y1 - y0, 0), max(x1 - x0, 0), 0.0)
             if y1 > y0 and x1 > x0:
                 result[row, :, y0:y1, x0:x1].copy_(grad[row, :, top:top + y1 - y0, left:left + x1 - x0])
         return result, None, None, None, None, None, None
+
+
+# Devices on which a batch's rows are copied one by one (a copy per row is cheap, and a gather reads an
+# index per number); elsewhere (GPUs) one gather for the batch spares a kernel launch per row.
+ROW_LOOP_DEVICES = {"cpu"}
+
+
+def _shifted(x: torch.Tensor, rows: list[int], columns: list[int], height: int, width: int,
+             fill: float) -> torch.Tensor:
+    """(N, C, height, width): ``out[i, :, r, c] = x[i, :, r + rows[i], c + columns[i]]`` where that lies in
+    ``x``, else ``fill``; one gather (copies: the same numbers as copying row by row)."""
+    count, channels, source_height, source_width = x.shape
+    device = x.device
+    y = torch.tensor(rows, device=device)[:, None] + torch.arange(height, device=device)  # (N, height)
+    x_ = torch.tensor(columns, device=device)[:, None] + torch.arange(width, device=device)  # (N, width)
+    index = y.clamp(0, source_height - 1)[:, :, None] * source_width + x_.clamp(0, source_width - 1)[:, None, :]
+    out = x.reshape(count, channels, source_height * source_width).gather(
+        2, index.view(count, 1, height * width).expand(count, channels, height * width))
+    inside = ((y >= 0) & (y < source_height))[:, :, None] & ((x_ >= 0) & (x_ < source_width))[:, None, :]
+    return torch.where(inside[:, None], out.view(count, channels, height, width), fill)
 
 
 def _fill_outside(x: torch.Tensor, top: int, left: int, height: int, width: int, value: float) -> None:
@@ -400,7 +428,9 @@ class RandomFlip(Transform):
 
 def _flip_rows(x: torch.Tensor, flips: Sequence[bool]) -> torch.Tensor:
     """Row ``i`` of ``x`` mirrored left-right where ``flips[i]``: ``torch.where(flips, x.flip(-1), x)``, copied
-    row by row (a copy of each row, where the ``where`` reads both a mirrored copy and the image)."""
+    row by row on a CPU (a copy of each row, where the ``where`` reads both a mirrored copy and the image)."""
+    if x.device.type not in ROW_LOOP_DEVICES:
+        return torch.where(torch.tensor(list(flips), device=x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     out = torch.empty_like(x)
     for row, flip in enumerate(flips):
         out[row].copy_(x[row].flip(-1) if flip else x[row])
