@@ -48,7 +48,7 @@ fi
 for name in $parts; do
     case $name in
         peer) part peer 100 taskset -c $gpu_cpus python3 benchmarks/speed.py --device cuda --out "$results" ;;
-        recipes) part recipes 45 taskset -c $gpu_cpus python3 benchmarks/recipe_step.py --device cuda --steps 24 --out "$results/recipe_step_cuda.md" ;;
+        recipes) part recipes 45 taskset -c $gpu_cpus python3 benchmarks/speed.py --recipes --device cuda --out "$results" ;;
         atlas) part atlas 130 taskset -c $gpu_cpus python3 benchmarks/atlas_gpu.py --device cuda --out "$results" ;;
         quality) part quality 190 taskset -c $gpu_cpus python3 benchmarks/quality.py --sweep --device cuda --recipes classic,lucid,maco --steps 64,128,256,512 --sizes 128,160,224,320 --classes 20 --with-defaults --max-seconds 150 --out "$results" ;;
         cores) ;;
