@@ -111,7 +111,7 @@ def test_recipes_and_models_import_no_torch(command, capsys):
                                                      "--help)"),
     (["render", EMBEDDED, "-o", "x.png", "--recipe", "nope"], "filterviz render: error: argument --recipe: invalid "
                                                               "choice: 'nope' (choose from 'classic', 'lucid', "
-                                                              "'maco') (see filterviz render --help)"),
+                                                              "'maco', 'lucid-original') (see filterviz render --help)"),
     (["layers", EMBEDDED, "--layout", "x=tokens:abc"], "filterviz layers: error: argument --layout: tokens takes the "
                                                        "number of prefix tokens (class, register tokens) before the "
                                                        "patches: tokens:1, not tokens:abc (see filterviz layers --help)"),

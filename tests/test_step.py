@@ -249,7 +249,7 @@ def test_adam_foreach_is_the_single_tensor_step(maximize):
 @pytest.mark.parametrize("recipe", ["lucid", "maco"])
 def test_renders_equal_the_plain_paths(recipe, monkeypatch):
     model = tiny_model(dtype=torch.float32)
-    options = dict(size=24, steps=6, escape_steps=3, seed=0, batch_size=3, select_channels=False)
+    options = dict(size=24, steps=6, escape_steps=3, seed=0, batch_size=3, select_channels=False, precision="fp32")
     if recipe == "lucid":
         options.update(pad=3, jitter=4, final_jitter=2)
     objectives = ["channel:features.1:0", "channel:features.3:2", "channel:features.1:3 + 0.1*tv"]
@@ -335,7 +335,7 @@ def test_a_render_with_folded_batch_norms_starts_from_the_same_scores(select_cha
     # convolution and batch norm behind features.5 itself, and neither may be folded
     objectives = ["channel:features.5:1", "channel:features.5:6"] if select_channels else \
         ["channel:features.3:2", "channel:features.8:1 + channel:features.1:0"]
-    options = dict(size=16, steps=2, seed=0, select_channels=select_channels)
+    options = dict(size=16, steps=2, seed=0, select_channels=select_channels, precision="fp32")
     plain = filterviz.render(model, objectives, "lucid", **options)
     folded = filterviz.render(model, objectives, "lucid", fold_batchnorm=True, **options)
     np.testing.assert_allclose(folded.start_score, plain.start_score, rtol=1e-5, atol=1e-6)
