@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from ..image import write_atomic
+from ..pages import relative_href
 
 INDEX = "index.html"
 STYLE_SHEET = "style.css"
@@ -62,14 +63,7 @@ def source_image(relative: str) -> str:
     return f"{_EXAMPLES}/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
 
 
-def href(page: str, target: str) -> str:
-    """A relative link from ``page`` to ``target`` (both atlas files): up out of the folders of
-    ``page`` that ``target`` is not in, then down to it; so the site works from disk and any server."""
-    here, there = page.split("/")[:-1], target.split("/")
-    common = 0
-    while common < len(here) and common < len(there) - 1 and here[common] == there[common]:
-        common += 1
-    return "../" * (len(here) - common) + "/".join(there[common:])
+href = relative_href  # a link between two atlas files (the one rule for every site filterviz writes)
 
 
 def index_path(root: Path) -> Path:
