@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import FilterVizError, FilterVizWarning
+from .errors import FilterVizError, FilterVizWarning, RenderCancelled
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "FilterRender",
     "FilterVizError",
     "FilterVizWarning",
+    "RenderCancelled",
     "Objective",
     "RECIPES",
     "Recipe",

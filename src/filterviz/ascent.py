@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fastpath import single_channels
-from .errors import FilterVizError, FilterVizWarning
+from .errors import FilterVizError, FilterVizWarning, RenderCancelled
 from .device import DEFAULT_PRECISION, auto_batch_size, autocast
 from .forward import Scorer
 from .image import DEPROCESS, Deprocess
@@ -156,10 +156,17 @@ def _exact(model: LoadedModel, reduced: bool) -> contextlib.AbstractContextManag
     return torch.autocast(device_type=model.device.type, enabled=False) if reduced else contextlib.nullcontext()
 
 
+StepWatcher = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""Told after a step of a batch: the step (1..steps), the batch's pixels after it (N, C, H, W) and each
+image's objective at that step (N,), as the ascent computed it (transformed views, before the step)."""
+
+
 def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: Recipe, parts: RenderParts, size: int,
                    seed: int | None, start: np.ndarray | None, on_step: Callable[[], None] = lambda: None,
-                   redirection: Redirection | None = None) -> BatchResult:
-    """Optimize one batch of images (one per key) for ``recipe.steps`` steps with the parts."""
+                   redirection: Redirection | None = None, watch: StepWatcher | None = None,
+                   watch_every: int = 1) -> BatchResult:
+    """Optimize one batch of images (one per key) for ``recipe.steps`` steps with the parts; ``watch``
+    (when given) is told every ``watch_every``-th step and the last one."""
     image = create_images(parts.parameterization, size, keys, seed, start, model.spec.channels)
     image = image.to(model.device, model.dtype)
     parameters = list(image.parameters())
@@ -197,6 +204,9 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
             all_alive = bool(alive.all())
         step_parameters(grads[:len(parameters)])
         on_step()
+        if watch is not None and ((step + 1) % watch_every == 0 or step + 1 == recipe.steps):
+            with torch.no_grad():
+                watch(step + 1, image().detach(), scores.detach())
     if redirection is not None:
         redirection.active = False
     with torch.no_grad(), _exact(model, reduced):
@@ -231,6 +241,8 @@ def render(
     select_channels: bool = True,
     memory_format: str = "channels_last",
     fold_batchnorm: bool = False,
+    callback: Callback | None = None,
+    callback_every: int = 1,
     **overrides: Any,
 ) -> Render:
     """Optimize one image per objective with ``recipe`` (a preset name or a Recipe).
@@ -255,7 +267,16 @@ def render(
     render runs (``forward.folded_batchnorm``; a layer an objective reads is left as it is): fewer
     passes over the activations (EfficientNet-Lite0's step about a third faster on a CPU), the same
     result up to float rounding, not byte for byte.
+
+    ``callback(step, images, scores)``, when given, watches the render: it is called after every
+    ``callback_every``-th step of each batch and after each batch's last step, with ``step`` the steps run
+    so far (up to ``steps`` times the number of batches), ``images`` the pictures of every objective so far,
+    (N, H, W, C) uint8 by the deprocess mode (mid-gray for a batch not yet started, the final picture for a
+    finished one), and ``scores`` (N,) each objective at that step (NaN before its batch starts). It
+    changes nothing that is computed; returning ``False`` stops the render (``RenderCancelled``).
     """
+    if callback_every < 1:
+        raise FilterVizError(f"callback_every must be a whole number of steps, at least 1, not {callback_every}")
     plan = plan_render(model, objectives, recipe, parameterization=parameterization, transforms=transforms,
                        optimizer=optimizer, deprocess=deprocess, keys=keys, start=start, batch_size=batch_size,
                        precision=precision, max_memory=max_memory, select_channels=select_channels,
@@ -270,15 +291,46 @@ def render(
         bar = stack.enter_context(tqdm(total=plan.recipe.steps * len(chunks),
                                        desc=f"{model.name} {_progress_label(plan.objectives)}", unit="step",
                                        disable=None if progress else True, leave=False))
+        watcher = None if callback is None else _Watcher(callback, plan)
         for chunk in chunks:
             with autocast(model.device, plan.dtype):
                 results.append(optimize_batch(model, plan.forward.scorer(step, chunk), [plan.keys[i] for i in chunk],
                                               plan.recipe, plan.parts, plan.size, seed,
-                                              None if start is None else start[chunk], bar.update, step.redirection))
+                                              None if start is None else start[chunk], bar.update, step.redirection,
+                                              None if watcher is None else watcher.batch(chunk), callback_every))
     order = torch.as_tensor(np.argsort([index for chunk in chunks for index in chunk], kind="stable"))
     result = _assemble(model, plan, results, order)
     _warn_stuck(result, step.redirection, probe_count())
     return result
+
+
+Callback = Callable[[int, np.ndarray, np.ndarray], "bool | None"]
+
+
+class _Watcher:
+    """Keeps every objective's latest picture and score, and tells ``callback`` after a batch's steps."""
+
+    def __init__(self, callback: Callback, plan: RenderPlan) -> None:
+        self.callback, self.steps, self.done = callback, plan.recipe.steps, 0
+        self.mode = plan.parts.deprocess
+        self.count = len(plan.objectives)
+        self.images: np.ndarray | None = None  # made at the first step, when the pictures' shape is known
+        self.scores = np.full(self.count, np.nan)
+
+    def batch(self, chunk: Sequence[int]) -> StepWatcher:
+        rows = np.asarray(chunk)
+
+        def watch(step: int, pixels: torch.Tensor, scores: torch.Tensor) -> None:
+            pictures = np.stack([self.mode(p) for p in pixels.permute(0, 2, 3, 1).double().cpu().numpy()])
+            if self.images is None:
+                self.images = np.full((self.count, *pictures.shape[1:]), 128, dtype=np.uint8)
+            self.images[rows] = pictures
+            self.scores[rows] = scores.double().cpu().numpy()
+            if self.callback(self.done + step, self.images.copy(), self.scores.copy()) is False:
+                raise RenderCancelled(f"the render was cancelled at step {self.done + step} by its callback")
+            if step == self.steps:
+                self.done += self.steps
+        return watch
 
 
 def _assemble(model: LoadedModel, plan: RenderPlan, results: list[BatchResult], order: torch.Tensor) -> Render:

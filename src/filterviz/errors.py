@@ -67,6 +67,10 @@ class InputFileError(FilterVizError):
     filterviz can use."""
 
 
+class RenderCancelled(FilterVizError):
+    """A render stopped before its last step because its ``callback`` returned False."""
+
+
 class PathError(OutputError):
     """A path that no file can have here: empty, too long, or holding a NUL character."""
 
