@@ -63,6 +63,9 @@ __all__ = [
     "run_demo",
     "save_image",
     "show_channels",
+    "show",
+    "Recorder",
+    "save_animation",
 ]
 
 # Where each public name is defined. It is imported the first time it is used (PEP 562): importing
@@ -84,6 +87,7 @@ _HOMES = {
     "Parameterization": "params", "register_parameterization": "params",
     "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
     "Transform": "transforms", "register_transform": "transforms",
+    "show": "notebook", "Recorder": "animation", "save_animation": "animation",
     "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
 }
 

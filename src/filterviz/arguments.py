@@ -310,6 +310,13 @@ def parse_layer_list(texts: Sequence[str] | None) -> list[str] | None:
     return layers
 
 
+def _add_record_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--record", type=_positive, metavar="N",
+                         help="also write the optimization as an animation, a frame every N steps (see --animation)")
+    command.add_argument("--animation", type=_path, metavar="FILE",
+                         help="where --record writes it: .webp (lossless) or .gif (default: -o's name with .webp)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="filterviz", description="See what a convolutional network has learned.")
     parser.add_argument("--version", action="version", version=f"filterviz {__version__}")
@@ -400,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a model of more than 3 channels: the 3 shown as red, green, blue (default the first "
                            "three), or one shown as gray; every channel goes to a .npy of the grid's name")
     _add_recipe_options(grid)
+    for command in (render, grid):
+        _add_record_options(command)
 
     atlas = commands.add_parser(
         "atlas", parents=[common, ascent], help="a browsable site of every filter of a model",

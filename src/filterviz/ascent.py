@@ -68,6 +68,20 @@ class Render:
         mode = self.deprocess or DEPROCESS.get(self.recipe.deprocess)
         return np.stack([mode(p) for p in self.pixels])
 
+    def picture(self) -> np.ndarray:
+        """The pictures as one image, as a notebook shows them: the picture itself, or a grid of them
+        (8 to a row; a stuck image crossed out)."""
+        from .notebook import render_picture
+        return render_picture(self)
+
+    def _repr_png_(self) -> bytes:  # Jupyter: the pictures
+        from .image import png_bytes
+        return png_bytes(self.picture())
+
+    def _repr_html_(self) -> str:  # Jupyter: the pictures with their objectives and scores
+        from .notebook import render_html
+        return render_html(self)
+
 
 @dataclass
 class FilterRender(Render):

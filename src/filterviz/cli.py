@@ -76,7 +76,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
     chosen = [channel(args.layer, args.filter)] if book else [parse_objective(text) for text in args.objective]
     # The objectives read (and checked) without torch; what follows imports it.
     from .ascent import render
-    from .outputs import array_files, check_tiles, copy_keys, output_files, save_render, with_copies
+    from .outputs import TILES_PER_ROW, array_files, check_tiles, copy_keys, output_files, save_render, with_copies
     from .plan import check_filters
 
     objectives = with_copies(chosen, args.copies, args.diversity, args.diversity_weight)
@@ -86,6 +86,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
                              f"{recipe.parameterization}; add --recipe maco (or --parameterization maco), or leave "
                              "--importance out")
     outputs = output_files(args.output, objectives, args.copies, args.importance)
+    recording = _recording(args, outputs, per_row=TILES_PER_ROW, margin=5)
     check_inputs(args)
     model = _load(args)
     side = render_size(recipe.replace(size=args.size) if args.size else recipe, model.spec.fixed_size)
@@ -97,19 +98,59 @@ def _cmd_render(args: argparse.Namespace) -> None:
     arrays = array_files(outputs, model.spec.channels, args.show_channels)  # checked before any work
     result = render(model, objectives, recipe, size=args.size, seed=args.seed, precision=args.precision,
                     max_memory=args.max_memory, keys=copy_keys(args.filter, args.copies) if book else None,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **recording.options)
     save_render(result, outputs, args.importance, args.show_channels)
+    recording.save()
     if args.quiet:
         return
     if book:
-        _say(f"wrote {args.output}{_arrays_note(arrays)} (filter {args.filter} of {args.layer}: mean activation "
+        _say(f"wrote {args.output}{_arrays_note(arrays)}{recording.note} (filter {args.filter} of {args.layer}: mean activation "
              f"{result.start_score[0]:.3g} -> {result.score[0]:.3g}{_precision_note(result.precision)})")
     else:
         scores = ", ".join(f"{o.name}: {a:.3g} -> {b:.3g}" for o, a, b in
                            zip(result.objectives[:4], result.start_score, result.score))
         more = f" and {len(objectives) - 4} more" if len(objectives) > 4 else ""
-        _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''}{_arrays_note(arrays)} "
+        _say(f"wrote {', '.join(outputs[:2])}{' ...' if len(outputs) > 2 else ''}{_arrays_note(arrays)}{recording.note} "
              f"({scores}{more}{_precision_note(result.precision)})")
+
+
+class _Recording:
+    """``--record N``: the render's callback options, and the animation written after the pictures."""
+
+    def __init__(self, target: Path | None, every: int, shown: Sequence[int] | None, per_row: int, margin: int) -> None:
+        from .animation import Recorder
+
+        self.target = target
+        self.recorder = Recorder(shown, per_row, margin) if target is not None else None
+        self.options = {} if self.recorder is None else {"callback": self.recorder, "callback_every": every}
+
+    def save(self) -> None:
+        if self.recorder is not None and self.target is not None:
+            self.recorder.save(self.target)
+
+    @property
+    def note(self) -> str:
+        return "" if self.target is None else f" and {self.target} ({len(self.recorder.frames)} frames)"
+
+
+def _recording(args: argparse.Namespace, outputs: Sequence[str], per_row: int, margin: int) -> _Recording:
+    """What ``--record``/``--animation`` ask for, checked before any work."""
+    from .animation import check_animation_path
+    from .image import check_writable
+
+    if args.record is None:
+        if args.animation is not None:
+            raise FilterVizError("--animation says where --record writes the animation; add --record N (a frame "
+                                 "every N steps), or leave --animation out")
+        return _Recording(None, 1, None, per_row, margin)
+    if args.animation is None and (len(outputs) > 1 or "{name}" in args.output):
+        raise FilterVizError("several pictures are recorded as one animation: name it with --animation FILE.webp")
+    target = Path(args.animation) if args.animation is not None else Path(outputs[0]).with_suffix(".webp")
+    check_animation_path(target)
+    check_writable(target)
+    if any(Path(output).resolve() == target.resolve() for output in outputs):
+        raise FilterVizError(f"--animation {target} is also the picture's file; give the animation another name")
+    return _Recording(target, args.record, args.show_channels, per_row, margin)
 
 
 def _precision_note(precision: str) -> str:
@@ -140,6 +181,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     from .plan import check_filters
 
     check_writable(args.output)
+    recording = _recording(args, [args.output], per_row=args.per_row, margin=args.margin)
     ranges = parse_filters(args.filters) if args.filters is not None else None
     recipe = recipe_from_args(args)
     check_inputs(args)
@@ -156,13 +198,14 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     arrays = array_files([args.output], model.spec.channels, args.show_channels)
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.learning_rate,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                            recipe=recipe, precision=args.precision, max_memory=args.max_memory)
+                            recipe=recipe, precision=args.precision, max_memory=args.max_memory, **recording.options)
     save_image(make_grid(show_channels(render.images, args.show_channels), per_row=args.per_row, margin=args.margin,
                          crossed=render.stuck), args.output)
     for array in arrays:  # every channel, where the picture shows some
         save_array(render.pixels, array)
+    recording.save()
     if not args.quiet:
-        _say(f"wrote {args.output}{_arrays_note(arrays)} ({len(filters)} filters of {args.layer}"
+        _say(f"wrote {args.output}{_arrays_note(arrays)}{recording.note} ({len(filters)} filters of {args.layer}"
              f"{_precision_note(render.precision)})")
 
 

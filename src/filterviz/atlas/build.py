@@ -75,6 +75,10 @@ class AtlasSummary:
                 + "".join(f"{note}; " for note in self.notes)
                 + f"{minutes}m{seconds:02d}s; open {index_path(self.out)}")
 
+    def _repr_html_(self) -> str:  # Jupyter: the summary and each layer's first filters
+        from ..notebook import atlas_html
+        return atlas_html(self)
+
 
 def model_fingerprint(model: LoadedModel) -> str:
     """Changes with the architecture, the weights, the input spec or the layouts the user said (not with
