@@ -145,3 +145,19 @@ def test_resampling_a_reduced_precision_image_keeps_exact_coordinates(dtype):
     if dtype is torch.bfloat16:  # under autocast too, as a render runs them
         with torch.autocast("cpu", dtype=dtype):
             assert (affine(x.to(dtype), matrices).float() - exact).abs().max() < 0.01
+
+
+def test_a_model_not_in_float32_runs_and_says_its_own_type(monkeypatch, cache_home):
+    # autocast leaves float64 weights as they are: auto must say fp64, and bf16 (which would do nothing) is refused
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    model = tiny_model()  # float64 weights
+    assert resolve_precision("auto", model.device, model.dtype) == "fp64"
+    assert autocast_dtype("auto", model.device, model.dtype) is None
+    result = filterviz.render(model, ["channel:features.2:1"], "classic", seed=0, steps=2, size=16)
+    assert result.precision == "fp64"
+    plain = filterviz.render(model, ["channel:features.2:1"], "classic", seed=0, steps=2, size=16, precision="fp32")
+    assert np.array_equal(result.pixels, plain.pixels)
+    with pytest.raises(filterviz.FilterVizError, match="weights are fp64; use --precision auto"):
+        filterviz.render(model, ["channel:features.2:1"], "classic", steps=1, size=16, precision="bf16")
+    assert resolve_precision("auto", model.device) == "bf16"  # a float32 model on this CPU

@@ -132,7 +132,11 @@ def measured_cpu_precision() -> PrecisionChoice:
     return PrecisionChoice("fp32", f"bf16 measured {speedup:.1f}x the speed of fp32 on this CPU")
 
 
-def choose_precision(precision: str, device: torch.device) -> PrecisionChoice:
+# Autocast changes the arithmetic of float32 weights only: a model kept in another type runs in it.
+OWN_PRECISION = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def choose_precision(precision: str, device: torch.device, model_dtype: torch.dtype = torch.float32) -> PrecisionChoice:
     """The concrete precision (fp32, bf16 or fp16) that ``precision`` means on ``device``, and why.
 
     ``auto`` is the fastest that keeps quality (bf16 keeps at least 95 % of fp32's activation: tested):
@@ -141,9 +145,21 @@ def choose_precision(precision: str, device: torch.device) -> PrecisionChoice:
     the gradient); on CPUs, bf16 where AMX tiles make it several times faster (a convolution's forward pass and input
     gradient measured 3.6-6.4x fp32's speed on an AMX Xeon), fp32 where there is no native bf16, and where only AVX512-BF16 is there (on one
     such AMD EPYC bf16 measured slower) a short measurement, cached per machine, decides.
+
+    A model whose weights are not float32 (``model_dtype``) runs in its own type: ``auto`` (and ``fp32``,
+    meaning no reduced arithmetic) says that type (``fp64``...); another reduced precision is refused,
+    since autocast would leave such weights as they are and the option would do nothing.
     """
+    own = OWN_PRECISION.get(model_dtype, str(model_dtype).removeprefix("torch."))
+    if precision == own and precision not in PRECISIONS:  # a resolved precision, as an atlas passes on
+        return PrecisionChoice(own, "the model's own type")
     if precision not in PRECISIONS:
         raise FilterVizError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if model_dtype != torch.float32:
+        if precision in ("auto", "fp32", own):
+            return PrecisionChoice(own, f"the model's weights are {own}")
+        raise FilterVizError(f"--precision {precision} makes float32 weights compute in {precision}, and this model's "
+                             f"weights are {own}; use --precision auto (it runs in {own}), or load the model in float32")
     if precision != "auto":
         return PrecisionChoice(precision, "asked for")
     kind = device.type
@@ -158,17 +174,18 @@ def choose_precision(precision: str, device: torch.device) -> PrecisionChoice:
     return PrecisionChoice("fp32", f"{kind} devices run fp32")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``choose_precision``'s precision alone: fp32, bf16 or fp16."""
-    return choose_precision(precision, device).precision
+def resolve_precision(precision: str, device: torch.device, model_dtype: torch.dtype = torch.float32) -> str:
+    """``choose_precision``'s precision alone: fp32, bf16 or fp16 (or the type of a model not in float32)."""
+    return choose_precision(precision, device, model_dtype).precision
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast type for ``precision`` on ``device`` (None: full fp32); ``auto`` as ``choose_precision``
-    decides. Asking for a precision the device cannot do is an error, not a silent fallback."""
-    precision = resolve_precision(precision, device)
+def autocast_dtype(precision: str, device: torch.device, model_dtype: torch.dtype = torch.float32) -> torch.dtype | None:
+    """The autocast type for ``precision`` on ``device`` (None: the model's own type, fp32 for most);
+    ``auto`` as ``choose_precision`` decides. Asking for a precision the device cannot do, or one autocast
+    would not apply to the model's weights, is an error, not a silent fallback."""
+    precision = resolve_precision(precision, device, model_dtype)
     kind = device.type
-    if precision == "fp32":
+    if precision == "fp32" or model_dtype != torch.float32:
         return None
     if precision == "fp16" and kind != "cuda":
         raise FilterVizError("fp16 is for GPUs; on this device use --precision bf16 or fp32")

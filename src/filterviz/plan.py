@@ -398,7 +398,7 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
         raise FilterVizError(f"the transforms leave no image of a {size} px image; use a larger size")
     if memory_format not in ("channels_last", "contiguous"):
         raise FilterVizError(f"memory_format must be channels_last or contiguous, not {memory_format!r}")
-    dtype = autocast_dtype(precision, model.device)
+    dtype = autocast_dtype(precision, model.device, model.dtype)
     view = parts.view_side(size)  # what the model sees at each step; whole images are scored too
     # The model runs at both sides. Small ones are checked as they are; a side beyond the model's own
     # is checked there first (names, channels), and at itself only once its memory is known to fit.
@@ -420,7 +420,7 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
         if side > own:
             _check_layers_and_channels(model, targets, side)
     return RenderPlan(recipe, parts, targets, keys, size, view, forward, dtype, nhwc, together, budget, saved, need,
-                      resolve_precision(precision, model.device))
+                      resolve_precision(precision, model.device, model.dtype))
 
 
 def check_render(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Recipe | str = "classic",

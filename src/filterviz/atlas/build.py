@@ -217,10 +217,10 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     if empty:
         raise FilterVizError(f"no filters to show in layer {empty[0].name} ({empty[0].channels} channels); "
                              "choose filters that it has")
-    autocast_dtype(precision, model.device)  # a precision the device lacks fails here, before any file
+    autocast_dtype(precision, model.device, model.dtype)  # a precision the device lacks fails here, before any file
     # auto is resolved here, where the atlas is planned: every task (on any Ray worker) runs what this
     # machine chose, and the fingerprints name the precision itself.
-    precision = resolve_precision(precision, model.device)
+    precision = resolve_precision(precision, model.device, model.dtype)
     root = Path(out)
     if images is not None:
         check_example_channels(model.spec.channels)
@@ -425,7 +425,7 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
     done = manifest.units()
     settings = plan.settings
     recipe = _recipe_fields(settings.recipe)
-    dtype = autocast_dtype(settings.precision, plan.model.device)
+    dtype = autocast_dtype(settings.precision, plan.model.device, plan.model.dtype)
     tasks: list[RenderTask] = []
     fingerprints: dict[RenderTask, str] = {}
     by_path = {layer.path: layer for layer in plan.layers}
