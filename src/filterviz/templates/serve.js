@@ -133,7 +133,7 @@
     const starts = names.filter((name) => name.startsWith(found.text));
     const inside = names.filter((name) => !name.startsWith(found.text) && name.includes(found.text));
     const shown = starts.concat(inside).slice(0, 12);
-    if (!shown.length || (shown.length === 1 && shown[0] === found.text)) { list.hidden = true; return; }
+    if (!shown.length) { list.hidden = true; return; }
     shown.forEach((name, index) => {
       const item = document.createElement("li");
       item.textContent = name;
