@@ -258,6 +258,15 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "demo: bad weights": (["demo", "-o", "figures", "--weights", "weights.pth"], r"cannot read weights file"),
     "demo: name too long": (["demo", "-o", "f" * 250, "--model", E], r"cannot use folder 'f+\.\.\.f+': the name"),
     "demo: negative seed": (["demo", "--seed", "-3"], r"--seed: invalid"),
+    "serve: missing model file": (["serve", "missing.onnx", "--cache", "{tmp}/cache"],
+                                  r"model file 'missing.onnx': no such file"),
+    "serve: not an atlas": (["serve", "--atlas", "atlas-like", "--cache", "{tmp}/cache"],
+                            r"--atlas 'atlas-like' is not an atlas folder"),
+    "serve: bad port": (["serve", "--port", "70000"], r"--port: invalid port '70000': use 0 to 65535"),
+    "serve: cache is a file": (["serve", E, "--cache", "file.txt", "--port", "0"],
+                               r"cannot create the cache folder 'file.txt'"),
+    "serve: zero max size": (["serve", "--max-size", "0"], r"--max-size: invalid image side"),
+    "serve: unknown model name": (["serve", "no_such_net", "--cache", "{tmp}/cache"], r"no_such_net"),
 }
 
 

@@ -88,7 +88,7 @@ def test_the_api_is_there_when_used():
     assert out.strip() == "[] filterviz.ascent filterviz.book"
 
 
-@pytest.mark.parametrize("command", [[], ["models"], ["layers"], ["render"], ["recipes"], ["grid"], ["atlas"],
+@pytest.mark.parametrize("command", [[], ["models"], ["layers"], ["render"], ["recipes"], ["grid"], ["atlas"], ["serve"],
                                      ["demo"]], ids=lambda command: " ".join(command) or "filterviz")
 def test_help_imports_no_torch_and_says_what_the_parts_say(command, capsys):
     report, out, err = _cli(*command, "--help")

@@ -35,6 +35,7 @@ SKIPPED = {
     "render keras:VGG16": "pretrained Keras weights from the network",
     "atlas vgg16": "pretrained VGG16 weights from the network",
     "filterviz demo": "the demo's fallback is run by tests/test_book.py",
+    "filterviz serve": "starts a server (tests/test_serve_live.py runs one, with README's curl examples)",
     "~/photos": "a user's photo folder (tests/test_atlas.py runs --images)",
     "my_model.keras": "a user's Keras file (tests/test_sources.py loads Keras files)",
     "whole_model.pth": "a user's pickled model (tests/test_sources.py loads one)",

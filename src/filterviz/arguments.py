@@ -155,6 +155,13 @@ def _text(label: str) -> Callable[[str], str]:
     return parse
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {_quote(text)}: use 0 to 65535 (0: any free port)")
+    return int(text)
+
+
 _name = _text("name (not empty)")
 _path = _text("path (not empty)")
 
@@ -452,6 +459,30 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"recipe of the same figures shown beside the book's, in OUTPUT/RECIPE/ and "
                            f"OUTPUT/side_by_side.png (default {BEST_RECIPE}: the most recognizable pictures per "
                            "second); none: the book's figures alone")
+    serve = commands.add_parser(
+        "serve", help="a local web app: pick a unit, watch it render, download it",
+        description="A local web app (and an HTTP API under /api) that renders while you watch: pick a model, a "
+                    "unit or objective and a recipe, and watch the picture form. Jobs from every page share one "
+                    "queue and are batched together where they can be; finished pictures are cached on disk.")
+    serve.add_argument("model", nargs="*", type=_path,
+                       help=f"models it serves besides the names `filterviz models` lists: names or model files "
+                            f"(the only files it opens; default {DEFAULT_MODEL})")
+    serve.add_argument("--atlas", metavar="DIR", type=_path,
+                       help="also serve this atlas (read-only), each filter page with a link to render it again")
+    serve.add_argument("--port", type=_port, default=8765, help="port to listen on (default 8765; 0: any free one)")
+    serve.add_argument("--host", type=_name, default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only; any other is reachable by "
+                            "others, with no login)")
+    serve.add_argument("--cache", metavar="DIR", type=_path, default="~/.cache/filterviz/serve",
+                       help="folder of finished pictures, by fingerprint (default ~/.cache/filterviz/serve)")
+    serve.add_argument("--device", type=_name, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    serve.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                       help="arithmetic of every render, as render's --precision (default auto)")
+    serve.add_argument("--max-size", type=_side, default=512, help="largest image side a request may ask (default 512)")
+    serve.add_argument("--max-steps", type=_positive, default=1024, help="most steps a request may ask (default 1024)")
+    serve.add_argument("--max-batch", type=_positive, default=8, help="most jobs rendered together (default 8)")
+    serve.add_argument("--max-queue", type=_positive, default=64, help="most jobs waiting (default 64)")
+    serve.add_argument("--quiet", "-q", action="store_true", help="no message when it starts")
     return parser
 
 

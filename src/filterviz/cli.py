@@ -279,9 +279,19 @@ def _cmd_models(args: argparse.Namespace) -> None:
     print(describe_sources())
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import Limits, run_server
+
+    limits = Limits(max_size=args.max_size, max_steps=args.max_steps, max_batch=args.max_batch,
+                    max_queue=args.max_queue)
+    run_server(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, atlas=args.atlas, cache=args.cache,
+               device=args.device, precision=args.precision, limits=limits,
+               say=(lambda text: None) if args.quiet else lambda text: print(text, file=sys.stderr))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "models": _cmd_models, "layers": _cmd_layers, "render": _cmd_render, "recipes": _cmd_recipes,
-    "grid": _cmd_grid, "atlas": _cmd_atlas, "demo": _cmd_demo,
+    "grid": _cmd_grid, "atlas": _cmd_atlas, "demo": _cmd_demo, "serve": _cmd_serve,
 }
 
 

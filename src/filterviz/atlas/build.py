@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..plan import check_render
 from ..errors import FilterVizError, MemoryBudgetError, OutputError
 from ..device import DEFAULT_PRECISION, autocast_dtype, resolve_precision
+from ..fingerprints import model_fingerprint, render_fingerprint, settings_hash
 from ..memory import budget_words, largest, memory_budget, more_memory, readable
 from ..image import png_bytes
 from ..models.loaded import LoadedModel
@@ -80,28 +81,8 @@ class AtlasSummary:
         return atlas_html(self)
 
 
-def model_fingerprint(model: LoadedModel) -> str:
-    """Changes with the architecture, the weights, the input spec or the layouts the user said (not with
-    the model's name)."""
-    digest = hashlib.sha256(repr(model.module).encode())
-    digest.update(repr(model.spec).encode())
-    if model.layouts:  # layouts said by the user (--layout) decide which unit a filter index is
-        digest.update(repr(sorted((layer, repr(layout)) for layer, layout in model.layouts.items())).encode())
-    for name, tensor in model.module.state_dict().items():
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()
-
-
 def _hash(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _recipe_fields(recipe: Recipe) -> dict[str, Any]:
-    fields = recipe.fields()
-    fields.pop("name")  # a name changes no pixel
-    return fields
+    return settings_hash(*parts)
 
 
 def _chunks(filters: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:
@@ -381,6 +362,8 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
     folder, image_count = _examples_source(plan, manifest.example_sources(), with_examples)
     info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side, folder, image_count,
                     plan.top_k)
+    manifest.put_site({"model": info.model, "recipe": json.dumps(info.recipe.fields(), sort_keys=True),
+                       "seed": str(info.seed), "size": str(info.size)})
     keep = write_site(plan.root, info, site_layers, claim=manifest.claim)
     keep |= {unit.file for layer in site_layers for unit in layer.units.values()}
     for layer in site_layers:
@@ -424,8 +407,6 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
     """Render what is missing or stale; returns how many filters were rendered."""
     done = manifest.units()
     settings = plan.settings
-    recipe = _recipe_fields(settings.recipe)
-    dtype = autocast_dtype(settings.precision, plan.model.device, plan.model.dtype)
     tasks: list[RenderTask] = []
     fingerprints: dict[RenderTask, str] = {}
     by_path = {layer.path: layer for layer in plan.layers}
@@ -435,8 +416,9 @@ def _render_units(plan: _Plan, manifest: Manifest, fingerprint: str) -> int:
             total += len(chunk)
             task = RenderTask(layer.path, chunk)
             # Everything that can change a pixel: the batch it shares, and where and how it runs too.
-            fingerprints[task] = _hash(fingerprint, recipe, settings.seed, settings.precision, settings.threads,
-                                       str(dtype), plan.model.device.type, layer.path, chunk)
+            fingerprints[task] = render_fingerprint(fingerprint, settings.recipe, settings.seed, settings.precision,
+                                                    settings.threads, plan.model.device, layer.path, chunk,
+                                                    model_dtype=plan.model.dtype)
             if not all(_is_done(plan.root, done.get((layer.name, k)), fingerprints[task], filter_image(layer.slug, k))
                        for k in chunk):
                 tasks.append(task)

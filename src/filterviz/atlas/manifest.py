@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint T
     settings TEXT NOT NULL DEFAULT '', folder TEXT NOT NULL DEFAULT '', images INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS site (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Columns added to example_layers since its first version: what its examples depend on, apart from the
 # images themselves (so that a run without --images can tell whether they still hold), and their folder.
@@ -116,6 +117,26 @@ class ExampleSource:
     folder: str
     images: int
     examples: int
+
+
+def read_site(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+    """What a manifest says of its site, read without writing to it (SQLite read-only): the values of
+    ``Manifest.put_site`` and each rendered picture's file with its (layer, filter). Empty for a
+    missing manifest, or one too old or damaged to say."""
+    try:
+        connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}, {}
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        site = dict(connection.execute("SELECT key, value FROM site")) if "site" in tables else {}
+        units = ({file: (layer, k) for layer, k, file in connection.execute("SELECT layer, filter, file FROM units")}
+                 if "units" in tables else {})
+        return site, units
+    except sqlite3.Error:
+        return {}, {}
+    finally:
+        connection.close()
 
 
 class Manifest:
@@ -273,6 +294,16 @@ class Manifest:
                     examples += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
                     sql.execute("DELETE FROM example_layers WHERE layer = ?", (layer,))
         return len(stale), examples
+
+    def put_site(self, values: dict[str, str]) -> None:
+        """Record what the site shows as a whole (its model's name, recipe, seed, size), so that a reader
+        of the atlas (``filterviz serve --atlas``) can say which settings made it."""
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR REPLACE INTO site VALUES (?, ?)", sorted(values.items()))
+
+    def site(self) -> dict[str, str]:
+        """What ``put_site`` recorded (empty for an atlas of an earlier filterviz)."""
+        return dict(self.connection.execute("SELECT key, value FROM site"))
 
     def files(self) -> set[str]:
         """Every file (relative to the atlas) that the atlas may have written and not removed since."""
