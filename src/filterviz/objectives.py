@@ -348,49 +348,6 @@ class Diversity(Term):
         return f"diversity({self.layer})"
 
 
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    import torch
-    import torch.nn.functional as F
-
-    kernel = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
-    kernel = (kernel[:, None] * kernel[None, :] / 16).expand(x.shape[1], 1, 3, 3)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
-
-
-@register_term
-@dataclass(frozen=True)
-class Regularizer(Term):
-    """A property of the image itself, in 0..1 units; subtract it to penalize: ``obj - 0.1 * tv()``.
-
-    ``tv``: mean absolute difference of neighbouring pixels; ``l1``/``l2``: mean absolute/squared
-    distance from mid-gray; ``blur``: mean squared difference from a 3x3 binomial blur of itself.
-    """
-
-    name: str
-    layer: str = IMAGE
-    syntax: ClassVar[tuple[str, ...]] = ("tv", "l1", "l2", "blur")
-    NAMES: ClassVar[tuple[str, ...]] = syntax
-
-    @classmethod
-    def parse(cls, kind: str, args: str) -> "Regularizer":
-        if args:
-            raise FilterVizError(f"{kind} takes no layer or index: write {kind}, not {kind}:{args}")
-        return cls(kind)
-
-    def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
-        x = data[rows.image: rows.image + 1] / 255.0
-        if self.name == "tv":
-            return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-        if self.name == "l1":
-            return (x - 0.5).abs().mean()
-        if self.name == "l2":
-            return (x - 0.5).square().mean()
-        return (x - _blur(x)).square().mean()
-
-    def label(self) -> str:
-        return self.name
-
-
 class StartTerm(Term):
     """A term that compares the image with the render's start image (the photo it began from) at its
     ``layer``. ``compare(data, start, rows)`` gets that layer's data of the batch and of the start images,
@@ -490,6 +447,49 @@ def _tiny(x: torch.Tensor) -> float:
     import torch
 
     return float(torch.finfo(x.dtype).tiny)
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
+    kernel = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    kernel = (kernel[:, None] * kernel[None, :] / 16).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+
+
+@register_term
+@dataclass(frozen=True)
+class Regularizer(Term):
+    """A property of the image itself, in 0..1 units; subtract it to penalize: ``obj - 0.1 * tv()``.
+
+    ``tv``: mean absolute difference of neighbouring pixels; ``l1``/``l2``: mean absolute/squared
+    distance from mid-gray; ``blur``: mean squared difference from a 3x3 binomial blur of itself.
+    """
+
+    name: str
+    layer: str = IMAGE
+    syntax: ClassVar[tuple[str, ...]] = ("tv", "l1", "l2", "blur")
+    NAMES: ClassVar[tuple[str, ...]] = syntax
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Regularizer":
+        if args:
+            raise FilterVizError(f"{kind} takes no layer or index: write {kind}, not {kind}:{args}")
+        return cls(kind)
+
+    def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        x = data[rows.image: rows.image + 1] / 255.0
+        if self.name == "tv":
+            return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+        if self.name == "l1":
+            return (x - 0.5).abs().mean()
+        if self.name == "l2":
+            return (x - 0.5).square().mean()
+        return (x - _blur(x)).square().mean()
+
+    def label(self) -> str:
+        return self.name
 
 
 class Objective:
