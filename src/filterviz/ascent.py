@@ -48,6 +48,8 @@ class Render:
     objective is measured dead: the same value on every probe photo and noise image (see ``liveness``).
     ``importance`` (a parameterization with ``importance``: MACO) is the accumulated gradient magnitude
     per pixel, (N, H, W). ``deprocess`` is the mode that makes ``images`` (default: the recipe's).
+    ``start`` holds the start images it was given (a photo), (N, H, W, C) pixels; ``side_by_side()``
+    puts each picture beside its photo.
     """
 
     model: str

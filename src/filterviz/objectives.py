@@ -4,7 +4,9 @@ An ``Objective`` is a weighted sum of terms, kept flat, so ``a + b``, ``a - b``,
 ``sum(hundreds of terms)`` never nest or recurse. Terms read a layer's activations (channel, neuron,
 layer, direction, diversity), the model's output (class logit or log-probability), or the image itself
 (regularizers: total variation, L1, L2, blur). Each image's score depends on that image alone, except
-for diversity, which compares it with the other images of the batch that share its objective.
+for diversity, which compares it with the other images of the batch that share its objective, and
+the terms that compare it with the photo it started from (``StartTerm``: caricature, close), which
+the render gives that photo's data at the same views.
 
 Term kinds are registered parts: each declares its text syntax (``channel:LAYER:K``) and reads it in
 ``parse``; ``parse_objective``, its error messages and the command line's help are made from the
