@@ -93,12 +93,15 @@ def test_readme_commands_are_all_accounted_for():
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory) -> Path:
     """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX, and
-    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"."""
+    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB", and a
+    photo (scikit-image's cat) for --start."""
     folder = tmp_path_factory.mktemp("files")
     from conftest import save_bands, tiny_model
 
     torch.jit.trace(tiny_model(dtype=torch.float32).module, torch.zeros(1, 3, 16, 16)).save(str(folder / "traced.pt"))
     save_bands(folder / "gray.pt", 1)
+    skimage_data = pytest.importorskip("skimage.data")
+    Image.fromarray(skimage_data.chelsea()).save(folder / "photo.jpg")  # the photo of --start lines
     pytest.importorskip("onnx2torch")
     save_bands(folder / "bands.onnx", 5)
     import torchvision

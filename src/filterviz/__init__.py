@@ -66,6 +66,7 @@ __all__ = [
     "show",
     "Recorder",
     "save_animation",
+    "side_by_side",
 ]
 
 # Where each public name is defined. It is imported the first time it is used (PEP 562): importing
@@ -74,7 +75,7 @@ _HOMES = {
     "objectives": None, "transforms": None,  # modules
     "book_layers": "book", "generate_pattern": "book", "run_demo": "book",
     "Deprocess": "image", "deprocess_image": "image", "make_grid": "image", "register_deprocess": "image",
-    "save_image": "image", "show_channels": "image",
+    "save_image": "image", "show_channels": "image", "side_by_side": "image",
     "LayerInfo": "layers",
     "Layout": "layouts", "register_layout": "layouts",
     "DEFAULT_MODEL": "catalog",

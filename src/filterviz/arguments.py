@@ -269,7 +269,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     from .image import check_path  # numpy: imported by a command, not by the parser
 
     for option, what in (("model", "model"), ("weights", "weights"), ("images", "--images"),
-                         ("spectrum", "--spectrum")):
+                         ("spectrum", "--spectrum"), ("start", "--start")):
         value = getattr(args, option, None)
         if value is not None:
             check_path(value, what)
@@ -322,6 +322,15 @@ def _add_record_options(command: argparse.ArgumentParser) -> None:
                          help="also write the optimization as an animation, a frame every N steps (see --animation)")
     command.add_argument("--animation", type=_path, metavar="FILE",
                          help="where --record writes it: .webp (lossless) or .gif (default: -o's name with .webp)")
+
+
+def _add_start_options(parser: argparse.ArgumentParser, what: str, output: str) -> None:
+    """``--start PHOTO`` and ``--side-by-side``: a render that begins from a photo, shown beside it."""
+    parser.add_argument("--start", metavar="PHOTO", type=_path,
+                        help=f"start {what} from this photo instead of noise (its middle square at the render's "
+                             "size): feature accentuation; caricature:LAYER and close:LAYER|pixels compare with it")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help=f"with --start: write the photo and {output} side by side, in one PNG (-o)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--size", type=_side,
                         help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
     render.add_argument("--importance", metavar="PNG", type=_path, help="maco: also write the importance map here")
+    _add_start_options(render, "the image", "the image")
     render.add_argument("--show-channels", type=_channel_list, metavar="I,J,K",
                         help="a model of more than 3 channels: the 3 shown as red, green, blue (default the first "
                              "three), or one shown as gray; every channel goes to a .npy of the image's name")
@@ -410,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--per-row", type=_positive, default=8, help="tiles per row (default 8)")
     grid.add_argument("--margin", type=_non_negative, default=5, help="pixels between tiles (default 5)")
     grid.add_argument("--batch-size", type=_positive, help="filters rendered together (default: by device)")
+    _add_start_options(grid, "every filter", "the grid")
     grid.add_argument("--show-channels", type=_channel_list, metavar="I,J,K",
                       help="a model of more than 3 channels: the 3 shown as red, green, blue (default the first "
                            "three), or one shown as gray; every channel goes to a .npy of the grid's name")

@@ -10,6 +10,7 @@ once: its plan (``plan.plan_render``: size, parts, checks, regularizers, memory)
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -23,7 +24,7 @@ from .fastpath import single_channels
 from .errors import FilterVizError, FilterVizWarning, RenderCancelled
 from .device import DEFAULT_PRECISION, auto_batch_size, autocast
 from .forward import Scorer
-from .image import DEPROCESS, Deprocess
+from .image import DEPROCESS, SIDE_BY_SIDE_MARGIN, Deprocess, as_is, side_by_side
 from .liveness import flat_on_probe, probe_count
 from .models.loaded import LoadedModel
 from .objectives import Objective, channel
@@ -31,6 +32,7 @@ from .params import Parameterization, create_images
 from .plan import RenderParts, RenderPlan, check_filters, plan_batches, plan_render
 from .recipes import Recipe, get_recipe, render_size
 from .redirect import Redirection
+from .starts import start_size
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Render:
     objective is measured dead: the same value on every probe photo and noise image (see ``liveness``).
     ``importance`` (a parameterization with ``importance``: MACO) is the accumulated gradient magnitude
     per pixel, (N, H, W). ``deprocess`` is the mode that makes ``images`` (default: the recipe's).
+    ``start`` holds the start images it was given (a photo), (N, H, W, C) pixels; ``side_by_side()``
+    puts each picture beside its photo.
     """
 
     model: str
@@ -59,6 +63,7 @@ class Render:
     importance: np.ndarray | None = None
     deprocess: Deprocess | None = None
     precision: str = "fp32"  # the arithmetic it ran in (what ``auto`` chose)
+    start: np.ndarray | None = None  # the start images given (a photo), (N, H, W, C) pixels; None: noise
 
     @property
     def images(self) -> np.ndarray:
@@ -81,6 +86,20 @@ class Render:
     def _repr_html_(self) -> str:  # Jupyter: the pictures with their objectives and scores
         from .notebook import render_html
         return render_html(self)
+
+    @property
+    def start_images(self) -> np.ndarray:
+        """The start images (the photo) as pictures, (N, H, W, C) uint8: their pixels as they are,
+        rounded and clipped to 0..255. A render that started from noise has none (FilterVizError)."""
+        if self.start is None:
+            raise FilterVizError("this render started from noise, not from a photo; render with start=PHOTO to "
+                                 "show the photo beside it")
+        return np.stack([as_is(p) for p in self.start])
+
+    def side_by_side(self, margin: int = SIDE_BY_SIDE_MARGIN) -> np.ndarray:
+        """Each picture to the right of the photo it started from, ``margin`` black pixels apart:
+        (N, H, 2W + margin, C) uint8 (``show_channels`` makes pictures of them for other channel counts)."""
+        return np.stack([side_by_side(photo, image, margin) for photo, image in zip(self.start_images, self.images)])
 
 
 @dataclass
@@ -175,14 +194,33 @@ StepWatcher = Callable[[int, torch.Tensor, torch.Tensor], None]
 image's objective at that step (N,), as the ascent computed it (transformed views, before the step)."""
 
 
+def _twin(generator: torch.Generator) -> torch.Generator:
+    """A generator in the same state: it draws what ``generator`` will draw next."""
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(generator.get_state())
+    return twin
+
+
 def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: Recipe, parts: RenderParts, size: int,
                    seed: int | None, start: np.ndarray | None, on_step: Callable[[], None] = lambda: None,
-                   redirection: Redirection | None = None, watch: StepWatcher | None = None,
-                   watch_every: int = 1) -> BatchResult:
+                   redirection: Redirection | None = None, compare_start: bool = False,
+                   watch: StepWatcher | None = None, watch_every: int = 1) -> BatchResult:
     """Optimize one batch of images (one per key) for ``recipe.steps`` steps with the parts; ``watch``
-    (when given) is told every ``watch_every``-th step and the last one."""
+    (when given) is told every ``watch_every``-th step and the last one. With ``compare_start`` (an
+    objective compares the image with its start), the start images are scored too, each view through
+    the same random transforms as the image's (twin generators), so that the two are compared position
+    for position."""
     image = create_images(parts.parameterization, size, keys, seed, start, model.spec.channels)
     image = image.to(model.device, model.dtype)
+    photo = photo_views = None
+    if compare_start and start is not None:  # a fixed target: no gradient
+        photo = torch.as_tensor(start).permute(0, 3, 1, 2).to(model.device, model.dtype)
+        photo_views = photo.repeat_interleave(recipe.views, dim=0) if recipe.views > 1 else photo
+
+    def scored(pixels: torch.Tensor, views: torch.Tensor, count: int,
+               start_views: torch.Tensor | None) -> torch.Tensor:
+        return score(pixels, views, count) if photo is None else score(pixels, views, count, (photo, start_views))
+
     parameters = list(image.parameters())
     step_parameters = parts.optimizer.start(parameters, recipe.learning_rate)
     generators = [_generator(seed, key, 3) for key in keys for _ in range(recipe.views)]
@@ -199,13 +237,16 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
     if parts.transformed(recipe) or reduced:
         with torch.no_grad(), _exact(model, reduced):
             pixels = image().to(model.dtype)
-            first = score(pixels, pixels, 1).detach().cpu()
+            first = scored(pixels, pixels, 1, photo).detach().cpu()
     for step in range(recipe.steps):
         if redirection is not None:
             redirection.active = step < recipe.escape_steps
         pixels = image()
         views = pixels.repeat_interleave(recipe.views, dim=0) if recipe.views > 1 else pixels
-        scores = score(pixels, parts.transforms(views, generators), recipe.views)
+        twins = [_twin(generator) for generator in generators] if photo is not None else []
+        transformed = parts.transforms(views, generators)
+        start_views = parts.transforms(photo_views, twins) if photo is not None else None
+        scores = scored(pixels, transformed, recipe.views, start_views)
         first = scores.detach().cpu() if first is None else first
         wanted = [*parameters, pixels] if importance is not None else parameters
         grads = torch.autograd.grad(scores.sum(), wanted)
@@ -225,7 +266,7 @@ def optimize_batch(model: LoadedModel, score: Scorer, keys: list[int], recipe: R
         redirection.active = False
     with torch.no_grad(), _exact(model, reduced):
         pixels = image().to(model.dtype)
-        final = score(pixels, pixels, 1).detach().cpu()
+        final = scored(pixels, pixels, 1, photo).detach().cpu()
     return BatchResult(pixels.detach().cpu(), final if first is None else first, final, alive,
                        None if importance is None else importance.cpu())
 
@@ -247,7 +288,7 @@ def render(
     deprocess: Deprocess | str | None = None,
     seed: int | None = None,
     keys: Sequence[int] | None = None,
-    start: np.ndarray | None = None,
+    start: np.ndarray | str | os.PathLike[str] | None = None,
     batch_size: int | None = None,
     progress: bool = False,
     precision: str = DEFAULT_PRECISION,
@@ -267,7 +308,11 @@ def render(
     or a ``torch.optim.Optimizer`` class) and a ``deprocess`` mode; a name there is a recipe override.
     With a ``seed``, image ``i``'s start and random transforms come from ``(seed, keys[i])`` alone
     (default key: its position), so an image is the same whether rendered alone or in a batch.
-    ``start`` (N, H, W, C) replaces the start image (pixel and fourier parameterizations).
+    ``start`` replaces the start noise: a photo file (read at the render's size, its middle square, in
+    the model's channels: see ``starts``), one image (H, W, C) for every objective, or one per objective
+    (N, H, W, C), in pixels 0..255. Pixel and fourier images start as it exactly (fourier within
+    0.5..254.5, where its sigmoid is invertible); maco from its phase, with maco's own magnitude.
+    Objectives that compare the image with its start (``caricature:LAYER``, ``close:LAYER``) need one.
 
     How it runs, which never changes what is computed beyond rounding: ``precision`` (``fp32``,
     ``bf16``, ``fp16`` or ``auto``, the default: the fastest that keeps quality on this machine,
@@ -307,10 +352,12 @@ def render(
                                        disable=None if progress else True, leave=False))
         watcher = None if callback is None else _Watcher(callback, plan)
         for chunk in chunks:
+            compare_start = any(plan.objectives[i].start_layers for i in chunk)
             with autocast(model.device, plan.dtype):
                 results.append(optimize_batch(model, plan.forward.scorer(step, chunk), [plan.keys[i] for i in chunk],
                                               plan.recipe, plan.parts, plan.size, seed,
-                                              None if start is None else start[chunk], bar.update, step.redirection,
+                                              None if plan.start is None else plan.start[chunk], bar.update,
+                                              step.redirection, compare_start,
                                               None if watcher is None else watcher.batch(chunk), callback_every))
     order = torch.as_tensor(np.argsort([index for chunk in chunks for index in chunk], kind="stable"))
     result = _assemble(model, plan, results, order)
@@ -368,7 +415,7 @@ def _assemble(model: LoadedModel, plan: RenderPlan, results: list[BatchResult], 
         start_score=start_score, score=final_score, stuck=stuck, dead=dead,
         importance=None if importance is None else importance.double().numpy(),
         deprocess=plan.parts.deprocess if not _named(plan.parts.deprocess, plan.recipe.deprocess) else None,
-        precision=plan.precision,
+        precision=plan.precision, start=plan.start,
     )
 
 
@@ -382,14 +429,15 @@ def render_filters(
     filters: Sequence[int],
     *,
     seed: int | None = None,
-    start: np.ndarray | None = None,
+    start: np.ndarray | str | os.PathLike[str] | None = None,
     recipe: Recipe | str = "classic",
     **options: Any,
 ) -> FilterRender:
     """Render many filters of one layer, a batch of images at a time (by default the book's recipe).
 
-    ``start`` (N, H, W, C) replaces the book's noise start; each filter's result equals its
-    one-at-a-time result from the same start image. Filter ``k`` starts from the noise of
+    ``start`` replaces the book's noise start (a photo file, one image (H, W, C) for every filter, or
+    (N, H, W, C), one per filter; see ``render``); each filter's result equals its one-at-a-time result
+    from the same start image. Filter ``k`` starts from the noise of
     ``(seed, k)``, whatever else is rendered with it. Every other option is ``render``'s (``size``
     defaults to the recipe's, else the model's fixed input size, else the book's 150).
     """
@@ -399,7 +447,7 @@ def render_filters(
     names = {item.name for item in fields(Recipe)}
     chosen = get_recipe(recipe, **{k: v for k, v in options.items() if k in names})
     rest = {k: v for k, v in options.items() if k not in names}
-    side = start.shape[1] if start is not None else render_size(chosen, model.spec.fixed_size)
+    side = start_size(start, options.get("size")) or render_size(chosen, model.spec.fixed_size)
     # Channels only: ``render`` checks the layer at the full side once its memory is known to fit.
     info = model.layer_info(layer, min(side, model.spec.default_size))
     check_filters(filters, info.channels, layer, model.name)

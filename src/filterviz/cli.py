@@ -74,6 +74,7 @@ def _cmd_render(args: argparse.Namespace) -> None:
     if not args.objective and (args.layer is None or args.filter is None):
         raise FilterVizError("say what to render: LAYER FILTER, or --objective (e.g. channel:LAYER:K or class:207)")
     chosen = [channel(args.layer, args.filter)] if book else [parse_objective(text) for text in args.objective]
+    _check_start(args, chosen)
     # The objectives read (and checked) without torch; what follows imports it.
     from .ascent import render
     from .outputs import TILES_PER_ROW, array_files, check_tiles, copy_keys, output_files, save_render, with_copies
@@ -88,18 +89,19 @@ def _cmd_render(args: argparse.Namespace) -> None:
     outputs = output_files(args.output, objectives, args.copies, args.importance)
     recording = _recording(args, outputs, per_row=TILES_PER_ROW, margin=5)
     check_inputs(args)
+    _check_photo(args)
     model = _load(args)
     side = render_size(recipe.replace(size=args.size) if args.size else recipe, model.spec.fixed_size)
     if len(outputs) == 1:
         check_tiles(args.output, len(objectives), side, hint="render fewer images, write one file each with "
-                    "-o NAME_{name}.png, or use a smaller --size")
+                    "-o NAME_{name}.png, or use a smaller --size", beside_start=args.side_by_side)
     if book:  # the filter index first, in the book's words
         check_filters([args.filter], model.layer_info(args.layer, side).channels, args.layer, model.name)
     arrays = array_files(outputs, model.spec.channels, args.show_channels)  # checked before any work
     result = render(model, objectives, recipe, size=args.size, seed=args.seed, precision=args.precision,
                     max_memory=args.max_memory, keys=copy_keys(args.filter, args.copies) if book else None,
-                    progress=not args.quiet, **recording.options)
-    save_render(result, outputs, args.importance, args.show_channels)
+                    progress=not args.quiet, start=args.start, **recording.options)
+    save_render(result, outputs, args.importance, args.show_channels, beside=args.side_by_side)
     recording.save()
     if args.quiet:
         return
@@ -153,6 +155,24 @@ def _recording(args: argparse.Namespace, outputs: Sequence[str], per_row: int, m
     return _Recording(target, args.record, args.show_channels, per_row, margin)
 
 
+def _check_start(args: argparse.Namespace, objectives: Sequence[object]) -> None:
+    """``--side-by-side`` needs ``--start``, and so do objectives that compare with the start photo."""
+    from .starts import require_start
+
+    if args.side_by_side and args.start is None:
+        raise FilterVizError("--side-by-side shows the start photo beside the result; add --start PHOTO, or leave "
+                             "--side-by-side out")
+    require_start(objectives, args.start is not None)
+
+
+def _check_photo(args: argparse.Namespace) -> None:
+    """The start photo, by its header, before the model is loaded."""
+    if args.start is not None:
+        from .starts import check_photo
+
+        check_photo(args.start)
+
+
 def _precision_note(precision: str) -> str:
     """Said after the scores when a render ran in other than fp32 (``auto`` chose it, or it was asked)."""
     return "" if precision == "fp32" else f"; in {precision}"
@@ -177,14 +197,16 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     from .ascent import render_filters
     from .book import GRID_FILTERS
     from .image import check_writable, make_grid, save_array, save_image, show_channels
-    from .outputs import array_files, check_tiles
+    from .outputs import array_files, beside_start, check_tiles
     from .plan import check_filters
 
     check_writable(args.output)
     recording = _recording(args, [args.output], per_row=args.per_row, margin=args.margin)
     ranges = parse_filters(args.filters) if args.filters is not None else None
     recipe = recipe_from_args(args)
+    _check_start(args, [])
     check_inputs(args)
+    _check_photo(args)
     model = _load(args)
     channels = model.layer_info(args.layer, args.size).channels
     if ranges is None:  # the book's first 64, or all of a smaller layer
@@ -194,13 +216,15 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     filters = [index for indices in ranges for index in indices]
     # after the filters' check, which says what is wrong with a huge range
     check_tiles(args.output, len(filters), args.size, args.per_row, args.margin,
-                "use a smaller --margin, --size or --per-row, or fewer --filters")
+                "use a smaller --margin, --size or --per-row, or fewer --filters", beside_start=args.side_by_side)
     arrays = array_files([args.output], model.spec.channels, args.show_channels)
     render = render_filters(model, args.layer, filters, size=args.size, steps=args.steps, learning_rate=args.learning_rate,
                             seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                            recipe=recipe, precision=args.precision, max_memory=args.max_memory, **recording.options)
-    save_image(make_grid(show_channels(render.images, args.show_channels), per_row=args.per_row, margin=args.margin,
-                         crossed=render.stuck), args.output)
+                            recipe=recipe, precision=args.precision, max_memory=args.max_memory, start=args.start,
+                            **recording.options)
+    picture = make_grid(show_channels(render.images, args.show_channels), per_row=args.per_row, margin=args.margin,
+                        crossed=render.stuck)
+    save_image(beside_start(render, picture, args.show_channels) if args.side_by_side else picture, args.output)
     for array in arrays:  # every channel, where the picture shows some
         save_array(render.pixels, array)
     recording.save()

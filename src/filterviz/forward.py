@@ -22,10 +22,13 @@ from .device import channels_last
 from .layers import OUTPUT, split_call
 from .layouts import split_part
 from .models.loaded import LoadedModel
-from .objectives import IMAGE, Objective, Rows, batch_scores
+from .objectives import IMAGE, Objective, Rows, Term, batch_scores, start_layer
 from .redirect import Redirection, redirected
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (images, views, views per image) -> (N,)
+# (images, views, views per image[, start]) -> (N,); start: (start images, their views), given to the
+# objectives that compare with the start photo (each view of it transformed as the image's same view).
+Scorer = Callable[..., torch.Tensor]
+StartViews = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -195,10 +198,32 @@ class FullCapture:
     def scorer(self, step: ForwardPass, chunk: Sequence[int]) -> Scorer:
         objectives = [self.objectives[i] for i in chunk]
         own_rows = all(_reads_own_rows(objective) for objective in objectives)
+        compared = sorted(set().union(*(objective.start_layers for objective in objectives)))
+        last: list[Any] = []  # the start views last seen, the autocast state then, and their data
 
-        def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
+        def start_data(start: StartViews) -> dict[str, torch.Tensor]:
+            """The start's data at the layers compared with it: its activations at the same views (no
+            gradient: it is a fixed target). Views that do not change (no transforms) are run once."""
+            pixels, views = start
+            reduced = torch.is_autocast_enabled(views.device.type)
+            if last and last[0] is views and last[1] == reduced:
+                return last[2]  # type: ignore[no-any-return]
+            found: dict[str, torch.Tensor] = {}
+            if any(layer != IMAGE for layer in compared):
+                with torch.no_grad():
+                    captured = step.run(_layout(views, step.nhwc))
+                found.update({start_layer(layer): captured[layer] for layer in compared if layer != IMAGE})
+            if IMAGE in compared:
+                found[start_layer(IMAGE)] = pixels
+            last[:] = [views, reduced, found]
+            return found
+
+        def score(pixels: torch.Tensor, views: torch.Tensor, count: int,
+                  start: StartViews | None = None) -> torch.Tensor:
             data = step.run(_layout(views, step.nhwc))
             data[IMAGE] = pixels
+            if start is not None and compared:
+                data.update(start_data(start))
             if own_rows:
                 scores = per_image_scores(objectives, data, count)
                 if scores is not None:
@@ -210,8 +235,13 @@ class FullCapture:
 def _reads_own_rows(objective: Objective) -> bool:
     """Whether each term of ``objective`` reads only its own image's rows: filterviz's own terms that do
     not compare an image with its peers (a term of a plugin may read the whole batch)."""
-    return not objective.batchwise and all(type(term).score.__module__ == Objective.__module__
+    return not objective.batchwise and all(_scoring(term).__module__ == Objective.__module__
                                            for _, term in objective.terms)
+
+
+def _scoring(term: Term) -> Callable[..., torch.Tensor]:
+    """The method that scores ``term``: ``compare`` for a term that compares with the start, else ``score``."""
+    return type(term).compare if term.compares_start else type(term).score  # type: ignore[attr-defined, no-any-return]
 
 
 def per_image_scores(objectives: Sequence[Objective], data: dict[str, torch.Tensor],
@@ -225,7 +255,7 @@ def per_image_scores(objectives: Sequence[Objective], data: dict[str, torch.Tens
     images = len(objectives)
     pieces: dict[str, tuple[torch.Tensor, ...]] = {}
     for name, value in data.items():
-        per = 1 if name == IMAGE else count
+        per = 1 if name in (IMAGE, start_layer(IMAGE)) else count
         if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != images * per:
             return None
         pieces[name] = value.split(per)
@@ -254,7 +284,8 @@ class SelectedChannels:
         device = next(iter(self.conv_tail.conv.parameters())).device
         picked = torch.tensor([self.channels[i] for i in chunk], device=device)
 
-        def score(pixels: torch.Tensor, views: torch.Tensor, count: int) -> torch.Tensor:
+        def score(pixels: torch.Tensor, views: torch.Tensor, count: int,
+                  start: StartViews | None = None) -> torch.Tensor:  # one channel: nothing compares with a start
             outputs = selected_channels(self.conv_tail, step.run(_layout(views, step.nhwc)),
                                         picked.repeat_interleave(count))
             return full_precision(outputs.flatten(1)).mean(dim=1).view(-1, count).mean(dim=1)

@@ -140,6 +140,23 @@ def make_grid(
     return grid
 
 
+SIDE_BY_SIDE_MARGIN = 5  # px of black between a photo and its result, as between a grid's tiles
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, margin: int = SIDE_BY_SIDE_MARGIN) -> np.ndarray:
+    """Two uint8 pictures in one, ``left`` then ``right``, ``margin`` black pixels apart: (H, W) gray or
+    (H, W, C), both of the same channels; of different heights, each at the top, the rest black (a
+    photo beside a grid of its filters)."""
+    left, right = np.asarray(left), np.asarray(right)
+    if left.shape[2:] != right.shape[2:] or left.ndim != right.ndim:
+        raise ValueError(f"pictures of shapes {left.shape} and {right.shape} have different channels")
+    height = max(left.shape[0], right.shape[0])
+    picture = np.zeros((height, left.shape[1] + margin + right.shape[1], *left.shape[2:]), np.uint8)
+    picture[:left.shape[0], :left.shape[1]] = left
+    picture[:right.shape[0], left.shape[1] + margin:] = right
+    return picture
+
+
 def _cross_out(tile: np.ndarray) -> None:
     height, width = tile.shape[:2]
     rgb = tile.ndim == 3 and tile.shape[2] == 3

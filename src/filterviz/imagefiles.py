@@ -65,8 +65,13 @@ def _bomb_pixels(exc: BaseException) -> str:
     return f"{int(found.group(1)):,} pixels" if found else "more pixels"
 
 
-def _read(path: str | os.PathLike[str], use: Callable[[Image.Image], T]) -> T:
-    """``use(image)`` on the opened file, with every failure as one ``InputFileError`` naming it."""
+# What a refusal advises for a file of a folder (an atlas's --images, a --spectrum folder).
+FOLDER_ADVICE = "remove it from the folder or replace it with a readable .jpg or .png"
+
+
+def _read(path: str | os.PathLike[str], use: Callable[[Image.Image], T], advice: str = FOLDER_ADVICE) -> T:
+    """``use(image)`` on the opened file, with every failure as one ``InputFileError`` naming it and
+    ending in ``advice`` (what to do about a damaged file)."""
     name = str(Path(path))
     try:
         with warnings.catch_warnings():
@@ -76,13 +81,12 @@ def _read(path: str | os.PathLike[str], use: Callable[[Image.Image], T]) -> T:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputFileError(
             f"image {name!r} has {_bomb_pixels(exc)}, more than the {Image.MAX_IMAGE_PIXELS:,} that PIL decodes "
-            "safely (PIL.Image.MAX_IMAGE_PIXELS; a larger file may be a decompression bomb); remove it from the "
-            "folder or shrink it") from None
+            "safely (PIL.Image.MAX_IMAGE_PIXELS; a larger file may be a decompression bomb); "
+            f"{'remove it from the folder or shrink it' if advice == FOLDER_ADVICE else 'shrink it'}") from None
     except FileNotFoundError:
         raise InputFileError(f"image {name!r} does not exist (was it removed during the run?)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files; each is this file's fault
-        raise InputFileError(f"cannot read image {name!r} ({first_line(exc, 120)}); remove it from the folder "
-                             "or replace it with a readable .jpg or .png") from None
+        raise InputFileError(f"cannot read image {name!r} ({first_line(exc, 120)}); {advice}") from None
 
 
 def _decoded(image: Image.Image) -> Image.Image:
@@ -90,16 +94,26 @@ def _decoded(image: Image.Image) -> Image.Image:
     return to_rgb8(image)
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
+def open_image(path: str | os.PathLike[str], advice: str = FOLDER_ADVICE) -> Image.Image:
     """The image at ``path`` as 8-bit RGB (see ``to_rgb8``). A file that is no image, is damaged, or is
-    a decompression bomb is an ``InputFileError`` naming it."""
-    return _read(path, _decoded)
+    a decompression bomb is an ``InputFileError`` naming it (ending in ``advice``)."""
+    return _read(path, _decoded, advice)
 
 
-def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
+def square_image(image: Image.Image, side: int) -> Image.Image:
+    """``image`` as a ``side`` x ``side`` square: its short side scaled to ``side`` (bicubic), then its
+    middle cut out, as a classifier's evaluation crop sees a photo."""
+    scale = side / min(image.size)
+    width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def check_image(path: str | os.PathLike[str], advice: str = FOLDER_ADVICE) -> tuple[int, int]:
     """(width, height), from the header alone (no pixel is decoded), with the checks of ``open_image``
     that a header allows: the file is an image PIL knows, and no decompression bomb."""
-    return _read(path, lambda image: image.size)
+    return _read(path, lambda image: image.size, advice)
 
 
-__all__ = ["WIDE_MODES", "check_image", "open_image", "to_rgb8"]
+__all__ = ["WIDE_MODES", "check_image", "open_image", "square_image", "to_rgb8"]

@@ -5,7 +5,8 @@ flat region. A unit is *dead* when it takes one and the same value on every prob
 natural photos packaged with filterviz (public-domain and CC0 photos, see
 ``tools/make_probe_photos.py``), any photos the caller adds, and four images of strong noise (uniform
 and Gaussian pixel noise, coarse blotches, and a checkerboard). A unit that varies on any of them
-responds to some input, so its picture can be made: it is *stuck*, not dead.
+responds to some input, so its picture can be made: it is *stuck*, not dead. A term that compares the
+image with its start photo (a caricature) compares each probe image with the first probe photo.
 
 A model of other channels than RGB gets the same probe in its own channels: for fewer than 3 (a gray
 model), each photo as gray (ITU-R 601 luma, as Pillow converts) in every channel; for more than 3
@@ -25,7 +26,7 @@ from PIL import Image
 
 from .memory import memory_budget
 from .models.loaded import LoadedModel
-from .objectives import IMAGE, Objective, Rows
+from .objectives import IMAGE, Objective, Rows, start_layer
 
 PHOTOS_FILE = Path(__file__).parent / "data" / "probe_photos.npz"
 
@@ -102,10 +103,16 @@ def flat_on_probe(model: LoadedModel, objectives: list[Objective], size: int,
         budget = memory_budget(model.device, max_memory if max_memory is not None else model.max_memory)
         batch = int(max(1, min(count, budget // max(model.forward_bytes(size, layers)[0], 1))))
     values: list[list[torch.Tensor]] = [[] for _ in parts]
+    compared = sorted({layer for part in parts for layer in part.start_layers})
+    reference: dict[str, torch.Tensor] = {}
     with torch.no_grad(), model.capture(layers) as run:
         for first in range(0, count, batch):
             pixels = torch.as_tensor(images[first:first + batch], dtype=model.dtype, device=model.device)
             data = run(pixels.permute(0, 3, 1, 2))
+            if first == 0:
+                reference = {start_layer(layer): data[layer][:1] for layer in compared}
+            # a term that compares with the start compares each probe image with the first probe photo
+            data.update({name: value.expand(len(pixels), *value.shape[1:]) for name, value in reference.items()})
             for index, part in enumerate(parts):
                 if part.terms:
                     values[index] += [part.score(data, Rows(slice(row, row + 1), row)) for row in range(len(pixels))]

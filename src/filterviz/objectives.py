@@ -4,7 +4,9 @@ An ``Objective`` is a weighted sum of terms, kept flat, so ``a + b``, ``a - b``,
 ``sum(hundreds of terms)`` never nest or recurse. Terms read a layer's activations (channel, neuron,
 layer, direction, diversity), the model's output (class logit or log-probability), or the image itself
 (regularizers: total variation, L1, L2, blur). Each image's score depends on that image alone, except
-for diversity, which compares it with the other images of the batch that share its objective.
+for diversity, which compares it with the other images of the batch that share its objective, and
+the terms that compare it with the photo it started from (``StartTerm``: caricature, close), which
+the render gives that photo's data at the same views.
 
 Term kinds are registered parts: each declares its text syntax (``channel:LAYER:K``) and reads it in
 ``parse``; ``parse_objective``, its error messages and the command line's help are made from the
@@ -34,6 +36,13 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE = "<image>"  # the image being optimized (RGB 0..255), as a layer name for regularizers
+START = "<start>"  # prefix of the names under which a render gives terms its start image's (the photo's) data
+
+
+def start_layer(layer: str) -> str:
+    """The name under which ``layer``'s data of the render's start image (the photo) reach the terms that
+    compare with it: its activations at the same views as the image's (or, for ``IMAGE``, its pixels)."""
+    return START + layer
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,9 @@ class Term:
     # Whether an image's score reads the other images of its batch (diversity): such images must be
     # optimized in one batch, whatever the batch size.
     batchwise: ClassVar[bool] = False
+    # Whether it compares the image with the render's start image (a ``StartTerm``): such a term needs a
+    # start, and is scored by ``compare``.
+    compares_start: ClassVar[bool] = False
 
     def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
         raise NotImplementedError
@@ -338,6 +350,107 @@ class Diversity(Term):
         return f"diversity({self.layer})"
 
 
+class StartTerm(Term):
+    """A term that compares the image with the render's start image (the photo it began from) at its
+    ``layer``. ``compare(data, start, rows)`` gets that layer's data of the batch and of the start images,
+    row for row: the start seen through the same random transforms as the image at each step, so that
+    positions match. A render refuses such a term without a start image, before any work."""
+
+    compares_start: ClassVar[bool] = True
+
+    def compare(self, data: torch.Tensor, start: torch.Tensor, rows: Rows) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, data: torch.Tensor, rows: Rows) -> torch.Tensor:
+        raise FilterVizError(f"{self.label()} compares the image with the photo it starts from; give a start "
+                             "image: --start PHOTO (start= in Python)")
+
+
+PIXELS = "pixels"  # close:pixels: the image itself, not a layer
+
+
+def _flat_views(data: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """One image's views at a layer, one row each: (views, everything else)."""
+    import torch
+
+    picked = data[rows.views]
+    picked = picked.reshape(picked.shape[0], -1)
+    # sums over a whole layer: in bf16 or fp16 they would keep two or three digits
+    return picked.float() if picked.dtype in (torch.bfloat16, torch.float16) else picked
+
+
+@register_term
+@dataclass(frozen=True)
+class Caricature(StartTerm):
+    """Lucid's caricature: the image's activations at ``layer`` projected on the start photo's, in units of
+    the photo's own (1 at the photo), times their cosine similarity to the power ``power`` (floored at
+    0.1, as Lucid's): ``(a.p / p.p) * max(cos(a, p), 0.1) ** power`` over the whole layer (every channel
+    and position), the mean over views. The projection grows as the image shows more of what the layer
+    sees in the photo; the cosine keeps it to the photo's pattern. Lucid's ``dot_compare`` is
+    ``(a.p) * (a.p / |p|) ** power``; this is its form with a true cosine (the PyTorch ports' fix) and
+    in the photo's units, so that its weight means the same at any layer."""
+
+    layer: str
+    power: float = 2.0
+    syntax: ClassVar[tuple[str, ...]] = ("caricature:LAYER[:POWER]",)
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Caricature":
+        head, _, tail = args.rpartition(":")
+        if head and re.fullmatch(_WEIGHT, tail):
+            power = float(tail)
+            if not math.isfinite(power):
+                raise FilterVizError(f"caricature power {tail} is too large; use a number such as 2")
+            return cls(head, power)
+        return cls(_layer(kind, args))
+
+    def compare(self, data: torch.Tensor, start: torch.Tensor, rows: Rows) -> torch.Tensor:
+        image, photo = _flat_views(data, rows), _flat_views(start, rows)
+        dot = (image * photo).sum(dim=1)
+        own = photo.square().sum(dim=1)
+        tiny = _tiny(own)
+        cosine = dot / (image.norm(dim=1) * own.sqrt()).clamp_min(tiny)
+        return (dot / own.clamp_min(tiny) * cosine.clamp_min(0.1) ** self.power).mean()
+
+    def label(self) -> str:
+        return f"caricature({self.layer}{'' if self.power == 2.0 else f',{self.power:g}'})"
+
+
+@register_term
+@dataclass(frozen=True)
+class Close(StartTerm):
+    """Closeness to the start photo, 0 at the photo and less elsewhere: minus the squared distance of
+    the image's activations at ``layer`` from the photo's, in units of the photo's own squared norm
+    (-|a - p|^2 / |p|^2, the mean over views: -1 where the activations are all zero); or, for
+    ``close:pixels``, minus the mean squared pixel difference in 0..1 units, as ``l2`` measures. Add it to
+    an objective to accentuate a unit while the image stays near the photo (feature accentuation)."""
+
+    layer: str
+    syntax: ClassVar[tuple[str, ...]] = ("close:LAYER", "close:pixels")
+
+    @classmethod
+    def parse(cls, kind: str, args: str) -> "Close":
+        name = _layer(kind, args)
+        return cls(IMAGE if name == PIXELS else name)
+
+    def compare(self, data: torch.Tensor, start: torch.Tensor, rows: Rows) -> torch.Tensor:
+        if self.layer == IMAGE:
+            return -((data[rows.image] - start[rows.image].to(data.dtype)) / 255.0).square().mean()
+        image, photo = _flat_views(data, rows), _flat_views(start, rows)
+        own = photo.square().sum(dim=1)
+        return -((image - photo).square().sum(dim=1) / own.clamp_min(_tiny(own))).mean()
+
+    def label(self) -> str:
+        return f"close({PIXELS if self.layer == IMAGE else self.layer})"
+
+
+def _tiny(x: torch.Tensor) -> float:
+    """The smallest positive normal number of ``x``'s dtype: a floor that keeps a ratio finite."""
+    import torch
+
+    return float(torch.finfo(x.dtype).tiny)
+
+
 def _blur(x: torch.Tensor) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
@@ -446,6 +559,11 @@ class Objective:
         return {term.layer for _, term in self.terms}
 
     @property
+    def start_layers(self) -> set[str]:
+        """The layers (or ``IMAGE``) at which its terms compare the image with the start photo."""
+        return {term.layer for _, term in self.terms if term.compares_start}
+
+    @property
     def batchwise(self) -> bool:
         """Whether its images read each other (a diversity term): they must share one batch."""
         return any(term.batchwise for _, term in self.terms)
@@ -474,7 +592,14 @@ class Objective:
         """This objective for one image (``rows`` says where it is in the batch)."""
         total = None
         for weight, term in self.terms:
-            value = weight * term.score(data[term.layer], rows)
+            if term.compares_start:
+                start = data.get(start_layer(term.layer))
+                if start is None:  # scored without the start's data: a caller's mistake, said in its words
+                    raise FilterVizError(f"{term.label()} compares the image with the photo it starts from; give a "
+                                         "start image: --start PHOTO (start= in Python)")
+                value = weight * term.compare(data[term.layer], start, rows)
+            else:
+                value = weight * term.score(data[term.layer], rows)
             total = value if total is None else total + value
         return total if total is not None else next(iter(data.values())).new_zeros(())
 
@@ -566,6 +691,18 @@ def load_direction(path: str) -> np.ndarray:
 
 def diversity(layer: str) -> Objective:
     return Objective.of(Diversity(layer))
+
+
+def caricature(layer: str, power: float = 2.0) -> Objective:
+    """Lucid's caricature of the start photo at ``layer`` (see ``Caricature``); needs a render's start."""
+    if not math.isfinite(power):
+        raise FilterVizError(f"caricature power must be a finite number, not {power}")
+    return Objective.of(Caricature(layer, float(power)))
+
+
+def close(layer: str) -> Objective:
+    """Closeness to the start photo at ``layer``, or in its pixels with ``"pixels"`` (see ``Close``)."""
+    return Objective.of(Close(IMAGE if layer == PIXELS else layer))
 
 
 def tv() -> Objective:

@@ -5,7 +5,7 @@ can call: ``with_copies`` (copies of each objective, made to differ by a diversi
 ``copy_keys`` (which noise each copy starts from), ``output_files`` (one file, or one per image from a
 ``{name}`` pattern, checked before any work), ``check_tiles`` (a tiled picture that can be written and
 opened again), ``array_files`` (where every channel goes when a picture cannot show them all),
-``importance_image`` and ``save_render``.
+``importance_image``, ``beside_start`` (a picture beside the photo it started from) and ``save_render``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 
 from .ascent import Render
 from .errors import FilterVizError
-from .image import (array_file, check_image_size, check_path, check_shown, check_writable, default_shown, make_grid,
-                    quote_path, save_array, save_image, show_channels, TEMP_NAME_EXTRA)
+from .image import (SIDE_BY_SIDE_MARGIN, TEMP_NAME_EXTRA, array_file, check_image_size, check_path, check_shown,
+                    check_writable, default_shown, make_grid, quote_path, save_array, save_image, show_channels,
+                    side_by_side)
 from .objectives import Objective, diversity
 
 DIVERSITY_WEIGHT = 3.0  # in the objective's units; chosen by benchmarks/diversity.py
@@ -80,11 +81,18 @@ def output_files(pattern: str, objectives: Sequence[Objective], copies: int = 1,
 
 
 def check_tiles(path: str | os.PathLike[str], count: int, side: int, per_row: int = TILES_PER_ROW,
-                margin: int = TILE_MARGIN, hint: str = "") -> None:
+                margin: int = TILE_MARGIN, hint: str = "", beside_start: bool = False) -> None:
     """Refuse, before any work, ``count`` tiles of ``side`` px that would make a picture too large to
-    write or open again."""
+    write or open again (``beside_start``: with the start photo to their left, as ``side_by_side``)."""
     rows, columns = -(-count // per_row), min(per_row, count)
-    check_image_size(path, columns * side + (columns - 1) * margin, rows * side + (rows - 1) * margin, hint)
+    extra = side + SIDE_BY_SIDE_MARGIN if beside_start else 0
+    check_image_size(path, columns * side + (columns - 1) * margin + extra, rows * side + (rows - 1) * margin, hint)
+
+
+def beside_start(render: Render, picture: np.ndarray, shown: Sequence[int] | None = None) -> np.ndarray:
+    """``picture`` (a render's image, or its images tiled) to the right of the photo the render started
+    from (its first start image, as a picture of the ``shown`` channels)."""
+    return side_by_side(show_channels(render.start_images[:1], shown)[0], picture)
 
 
 def importance_image(render: Render) -> np.ndarray:
@@ -119,21 +127,30 @@ def array_files(outputs: Sequence[str], channels: int, shown: Sequence[int] | No
 
 
 def save_render(render: Render, outputs: Sequence[str], importance: str | None = None,
-                shown: Sequence[int] | None = None) -> list[Path]:
+                shown: Sequence[int] | None = None, beside: bool = False) -> list[Path]:
     """Write a render's pictures: one file per image (``outputs`` from a ``{name}`` pattern), or all of
     them tiled into the one file; and its importance map, when asked. Returns the files written.
+    ``beside``: each picture to the right of the photo it started from (``side_by_side``); images
+    tiled into one file are put beside their photo when they share it, else tiled as pairs.
 
     An image of one channel is a gray picture; of 3, RGB; of another count, the ``shown`` channels (one,
     as gray, or three; default ``default_shown``: the first three), with every channel's pixels (the
     render's ``pixels``) in a ``.npy`` of the same name: (H, W, C) for one image, (N, H, W, C) for
     images tiled into one picture (see ``array_files``)."""
     images = show_channels(render.images, shown)
+    photos = show_channels(render.start_images, shown) if beside else None
     arrays = array_files(outputs, render.pixels.shape[-1], shown)
     if len(outputs) > 1:
-        written = [save_image(image, output) for image, output in zip(images, outputs)]
+        pictures = images if photos is None else [side_by_side(p, i) for p, i in zip(photos, images)]
+        written = [save_image(picture, output) for picture, output in zip(pictures, outputs)]
         written += [save_array(pixels, array) for pixels, array in zip(render.pixels, arrays)]
     else:
         tiled = images[0] if len(images) == 1 else make_grid(images, per_row=min(len(images), TILES_PER_ROW))
+        if photos is not None:
+            shared = all(np.array_equal(render.start[0], other) for other in render.start[1:])
+            tiled = (side_by_side(photos[0], tiled) if shared else
+                     make_grid([side_by_side(p, i) for p, i in zip(photos, images)],
+                               per_row=min(len(images), TILES_PER_ROW // 2)))
         written = [save_image(tiled, outputs[0])]
         written += [save_array(render.pixels[0] if len(images) == 1 else render.pixels, array) for array in arrays]
     if importance is not None:

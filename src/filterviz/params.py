@@ -304,6 +304,10 @@ class MacoImage(nn.Module):
         self.recorrelate = channels == 3
         self.register_buffer("magnitude", magnitude)
         self.phase = nn.Parameter(torch.as_tensor(_normal(tuple(magnitude.shape), keys, seed, 2)))
+        # After ``set_image``, each image's phase is standardized to its photo's own mean and spread, not
+        # to 0 and 1 (None: a random start, as MACO's).
+        self.register_buffer("phase_center", None)
+        self.register_buffer("phase_spread", None)
 
     def forward(self) -> torch.Tensor:
         x = self.forward_decorrelated()
@@ -315,11 +319,31 @@ class MacoImage(nn.Module):
         phase = self.phase
         flat = phase.flatten(1)
         phase = (phase - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
+        if self.phase_spread is not None:  # a photo's phase: back to its own mean and spread
+            phase = phase * self.phase_spread.to(phase.dtype) + self.phase_center.to(phase.dtype)
         magnitude = self.magnitude.to(phase.dtype)
         polar = torch.polar if magnitude.requires_grad else _PolarPhase.apply  # a fixed magnitude: no gradient
         x = torch.fft.irfft2(polar(magnitude.expand_as(phase), phase), s=(self.height, self.width))
         flat = x.flatten(1)
         return (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-4)
+
+    @torch.no_grad()
+    def set_image(self, pixels: torch.Tensor) -> None:
+        """Start from the phase of ``pixels`` (N, C, H, W) in 0..255: the phase of their spectrum where
+        ``forward`` builds its own (before the sigmoid, in decorrelated color), kept as it is. The
+        magnitude stays natural photos' (MACO's), so the first image is the photo's phase with that
+        magnitude: its edges and shapes in place, its contrast and colors MACO's. MACO standardizes the
+        phase at every step; here it is standardized to the photo phase's own mean and spread (a
+        photo's phases spread over -pi..pi, wider than MACO's random start), which makes ``forward``
+        give back exactly that phase at the start."""
+        x = torch.logit(pixels.to(self.phase.dtype).clamp(0.5, 254.5) / 255.0)
+        if self.recorrelate:
+            x = rgb_to_decorrelated(x)
+        phase = torch.angle(torch.fft.rfft2(x))
+        flat = phase.flatten(1)
+        self.phase.copy_(phase)
+        self.phase_center = flat.mean(1).view(-1, 1, 1, 1)
+        self.phase_spread = flat.std(1).view(-1, 1, 1, 1) + 1e-4
 
 
 class Parameterization:
@@ -446,9 +470,10 @@ class MacoParameterization(Parameterization):
 
     def create(self, size: int, keys: Sequence[int], seed: int | None, start: np.ndarray | None,
                channels: int = 3) -> nn.Module:
-        if start is not None:
-            raise FilterVizError("a MACO image starts from a random phase; start images need pixel or fourier")
-        return MacoImage(size, keys, seed, self.spectrum, channels)
+        image = MacoImage(size, keys, seed, self.spectrum, channels)
+        if start is not None:  # the photo's phase, with MACO's magnitude
+            image.set_image(torch.as_tensor(start).permute(0, 3, 1, 2))
+        return image
 
     def check_channels(self, channels: int) -> None:
         spectrum_for_channels(self.spectrum, channels, "--spectrum" if self.given else "the spectrum")

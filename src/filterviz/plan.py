@@ -10,6 +10,7 @@ when even the smallest batch would not fit.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .objectives import IMAGE, ClassScore, Direction, Objective, Regularizer, pa
 from .optimizers import Optimizer, as_optimizer
 from .params import PARAMETERIZATIONS, Parameterization, parameterization_fields
 from .recipes import Recipe, get_recipe, render_size
+from .starts import require_start, start_images, start_size
 from .transforms import Compose
 
 
@@ -326,6 +328,7 @@ class RenderPlan:
     saved: SavedBytes
     need: Callable[..., int]
     precision: str = "fp32"  # what the render runs in: fp32, bf16 or fp16 (``auto`` resolved)
+    start: np.ndarray | None = None  # the start images, (N, H, W, C) pixels, when the render has a start
 
     def batch_extra(self) -> int:
         """What one image needs besides its views' saved activations, for the batch size."""
@@ -356,7 +359,8 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
                 parameterization: Parameterization | str | None = None,
                 transforms: Sequence[torch.nn.Module] | None = None, optimizer: Any = None,
                 deprocess: Deprocess | str | None = None, keys: Sequence[int] | None = None,
-                start: np.ndarray | None = None, batch_size: int | None = None, precision: str = DEFAULT_PRECISION,
+                start: np.ndarray | str | os.PathLike[str] | None = None, batch_size: int | None = None,
+                precision: str = DEFAULT_PRECISION,
                 max_memory: int | None = None, select_channels: bool = True, memory_format: str = "channels_last",
                 batch_option: str = "--batch-size", **overrides: Any) -> RenderPlan:
     """Check a render before any work: its objectives, parts, sizes, transforms, layers, channels and
@@ -384,11 +388,13 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
         raise FilterVizError(f"batch size must be 1 or more, not {batch_size}")
     channels = model.spec.channels
     parts.parameterization.check_channels(channels)
-    if start is not None:
-        if start.ndim != 4 or start.shape[0] != len(targets) or start.shape[3] != channels:
-            raise FilterVizError(f"start must have shape ({len(targets)}, H, W, {channels}), not {start.shape}")
-        recipe = recipe.replace(size=start.shape[1])
+    require_start(targets, start is not None)
+    side = start_size(start, overrides.get("size"))  # an array's side; a photo file is read at the render's size
+    if side is not None:
+        recipe = recipe.replace(size=side)
     size = render_size(recipe, model.spec.fixed_size)
+    if start is not None:
+        start = start_images(start, len(targets), size, channels)
     if model.spec.min_size and size < model.spec.min_size and not model.spec.fixed_size:
         raise InputSizeError(f"{model.name} takes images of {model.spec.min_size} px or more, not {size}; "
                              f"use --size {model.spec.min_size} or more")
@@ -419,8 +425,30 @@ def plan_render(model: LoadedModel, objectives: Sequence[Objective | str], recip
     for side in sorted({size, view}):
         if side > own:
             _check_layers_and_channels(model, targets, side)
+    if start is not None:
+        _check_start_activations(model, targets, start)
     return RenderPlan(recipe, parts, targets, keys, size, view, forward, dtype, nhwc, together, budget, saved, need,
-                      resolve_precision(precision, model.device, model.dtype))
+                      resolve_precision(precision, model.device, model.dtype), start)
+
+
+def _check_start_activations(model: LoadedModel, objectives: list[Objective], start: np.ndarray) -> None:
+    """Refuse a start photo that gives all zeros at a layer an objective compares it at: a caricature or
+    a closeness in units of the photo's activations has no units there (and nothing to show)."""
+    layers = sorted({layer for objective in objectives for layer in objective.start_layers} - {IMAGE})
+    if not layers:
+        return
+    shared = all(np.array_equal(start[0], other) for other in start[1:])
+    images = [0] if shared else range(len(start))
+    with torch.no_grad(), model.capture(layers) as run:
+        for index in images:
+            pixels = torch.as_tensor(start[index:index + 1]).permute(0, 3, 1, 2).to(model.device, model.dtype)
+            data = run(pixels)
+            for layer in layers:
+                if not bool(data[layer].any()):
+                    which = "the start photo" if shared else f"start image {index}"
+                    raise FilterVizError(f"{which} gives nothing but zeros at {layer}, so there is nothing of it to "
+                                         "compare with there; compare at another layer (an earlier one, or one "
+                                         "before its activation)")
 
 
 def check_render(model: LoadedModel, objectives: Sequence[Objective | str], recipe: Recipe | str = "classic",

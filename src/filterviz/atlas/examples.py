@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import FilterVizError
 from ..device import deterministic
-from ..imagefiles import check_image, open_image
+from ..imagefiles import check_image, open_image, square_image
 from ..models.loaded import LoadedModel
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -78,12 +78,7 @@ def load_square(path: Path, side: int, channels: int = 3) -> np.ndarray:
     """An image as (side, side, 3) uint8 RGB: its short side scaled to ``side``, then center-cropped;
     for a gray model (``channels`` 1), as (side, side, 1) gray (ITU-R 601 luma, as Pillow converts)."""
     check_example_channels(channels)
-    image = _open_rgb(path)
-    scale = side / min(image.size)
-    width, height = max(side, round(image.width * scale)), max(side, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
+    square = square_image(_open_rgb(path), side)
     return np.asarray(square) if channels == 3 else np.asarray(square.convert("L"))[..., None]
 
 
