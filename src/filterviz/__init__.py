@@ -62,6 +62,13 @@ __all__ = [
     "run_demo",
     "save_image",
     "show_channels",
+    "PathBaseline",
+    "PathSimilarity",
+    "frechet_distance",
+    "path_baseline",
+    "path_layers",
+    "path_similarity",
+    "plausibility",
 ]
 
 # Where each public name is defined. It is imported the first time it is used (PEP 562): importing
@@ -84,6 +91,8 @@ _HOMES = {
     "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
     "Transform": "transforms", "register_transform": "transforms",
     "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
+    "PathBaseline": "trust", "PathSimilarity": "trust", "frechet_distance": "trust", "path_baseline": "trust",
+    "path_layers": "trust", "path_similarity": "trust", "plausibility": "trust",
 }
 
 
