@@ -16,7 +16,7 @@ from torch import nn
 import filterviz
 from filterviz import InputSpec
 from filterviz.errors import FilterVizError, MissingExtraError
-from filterviz.trust import (ProjectedFeatures, feature_layer, path_baseline, path_layers, path_similarity, plausibility,
+from filterviz.trust import (FrechetDistance, ProjectedFeatures, feature_layer, path_baseline, path_layers, path_similarity, plausibility,
                              pooled_activations, rank_correlation)
 
 from conftest import tiny_model
@@ -203,8 +203,12 @@ def test_frechet_distance_is_the_textbook_formula():
     b = rng.normal(size=(90, 4)) * np.array([1.0, 2.0, 0.5, 1.5]) - 0.5
     assert filterviz.frechet_distance(a, b, Vectors(4)) == pytest.approx(_frechet(b, a), rel=1e-8)
     assert filterviz.frechet_distance(a, a, Vectors(4)) == pytest.approx(0, abs=1e-8)
-    with pytest.raises(FilterVizError, match="more than 4 samples in each set"):
+    with pytest.raises(FilterVizError, match="more than 4 pictures"):
         filterviz.frechet_distance(a[:4], b, Vectors(4))
+    # One set of natural images, measured once, against several sets of pictures.
+    against_b = FrechetDistance(b, Vectors(4))
+    assert against_b(a) == pytest.approx(_frechet(a, b), rel=1e-8)
+    assert against_b(a[:40] * 2) == pytest.approx(_frechet(a[:40] * 2, b), rel=1e-8)
 
 
 def test_frechet_distance_of_pictures_in_a_models_projected_feature_space(naturals):

@@ -302,28 +302,51 @@ def embedded_features(device: str | torch.device = "cpu", dims: int = FRECHET_DI
     return ProjectedFeatures(load_model("efficientnet-lite0", device=device), FRECHET_LAYER, dims)
 
 
+class FrechetDistance:
+    """Fréchet distances of sets of pictures to one set of natural ``images``, whose features are computed
+    once: ``FrechetDistance(images, features)(pictures)``. The distance between Gaussians fitted to the
+    two sets' features, |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), is torchmetrics'
+    FrechetInceptionDistance with ``features`` as its feature module (default ``embedded_features()``;
+    any module with an int ``num_features`` that maps a batch of the inputs to (N, num_features)). Each
+    set needs more samples than the space has dimensions. Needs the ``metrics`` extra."""
+
+    def __init__(self, images: np.ndarray | Sequence[np.ndarray], features: nn.Module | None = None, *,
+                 batch_size: int = 32) -> None:
+        from .models.sources import require
+
+        fid = require("torchmetrics.image.fid", "metrics", "Fréchet distances")
+        features = features if features is not None else embedded_features()
+        self.dims = int(getattr(features, "num_features", 0))
+        if self.dims < 1:
+            raise FilterVizError("a Fréchet feature module needs an int num_features, the size of what it gives")
+        self.images = len(images)
+        self._check(self.images, "images")
+        self.batch_size = batch_size
+        # The natural images' statistics stay across reset(): only the pictures' are computed per call.
+        self.metric = fid.FrechetInceptionDistance(feature=features, normalize=False, reset_real_features=False)
+        self.metric.set_dtype(torch.float64)
+        self._update(images, real=True)
+
+    def _check(self, count: int, what: str) -> None:
+        if count <= self.dims:
+            raise FilterVizError(f"a Fréchet distance in {self.dims} dimensions needs more than {self.dims} {what}; "
+                                 f"got {count}: give more, or fewer dimensions")
+
+    def _update(self, data: np.ndarray | Sequence[np.ndarray], real: bool) -> None:
+        for first in range(0, len(data), self.batch_size):
+            chunk = np.stack([np.asarray(x) for x in data[first:first + self.batch_size]])
+            self.metric.update(torch.as_tensor(chunk), real=real)
+
+    def __call__(self, pictures: np.ndarray | Sequence[np.ndarray]) -> float:
+        self._check(len(pictures), "pictures")
+        self.metric.reset()
+        self._update(pictures, real=False)
+        return float(self.metric.compute())
+
+
 def frechet_distance(pictures: np.ndarray | Sequence[np.ndarray], images: np.ndarray | Sequence[np.ndarray],
                      features: nn.Module | None = None, *, batch_size: int = 32) -> float:
-    """The Fréchet distance between Gaussians fitted to the features of ``pictures`` and of natural
-    ``images``: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), by torchmetrics' FrechetInceptionDistance
-    with ``features`` as its feature module (default ``embedded_features()``; any module with an int
-    ``num_features`` that maps a batch of the inputs to (N, num_features)). Each set needs more samples
-    than the space has dimensions. Needs the ``metrics`` extra."""
-    from .models.sources import require
-
-    fid = require("torchmetrics.image.fid", "metrics", "Fréchet distances")
-    features = features if features is not None else embedded_features()
-    dims = int(getattr(features, "num_features", 0))
-    if dims < 1:
-        raise FilterVizError("a Fréchet feature module needs an int num_features, the size of what it gives")
-    counts = (len(pictures), len(images))
-    if min(counts) <= dims:
-        raise FilterVizError(f"a Fréchet distance in {dims} dimensions needs more than {dims} samples in each set; "
-                             f"got {counts[0]} pictures and {counts[1]} images: give more, or fewer dimensions")
-    metric = fid.FrechetInceptionDistance(feature=features, normalize=False)
-    metric.set_dtype(torch.float64)
-    for data, real in ((images, True), (pictures, False)):
-        for first in range(0, len(data), batch_size):
-            chunk = data[first:first + batch_size]
-            metric.update(torch.as_tensor(np.stack([np.asarray(x) for x in chunk])), real=real)
-    return float(metric.compute())
+    """The Fréchet distance of ``pictures`` to natural ``images`` in ``features``' space (see
+    ``FrechetDistance``; default: the embedded EfficientNet-Lite0's last features on 8 fixed random
+    directions). Each set needs more samples than the space has dimensions; needs the ``metrics`` extra."""
+    return FrechetDistance(images, features, batch_size=batch_size)(pictures)

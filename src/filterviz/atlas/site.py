@@ -12,12 +12,14 @@ import html
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..recipes import Recipe
 from .files import (INDEX, STYLE_SHEET, filter_image, filter_page, href, layer_page, read_regular, source_image,
                     write_file)
 from .manifest import Example, Unit
 from .selection import AtlasLayer
+from .trust import filter_html, index_html, layer_html
 
 STYLE = """\
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1rem 1.5rem;
@@ -60,6 +62,7 @@ class SiteLayer:
     layer: AtlasLayer
     units: dict[int, Unit]
     examples: dict[int, list[Example]] = field(default_factory=dict)
+    trust: dict[str, Any] | None = None  # its trust scores, as atlas.trust reports them (None: none)
 
 
 @dataclass
@@ -110,7 +113,8 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
             + (f"; dataset examples: the top {info.top_k} of {info.image_count} images in {_e(info.images)}"
                if info.images else "") + "</p>\n"
             "<table class=\"layers\">\n<tr><th>layer</th><th>kind</th><th>channels</th><th>size</th>"
-            "<th>dead</th><th>filters</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
+            "<th>dead</th><th>filters</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
+            + index_html([site_layer.trust for site_layer in layers], INDEX))
     return _page(f"{info.model}: atlas", INDEX, body)
 
 
@@ -129,7 +133,7 @@ def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
             f"<h1>{_e(layer.name)}</h1>\n<p class=\"meta\">{_e(layer.kind)}, {layer.channels} channels"
             + ("" if layer.height is None else f", {layer.height}×{layer.width} at {info.size} px")
             + (f" (module {_e(layer.path)})" if layer.path != layer.name else "") + "</p>\n"
-            "<div class=\"grid\">\n" + "\n".join(cells) + "\n</div>\n")
+            "<div class=\"grid\">\n" + "\n".join(cells) + "\n</div>\n" + layer_html(site_layer.trust, page))
     return _page(f"{layer.name} · {info.model}", page, body)
 
 
@@ -187,7 +191,7 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
             f"<dt>seed</dt><dd>{info.seed}</dd><dt>recipe</dt><dd><details><summary>{_e(info.recipe.name)}"
             f"</summary><table class=\"recipe\">{recipe}</table></details></dd></dl>\n</div>\n</div>\n"
             + (f"<h2>Neighbours</h2>\n<div class=\"grid\">{neighbours}</div>\n" if nearby else "")
-            + _examples(page, site_layer.examples.get(k, []), info))
+            + _examples(page, site_layer.examples.get(k, []), info) + filter_html(site_layer.trust, k, page))
     return _page(f"{layer.name} filter {k} · {info.model}", page, body)
 
 
