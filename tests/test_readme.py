@@ -92,12 +92,19 @@ def test_readme_commands_are_all_accounted_for():
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory) -> Path:
     """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX, and
-    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"."""
+    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"; and a
+    folder of photos."""
     folder = tmp_path_factory.mktemp("files")
     from conftest import save_bands, tiny_model
 
     torch.jit.trace(tiny_model(dtype=torch.float32).module, torch.zeros(1, 3, 16, 16)).save(str(folder / "traced.pt"))
     save_bands(folder / "gray.pt", 1)
+    skimage_data = pytest.importorskip("skimage.data")
+    (folder / "photos").mkdir()  # README's `--images photos`: a few real photos, made small
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        image = Image.fromarray(getattr(skimage_data, name)())
+        image.thumbnail((64, 64))
+        image.save(folder / "photos" / f"{name}.png")
     pytest.importorskip("onnx2torch")
     save_bands(folder / "bands.onnx", 5)
     import torchvision
