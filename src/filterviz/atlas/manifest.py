@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS example_layers (layer TEXT PRIMARY KEY, fingerprint T
 CREATE TABLE IF NOT EXISTS scan (fingerprint TEXT PRIMARY KEY, next_image INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS site (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trust (
+    layer TEXT NOT NULL, filter INTEGER NOT NULL, fingerprint TEXT NOT NULL, score REAL NOT NULL,
+    plausibility REAL NOT NULL, path TEXT NOT NULL, PRIMARY KEY (layer, filter));
+CREATE TABLE IF NOT EXISTS trust_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, frechet REAL,
+    note TEXT NOT NULL DEFAULT '', pictures INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0);
 """
 # Columns added to example_layers since its first version: what its examples depend on, apart from the
 # images themselves (so that a run without --images can tell whether they still hold), and their folder.
@@ -139,6 +144,32 @@ def read_site(path: str | Path) -> tuple[dict[str, str], dict[str, tuple[str, in
         connection.close()
 
 
+@dataclass(frozen=True)
+class TrustScore:
+    """How far one filter's picture can be trusted (see ``filterviz.trust``): its path similarity
+    ``score``, its ``plausibility``, and ``path``, the per-layer figures as JSON."""
+
+    layer: str
+    filter: int
+    fingerprint: str
+    score: float
+    plausibility: float
+    path: str
+
+
+@dataclass(frozen=True)
+class LayerTrust:
+    """A layer's Fréchet distance of its ``pictures`` to ``images`` of the folder (None: not measured,
+    ``note`` says why)."""
+
+    layer: str
+    fingerprint: str
+    frechet: float | None
+    note: str
+    pictures: int
+    images: int
+
+
 class Manifest:
     """The SQLite manifest of one atlas folder."""
 
@@ -239,7 +270,7 @@ class Manifest:
         """Forget every rendered filter, dataset example and scan, but not the files written: a fresh
         start that can still remove the files of the atlas as it was."""
         with self.transaction() as sql:
-            for table in ("units", "examples", "example_layers", "scan"):
+            for table in ("units", "examples", "example_layers", "scan", "trust", "trust_layers"):
                 sql.execute(f"DELETE FROM {table}")
 
     def examples(self, layer: str | None = None) -> list[Example]:
@@ -289,6 +320,8 @@ class Manifest:
         with self.transaction() as sql:
             stale = [key for key in sql.execute("SELECT layer, filter FROM units") if tuple(key) not in units]
             sql.executemany("DELETE FROM units WHERE layer = ? AND filter = ?", stale)
+            sql.executemany("DELETE FROM trust WHERE layer = ? AND filter = ?",
+                            [key for key in sql.execute("SELECT layer, filter FROM trust") if tuple(key) not in units])
             for (layer,) in list(sql.execute("SELECT layer FROM example_layers")):
                 if layer not in example_layers:
                     examples += sql.execute("DELETE FROM examples WHERE layer = ?", (layer,)).rowcount
@@ -304,6 +337,32 @@ class Manifest:
     def site(self) -> dict[str, str]:
         """What ``put_site`` recorded (empty for an atlas of an earlier filterviz)."""
         return dict(self.connection.execute("SELECT key, value FROM site"))
+
+
+    def trust_scores(self) -> dict[tuple[str, int], TrustScore]:
+        return {(row[0], row[1]): TrustScore(*row) for row in self.connection.execute("SELECT * FROM trust")}
+
+    def trust_layers(self) -> dict[str, LayerTrust]:
+        return {row[0]: LayerTrust(*row) for row in self.connection.execute("SELECT * FROM trust_layers")}
+
+    def put_trust(self, scores: Iterable[TrustScore], layer: LayerTrust | None = None) -> None:
+        """Record measured scores (and a layer's Fréchet distance) together: a run killed before this
+        measures them again."""
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR REPLACE INTO trust VALUES (?, ?, ?, ?, ?, ?)",
+                            [(t.layer, t.filter, t.fingerprint, t.score, t.plausibility, t.path) for t in scores])
+            if layer is not None:
+                sql.execute("INSERT OR REPLACE INTO trust_layers VALUES (?, ?, ?, ?, ?, ?)",
+                            (layer.layer, layer.fingerprint, layer.frechet, layer.note, layer.pictures, layer.images))
+
+    def forget_trust(self, scores: Iterable[tuple[str, int]] = (), layers: Iterable[str] = ()) -> int:
+        """Drop the scores of (layer, filter) pairs and the Fréchet distances of ``layers`` that no
+        longer hold; returns how many scores were dropped."""
+        with self.transaction() as sql:
+            dropped = sum(sql.execute("DELETE FROM trust WHERE layer = ? AND filter = ?", key).rowcount
+                          for key in scores)
+            sql.executemany("DELETE FROM trust_layers WHERE layer = ?", [(layer,) for layer in layers])
+        return dropped
 
     def files(self) -> set[str]:
         """Every file (relative to the atlas) that the atlas may have written and not removed since."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
 
 from ..pages import render_page, style_sheet
 from ..recipes import Recipe
@@ -19,6 +22,7 @@ from .files import (INDEX, STYLE_SHEET, filter_image, filter_page, layer_page, r
                     write_file)
 from .manifest import Example, Unit
 from .selection import AtlasLayer
+from .trust import filter_html, index_html, layer_html
 
 
 @dataclass
@@ -28,6 +32,7 @@ class SiteLayer:
     layer: AtlasLayer
     units: dict[int, Unit]
     examples: dict[int, list[Example]] = field(default_factory=dict)
+    trust: dict[str, Any] | None = None  # its trust scores, as atlas.trust reports them (None: none)
 
 
 @dataclass
@@ -53,7 +58,8 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
     return render_page("atlas/index.html", title=f"{info.model}: atlas", page=INDEX, model=info.model, layers=rows,
                        units=sum(len(site_layer.units) for site_layer in layers), recipe=info.recipe.name,
                        size=info.size, seed=info.seed, images=info.images, top_k=info.top_k,
-                       image_count=info.image_count)
+                       image_count=info.image_count,
+                       extra=Markup(index_html([site_layer.trust for site_layer in layers], INDEX)))
 
 
 def _link(slug: str, k: int) -> dict[str, object]:
@@ -66,7 +72,8 @@ def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
     units = [{**_link(layer.slug, k), "dead": unit.dead, "stuck": unit.stuck}
              for k, unit in sorted(site_layer.units.items())]
     return render_page("atlas/layer.html", title=f"{layer.name} · {info.model}", page=layer_page(layer.slug),
-                       model=info.model, layer=layer, size=info.size, units=units)
+                       model=info.model, layer=layer, size=info.size, units=units,
+                       extra=Markup(layer_html(site_layer.trust, layer_page(layer.slug))))
 
 
 def _example(example: Example, size: int) -> dict[str, object]:
@@ -95,7 +102,8 @@ def _filter(info: SiteInfo, site_layer: SiteLayer, k: int, order: list[int]) -> 
         score=f"{unit.start_score:.4g} → {unit.score:.4g}", seed=info.seed, recipe=info.recipe.name,
         recipe_fields=[(name, repr(value)) for name, value in info.recipe.fields().items()],
         neighbours=[_link(layer.slug, n) for n in nearby], images=info.images,
-        examples=[_example(example, info.size) for example in site_layer.examples.get(k, [])])
+        examples=[_example(example, info.size) for example in site_layer.examples.get(k, [])],
+        extra=Markup(filter_html(site_layer.trust, k, filter_page(layer.slug, k))))
 
 
 def _write(out: Path, relative: str, text: str, written: set[str]) -> None:
