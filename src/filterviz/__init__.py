@@ -24,6 +24,7 @@ __all__ = [
     "Term",
     "TorchOptimizer",
     "Transform",
+    "build_activation_atlas",
     "register_deprocess",
     "register_optimizer",
     "register_parameterization",
@@ -84,6 +85,7 @@ _HOMES = {
     "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
     "Transform": "transforms", "register_transform": "transforms",
     "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
+    "build_activation_atlas": "atlas.activation_build",
 }
 
 

@@ -9,9 +9,10 @@ same atlas always has the same bytes.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from ..recipes import Recipe
 from .files import (INDEX, STYLE_SHEET, filter_image, filter_page, href, layer_page, read_regular, source_image,
@@ -90,7 +91,7 @@ def _score(unit: Unit) -> str:
     return f"{unit.start_score:.4g} → {unit.score:.4g}"
 
 
-def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
+def _index(info: SiteInfo, layers: Sequence[SiteLayer], links: Mapping[str, str] = MappingProxyType({})) -> str:
     rows = []
     for site_layer in layers:
         layer = site_layer.layer
@@ -111,7 +112,7 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
                if info.images else "") + "</p>\n"
             "<table class=\"layers\">\n<tr><th>layer</th><th>kind</th><th>channels</th><th>size</th>"
             "<th>dead</th><th>filters</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
-    return _page(f"{info.model}: atlas", INDEX, body)
+    return _page(f"{info.model}: atlas", INDEX, body + links_section(links))
 
 
 def _layer(info: SiteInfo, site_layer: SiteLayer) -> str:
@@ -208,16 +209,60 @@ def site_pages(layers: Sequence[SiteLayer]) -> list[str]:
 
 
 def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer],
-               claim: Callable[[Iterable[str]], None] = lambda pages: None) -> set[str]:
+               claim: Callable[[Iterable[str]], None] = lambda pages: None,
+               links: Mapping[str, str] = MappingProxyType({})) -> set[str]:
     """Write every page (index, layers, filters) and the style sheet, after telling ``claim`` their
-    paths (the manifest records them before they exist); returns those paths under ``out``."""
+    paths (the manifest records them before they exist); returns those paths under ``out``. ``links``:
+    other pages of the folder that the index links to (see ``links_section``)."""
     claim(site_pages(layers))
     written: set[str] = set()
     _write(out, STYLE_SHEET, STYLE, written)
-    _write(out, INDEX, _index(info, layers), written)
+    _write(out, INDEX, _index(info, layers, links), written)
     for site_layer in layers:
         _write(out, layer_page(site_layer.layer.slug), _layer(info, site_layer), written)
         order = sorted(site_layer.units)
         for k in order:
             _write(out, filter_page(site_layer.layer.slug, k), _filter(info, site_layer, k, order), written)
     return written
+
+
+# -- links from the index to other pages of the folder (activation atlases) ------------------------
+# Kept apart from the index's own content, between two markers, so that a command that writes such a
+# page into an atlas folder can add its link to an index it did not write (``add_links``), giving the
+# bytes the atlas itself writes with the same links. An index without links is as it always was.
+
+LINKS_START, LINKS_END = "<!-- filterviz: links -->\n", "<!-- /filterviz: links -->\n"
+
+
+def links_section(links: Mapping[str, str]) -> str:
+    """The index's section of links to ``links`` ({page: label}, pages relative to the atlas folder),
+    "" when there are none."""
+    if not links:
+        return ""
+    items = "".join(f'<li><a href="{_e(href(INDEX, page))}">{_e(label)}</a></li>\n'
+                    for page, label in sorted(links.items()))
+    return f"{LINKS_START}<h2>Activation atlases</h2>\n<ul class=\"links\">\n{items}</ul>\n{LINKS_END}"
+
+
+def with_links(index: str, links: Mapping[str, str]) -> str | None:
+    """An atlas index's text with its links section replaced by one of ``links``; None when the text
+    is not an atlas index this module wrote (nothing to add a link to)."""
+    start, end = index.find(LINKS_START), index.find(LINKS_END)
+    if start >= 0 and end > start:
+        index = index[:start] + index[end + len(LINKS_END):]
+    tail = "</body>\n</html>\n"
+    if not index.endswith(tail):
+        return None
+    return index[:-len(tail)] + links_section(links) + tail
+
+
+def add_links(out: Path, links: Mapping[str, str]) -> bool:
+    """Give the atlas index in ``out`` (if there is one, never read or written through a link) the
+    section of ``links``; returns whether there was an index to link from."""
+    data = read_regular(out, INDEX)
+    text = None if data is None else with_links(data.decode("utf-8", errors="replace"), links)
+    if text is None:
+        return False
+    if text.encode("utf-8") != data:
+        write_file(out, INDEX, text)
+    return True
