@@ -50,6 +50,10 @@ from .selection import layer_slug
 from .site import add_links
 
 MAX_GRID = 100  # cells a side: 10,000 cells is more than a page can show
+# The side of a cell's picture unless said (``size=``): small, as Carter's icons (80-96 px), so that a
+# few hundred cells render in minutes on a CPU; a direction's mean over positions reads the same at
+# any size.
+DEFAULT_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ def build_activation_atlas(
     patches: int = 8,
     recipe: Recipe | str = "lucid",
     seed: int = 0,
+    size: int | None = DEFAULT_SIZE,
     scan_size: int | None = None,
     executor: Executor | None = None,
     chunk_size: int = 16,
@@ -133,8 +138,9 @@ def build_activation_atlas(
     the images, at random positions drawn from ``seed``; at most every position of each image), seen
     at ``scan_size`` px (default: the model's own size). UMAP lays them out in 2-D; a ``grid`` x
     ``grid`` binning keeps the cells of ``min_samples`` samples or more, whose average vectors are
-    rendered as ``direction`` objectives with ``recipe`` (``overrides`` change its fields: ``size=96``,
-    ``steps=...``), ``chunk_size`` cells a task on ``executor`` (as ``build_atlas`` renders filters).
+    rendered as ``direction`` objectives with ``recipe`` at ``size`` px (None: the recipe's;
+    ``overrides`` change its other fields: ``steps=...``), ``chunk_size`` cells a task on ``executor``
+    (as ``build_atlas`` renders filters).
     Where the model names its classes, each cell names the classes its average most supports; each
     cell's page shows its ``patches`` dataset patches most like its average.
 
@@ -149,7 +155,7 @@ def build_activation_atlas(
     try:
         return _build_activation_atlas(model, out, layer, images, grid, samples, min_samples, patches, recipe, seed,
                                        scan_size, executor, chunk_size, precision, threads, scan_batch_size,
-                                       progress, rebuild, overrides)
+                                       progress, rebuild, {**overrides, "size": size})
     finally:
         model.max_memory = before
 

@@ -319,7 +319,10 @@ def class_attribution(model: LoadedModel, layer: str, vectors: np.ndarray, side:
                     raise NoAttribution(f"the rest of {model.name} does not read layer {layer} alone (a skip "
                                         "connection goes around it), so a direction there does not decide the classes")
                 try:
-                    with forward_ad.dual_level():
+                    with forward_ad.dual_level(), warnings.catch_warnings():
+                        # torch's first forward-mode pass scripts its own helpers, with a deprecation
+                        # warning about torch.jit.script that concerns torch, not this run.
+                        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
                         dual = forward_ad.make_dual(maps, maps)
                         tangent = forward_ad.unpack_dual(logits(gray, dual)).tangent
                 except (RuntimeError, NotImplementedError) as exc:
