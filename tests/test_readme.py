@@ -69,13 +69,13 @@ def _tiny(command: str, folder: Path) -> list[str]:
         if word in ("-o", "--output", "--out", "--importance"):
             out += [word, str(folder / Path(words[index + 1]).name)]
             skip_value = True
-        elif word in ("--size", "--steps") and words[0] in ("render", "grid", "atlas"):
+        elif word in ("--size", "--steps") and words[0] in ("render", "grid", "atlas", "activation-atlas"):
             skip_value = True  # replaced below
         elif word == "--filters" and words[0] == "atlas":
             skip_value = True
         else:
             out.append(word)
-    if out[0] in ("render", "grid", "atlas"):
+    if out[0] in ("render", "grid", "atlas", "activation-atlas"):
         out += ["--size", "32", "--steps", "3"]
     if out[0] == "atlas":
         out += ["--filters", "0-1"]
@@ -92,12 +92,17 @@ def test_readme_commands_are_all_accounted_for():
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory) -> Path:
     """The model files README's lines name, made small: a TorchScript file and a VGG exported to ONNX, and
-    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"."""
+    a gray (1-channel) TorchScript model and a 5-band ONNX model for "Inputs that are not RGB"; and a
+    folder of four photos."""
     folder = tmp_path_factory.mktemp("files")
     from conftest import save_bands, tiny_model
 
     torch.jit.trace(tiny_model(dtype=torch.float32).module, torch.zeros(1, 3, 16, 16)).save(str(folder / "traced.pt"))
     save_bands(folder / "gray.pt", 1)
+    skimage_data = pytest.importorskip("skimage.data")
+    (folder / "photos").mkdir()  # the photo folder the activation atlas line names
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        Image.fromarray(getattr(skimage_data, name)()).save(folder / "photos" / f"{name}.png")
     pytest.importorskip("onnx2torch")
     save_bands(folder / "bands.onnx", 5)
     import torchvision
@@ -116,6 +121,9 @@ def test_readme_command_runs_and_renders_no_dead_unit(command, tmp_path, capsys,
     captured = capsys.readouterr()
     assert code == 0, (argv, captured.err)
     assert "is dead" not in captured.err, (argv, captured.err)
+    if argv[0] == "activation-atlas":
+        out = Path(argv[argv.index("--out") + 1])
+        assert (out / "activations").is_dir() and list((out / "activations").glob("*/index.html")), argv
     if argv[0] in ("render", "grid", "atlas"):
         # It wrote what it said: each file or folder it names, and for -o NAME_{name}.png, files of that pattern.
         named = [Path(argv[i + 1]) for i, word in enumerate(argv) if word in ("-o", "--output", "--out", "--importance")]

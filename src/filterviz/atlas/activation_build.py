@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..device import DEFAULT_PRECISION, autocast_dtype, resolve_precision
@@ -50,6 +51,7 @@ from .selection import layer_slug
 from .site import add_links
 
 MAX_GRID = 100  # cells a side: 10,000 cells is more than a page can show
+PATCH_SIDE = 112  # px: a dataset patch's largest side, as the cell pages show it
 # The side of a cell's picture unless said (``size=``): small, as Carter's icons (80-96 px), so that a
 # few hundred cells render in minutes on a CPU; a direction's mean over positions reads the same at
 # any size.
@@ -414,37 +416,38 @@ def _store(plan: _Plan, manifest: Manifest, result: TaskResult, fingerprint: str
 
 def _patches(plan: _Plan, manifest: Manifest, samples: Samples,
              cells: Sequence[Any]) -> tuple[dict[int, list[Patch]], set[str]]:
-    """Each cell's dataset patches (its samples most like its average), cut from the images and written
-    (claimed first; a file already holding the same bytes is left as it is)."""
+    """Each cell's dataset patches (its samples most like its average): the region of the image that
+    the sample's position sees, at most ``PATCH_SIDE`` px, one file per image and region (claimed
+    first; a file already holding the same bytes is left as it is)."""
     side = plan.scan_size
     field = max(receptive_field(plan.model, plan.path, side), min(MIN_CROP, side))
     grid = (samples.height, samples.width) if samples.height * samples.width > 1 else None
-    chosen: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-    for cell in cells:
-        members = nearest_members(cell, samples.vectors, plan.patches)
-        mean = cell.mean / max(np.linalg.norm(cell.mean), 1e-30)
-        chosen[cell.number] = [(rank, int(index), mean) for rank, index in enumerate(members)]
-    files = {cell_patch(plan.slug, number, rank) for number, uses in chosen.items() for rank, *_ in uses}
-    manifest.claim(sorted(files))
-    pictures: dict[int, np.ndarray] = {}
-    patches: dict[int, list[Patch]] = {}
     names = [file.relative_to(plan.folder).as_posix() for file in plan.files]
-    for number, uses in sorted(chosen.items()):
-        for rank, index, mean in uses:
-            image = int(samples.images[index])
-            if image not in pictures:
-                pictures[image] = load_square(plan.files[image], side, plan.model.spec.channels)
-            y, x = int(samples.ys[index]), int(samples.xs[index])
-            top, left, crop = crop_box(y, x, grid, field, side)
-            relative = cell_patch(plan.slug, number, rank)
-            pixels = pictures[image][top:top + crop, left:left + crop]
-            data = png_bytes(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-            if read_regular(plan.root, relative) != data:
-                write_file(plan.root, relative, data)
+    patches: dict[int, list[Patch]] = {}
+    wanted: dict[str, tuple[int, tuple[int, int, int]]] = {}  # file: (image, box)
+    for cell in cells:
+        unit = cell.mean / max(np.linalg.norm(cell.mean), 1e-30)
+        for index in nearest_members(cell, samples.vectors, plan.patches):
+            image, y, x = int(samples.images[index]), int(samples.ys[index]), int(samples.xs[index])
+            box = crop_box(y, x, grid, field, side)
+            wanted[cell_patch(plan.slug, names[image], box)] = (image, box)
             vector = samples.vectors[index].astype(np.float64)
-            similarity = float(vector @ mean / max(np.linalg.norm(vector), 1e-30))
-            patches.setdefault(number, []).append(Patch(relative, names[image], y, x, (top, left, crop), similarity))
-    return patches, files
+            similarity = float(vector @ unit / max(np.linalg.norm(vector), 1e-30))
+            patches.setdefault(cell.number, []).append(
+                Patch(cell_patch(plan.slug, names[image], box), names[image], y, x, box, similarity))
+    manifest.claim(sorted(wanted))
+    loaded: tuple[int, np.ndarray] | None = None  # one image at a time, each loaded once
+    for relative, (image, (top, left, crop)) in sorted(wanted.items(), key=lambda item: (item[1][0], item[0])):
+        if loaded is None or loaded[0] != image:
+            loaded = (image, load_square(plan.files[image], side, plan.model.spec.channels))
+        pixels = loaded[1][top:top + crop, left:left + crop]
+        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        if crop > PATCH_SIDE:  # shown at 112 px: more pixels would only weigh
+            picture = picture.resize((PATCH_SIDE, PATCH_SIDE), Image.Resampling.BICUBIC)
+        data = png_bytes(np.asarray(picture))
+        if read_regular(plan.root, relative) != data:
+            write_file(plan.root, relative, data)
+    return patches, set(wanted)
 
 
 def _prune(plan: _Plan, manifest: Manifest, keep: set[str]) -> None:

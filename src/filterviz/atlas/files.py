@@ -86,8 +86,11 @@ def cell_image(slug: str, cell: int) -> str:
     return f"{ACTIVATIONS}/{slug}/img/{cell}.png"
 
 
-def cell_patch(slug: str, cell: int, rank: int) -> str:
-    return f"{ACTIVATIONS}/{slug}/patches/{cell}-{rank}.png"
+def cell_patch(slug: str, image: str, box: tuple[int, int, int]) -> str:
+    """A dataset patch: the square ``box`` (top, left, side) of the image at ``image`` (its path in the
+    dataset folder), one file however many cells show it."""
+    key = hashlib.sha1(f"{image}\0{box[0]},{box[1]},{box[2]}".encode()).hexdigest()[:16]
+    return f"{ACTIVATIONS}/{slug}/patches/{key}.png"
 
 
 def activation_files(slug: str | None = None) -> str:
