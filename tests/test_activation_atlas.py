@@ -23,6 +23,8 @@ from PIL import Image
 from torch import nn
 
 import filterviz
+import filterviz.atlas.activation_build as activation_build
+import filterviz.atlas.activations as activations
 from filterviz import InputSpec
 from filterviz.atlas import MANIFEST, build_activation_atlas, build_atlas
 from filterviz.atlas.activations import NoAttribution, Samples, class_attribution, grid_cells, positions
@@ -80,7 +82,7 @@ def color_images(folder: Path) -> Path:
 
 
 LAYER = "act"
-SETTINGS = dict(grid=8, samples=480, min_samples=3, size=16, steps=40, chunk_size=4)
+SETTINGS = dict(grid=8, samples=480, min_samples=3, size=16, steps=40, chunk_size=4, scan_batch_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +159,31 @@ def test_known_clusters_land_in_cells_of_their_own_with_their_mean(built):
         assert f"<h1>{LAYER}, cell {number}: {color}</h1>" in page
         assert f"{color} ({list(COLORS).index(color)}, {expected.max():.3g})" in page
         assert f"<dd>{len(members)} activation vectors" in page
+
+
+def test_a_pass_interrupted_midway_continues_to_the_same_samples(built, tmp_path, monkeypatch):
+    model, folder, out, summary = built
+    monkeypatch.setattr(activation_build, "CHECKPOINT_SECONDS", 0.0)
+    loads = {"count": 0}
+    real_load = activations.load_square
+
+    def dying_load(path, side, *channels):  # the process "dies" on the seventh image
+        loads["count"] += 1
+        if loads["count"] == 7:
+            raise KeyboardInterrupt
+        return real_load(path, side, *channels)
+
+    monkeypatch.setattr(activations, "load_square", dying_load)
+    with pytest.raises(KeyboardInterrupt):
+        build_activation_atlas(model, tmp_path, LAYER, images=folder, **SETTINGS)
+    monkeypatch.setattr(activations, "load_square", real_load)
+    resumed = build_activation_atlas(model, tmp_path, LAYER, images=folder, **SETTINGS)
+    assert resumed.scanned == 12 - 6  # two batches of 3 were kept
+    assert stored(tmp_path, LAYER, "samples") == stored(out, LAYER, "samples")
+    assert shown_cells(tmp_path) == shown_cells(out)
+    for number in shown_cells(out):
+        picture = f"activations/{LAYER}/img/{number}.png"
+        assert (tmp_path / picture).read_bytes() == (out / picture).read_bytes()
 
 
 def test_a_cells_picture_raises_its_direction_more_than_the_other_cells_pictures(built):

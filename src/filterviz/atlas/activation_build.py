@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class ActivationAtlasSummary:
     samples: int
     cells: int
     rendered: int  # cells rendered in this run; the rest were already done
+    scanned: int  # images of the dataset pass gone through in this run (0: its samples were stored)
     labelled: bool  # whether cells name the classes they support
     seconds: float
     notes: tuple[str, ...] = ()
@@ -264,7 +265,7 @@ def _open_manifest(path: Path, layer: str, rebuild: bool, notes: list[str]) -> M
 
 def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) -> ActivationAtlasSummary:
     fingerprint = model_fingerprint(plan.model)
-    samples, samples_key = _samples(plan, manifest, fingerprint)
+    samples, samples_key, scanned = _samples(plan, manifest, fingerprint)
     nonzero = np.flatnonzero(np.abs(samples.vectors).sum(axis=1) > 0)
     if len(nonzero) < len(samples):
         notes.append(f"left out {len(samples) - len(nonzero)} all-zero samples (they point nowhere)")
@@ -314,18 +315,19 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
         add_links(plan.root, manifest.links())
     _prune(plan, manifest, keep)
     return ActivationAtlasSummary(plan.root, plan.root / activation_page(plan.slug), plan.model.name, plan.layer,
-                                  len(plan.files), len(samples), len(cells), rendered, attribution is not None,
-                                  time.monotonic() - started, tuple(notes))
+                                  len(plan.files), len(samples), len(cells), rendered, scanned,
+                                  attribution is not None, time.monotonic() - started, tuple(notes))
 
 
-def _samples(plan: _Plan, manifest: Manifest, fingerprint: str) -> tuple[Samples, str]:
-    """The dataset pass's samples: stored, else taken (continuing a checkpointed pass); and their key."""
+def _samples(plan: _Plan, manifest: Manifest, fingerprint: str) -> tuple[Samples, str, int]:
+    """The dataset pass's samples: stored, else taken (continuing a checkpointed pass); their key, and
+    how many images were gone through now."""
     contents = folder_fingerprint(plan.folder, plan.files)
     key = _hash(fingerprint, contents, plan.path, plan.scan_size, plan.per_image, plan.settings.seed,
                 plan.scan_batch_size)
     stored = manifest.activation_data(plan.layer, "samples", key)
     if stored is not None:
-        return Samples.from_bytes(stored), key
+        return Samples.from_bytes(stored), key, 0
     saved = manifest.activation_data(plan.layer, "scan", key)
     state = None
     if saved is not None:
@@ -334,11 +336,12 @@ def _samples(plan: _Plan, manifest: Manifest, fingerprint: str) -> tuple[Samples
     first = state[0] if state else 0
     last_save = time.monotonic()
 
-    def checkpoint(next_image: int, taken: Samples) -> None:
+    def checkpoint(next_image: int, taken: Callable[[], Samples]) -> None:
         nonlocal last_save
         bar.update(next_image - bar.n)
         if next_image < len(plan.files) and time.monotonic() - last_save > CHECKPOINT_SECONDS:
-            manifest.put_activation_data(plan.layer, "scan", key, next_image.to_bytes(8, "little") + taken.to_bytes())
+            manifest.put_activation_data(plan.layer, "scan", key,
+                                         next_image.to_bytes(8, "little") + taken().to_bytes())
             last_save = time.monotonic()
 
     with tqdm(total=len(plan.files), initial=first, desc=f"activations of {plan.layer}", unit="image",
@@ -347,7 +350,7 @@ def _samples(plan: _Plan, manifest: Manifest, fingerprint: str) -> tuple[Samples
                                      plan.settings.seed, batch_size=plan.scan_batch_size, state=state,
                                      on_batch=checkpoint)
     manifest.put_activation_data(plan.layer, "samples", key, samples.to_bytes(), drop=("scan",))
-    return samples, key
+    return samples, key, len(plan.files) - first
 
 
 def _layout(plan: _Plan, manifest: Manifest, samples: Samples, samples_key: str) -> np.ndarray:

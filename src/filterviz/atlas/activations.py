@@ -77,18 +77,14 @@ class Samples:
     height: int
     width: int
 
-    @classmethod
-    def empty(cls, channels: int, height: int, width: int) -> "Samples":
-        none = np.zeros(0, dtype=np.int64)
-        return cls(np.zeros((0, channels), dtype=np.float32), none, none.copy(), none.copy(), height, width)
-
     def __len__(self) -> int:
         return len(self.images)
 
-    def extend(self, other: "Samples") -> "Samples":
-        return Samples(np.concatenate([self.vectors, other.vectors]), np.concatenate([self.images, other.images]),
-                       np.concatenate([self.ys, other.ys]), np.concatenate([self.xs, other.xs]),
-                       self.height, self.width)
+    @classmethod
+    def concatenate(cls, parts: Sequence["Samples"]) -> "Samples":
+        return cls(np.concatenate([p.vectors for p in parts]), np.concatenate([p.images for p in parts]),
+                   np.concatenate([p.ys for p in parts]), np.concatenate([p.xs for p in parts]),
+                   parts[0].height, parts[0].width)
 
     def take(self, keep: np.ndarray) -> "Samples":
         return Samples(self.vectors[keep], self.images[keep], self.ys[keep], self.xs[keep], self.height, self.width)
@@ -125,13 +121,21 @@ def sample_activations(
     *,
     batch_size: int = 16,
     state: tuple[int, Samples] | None = None,
-    on_batch: Callable[[int, Samples], None] = lambda next_image, samples: None,
+    on_batch: Callable[[int, Callable[[], Samples]], None] = lambda next_image, samples: None,
 ) -> Samples:
     """``per_image`` activation vectors of ``layer`` from each of ``files`` seen at ``side`` px (see
-    ``positions``). ``state`` (next image, samples so far) continues an interrupted pass; ``on_batch``
-    is told after every batch. Batches start at multiples of ``batch_size``, so a continued pass
-    computes exactly what an uninterrupted one does."""
-    next_image, samples = state if state is not None else (0, None)
+    ``positions``). ``state`` (next image, samples so far) continues an interrupted pass; after every
+    batch, ``on_batch(next_image, samples)`` is told, ``samples()`` giving those taken so far (to
+    checkpoint them). Batches start at multiples of ``batch_size``, so a continued pass computes
+    exactly what an uninterrupted one does."""
+    next_image, earlier = state if state is not None else (0, None)
+    parts: list[Samples] = [earlier] if earlier is not None else []
+
+    def taken() -> Samples:
+        if len(parts) > 1:
+            parts[:] = [Samples.concatenate(parts)]
+        return parts[0]
+
     with torch.no_grad(), deterministic(model.device), model.truncated(layer) as run:
         for first in range(next_image, len(files), batch_size):
             chunk = files[first:first + batch_size]
@@ -145,20 +149,15 @@ def sample_activations(
                                      f"{tuple(activations.shape)}; an activation atlas needs a map (N, C, H, W) "
                                      "or vectors (N, C)")
             _, channels, height, width = activations.shape
-            if samples is None:
-                samples = Samples.empty(channels, height, width)
-            flat = activations.reshape(len(chunk), channels, height * width)
-            parts = []
+            flat = activations.reshape(len(chunk), channels, height * width).numpy()
             for number, image in enumerate(range(first, first + len(chunk))):
                 where = positions(seed, image, height, width, per_image)
-                parts.append(Samples(flat[number][:, where].T.numpy().copy(), np.full(len(where), image),
+                parts.append(Samples(flat[number][:, where].T.copy(), np.full(len(where), image, dtype=np.int64),
                                      where // width, where % width, height, width))
-            for part in parts:
-                samples = samples.extend(part)
-            on_batch(first + len(chunk), samples)
-    if samples is None:
+            on_batch(first + len(chunk), taken)
+    if not parts:
         raise FilterVizError("no images to sample activations from")
-    return samples
+    return taken()
 
 
 # -- layout and cells ----------------------------------------------------------------------------------
