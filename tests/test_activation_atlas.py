@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -28,6 +29,9 @@ import filterviz.atlas.activations as activations
 from filterviz import InputSpec
 from filterviz.atlas import MANIFEST, build_activation_atlas, build_atlas
 from filterviz.atlas.activations import NoAttribution, Samples, class_attribution, grid_cells, positions
+from filterviz.atlas.executors import RenderSettings, RenderTask, run_task
+from filterviz.image import png_bytes
+from filterviz.objectives import direction
 from filterviz.cli import main
 
 from conftest import TinyNet, tiny_model
@@ -208,6 +212,21 @@ def test_a_cells_picture_raises_its_direction_more_than_the_other_cells_pictures
     for i in range(len(shown)):
         others = [j for j in range(len(shown)) if cluster[j] != cluster[i]]
         assert scores[i, i] > scores[i, others].max(), (shown[i], scores[i])
+
+
+def test_a_task_of_directions_renders_what_render_does_and_travels_to_workers():
+    """Every executor runs ``run_task`` (here, in worker processes, on Ray workers), so a task of directions
+    there gives what ``render`` gives for the same directions, keys and seed; and it pickles."""
+    model = tiny_model()
+    vectors = ((1.0, 0.5, 0.0, 0.2), (0.0, 1.0, 1.0, 0.0))
+    task = RenderTask("features.1", (7, 30), vectors)
+    settings = RenderSettings(filterviz.get_recipe("lucid", size=16, steps=4), seed=5, precision="fp32")
+    result = run_task(model, task, settings)
+    expected = filterviz.render(model, [direction("features.1", v) for v in vectors], settings.recipe, seed=5,
+                                keys=[7, 30], precision="fp32", batch_size=2)
+    assert result.pngs == tuple(png_bytes(image) for image in expected.images)
+    assert result.scores == tuple(float(s) for s in expected.score)
+    assert pickle.loads(pickle.dumps(task)) == task
 
 
 def test_attribution_is_the_derivative_along_the_average_at_every_position():

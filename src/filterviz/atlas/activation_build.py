@@ -77,7 +77,8 @@ class ActivationAtlasSummary:
 
     def __str__(self) -> str:
         minutes, seconds = divmod(round(self.seconds), 60)
-        return (f"activation atlas of {self.layer} of {self.model}: {self.samples} samples from {self.images} images, "
+        return (f"activation atlas of {self.layer} of {self.model}: {self.samples} samples from {self.images} images "
+                f"({self.scanned} scanned now), "
                 f"{self.cells} cells ({self.rendered} rendered now, {self.cells - self.rendered} already done)"
                 + ("" if self.labelled else ", no class labels") + "; "
                 + "".join(f"{note}; " for note in self.notes) + f"{minutes}m{seconds:02d}s; open {self.page}")
