@@ -70,13 +70,13 @@ def _tiny(command: str, folder: Path) -> list[str]:
         if word in ("-o", "--output", "--out", "--importance"):
             out += [word, str(folder / Path(words[index + 1]).name)]
             skip_value = True
-        elif word in ("--size", "--steps") and words[0] in ("render", "grid", "atlas"):
+        elif word in ("--size", "--steps") and words[0] in ("render", "grid", "atlas", "activation-atlas"):
             skip_value = True  # replaced below
         elif word == "--filters" and words[0] == "atlas":
             skip_value = True
         else:
             out.append(word)
-    if out[0] in ("render", "grid", "atlas"):
+    if out[0] in ("render", "grid", "atlas", "activation-atlas"):
         out += ["--size", "32", "--steps", "3"]
     if out[0] == "atlas":
         out += ["--filters", "0-1"]
@@ -125,6 +125,9 @@ def test_readme_command_runs_and_renders_no_dead_unit(command, tmp_path, capsys,
     captured = capsys.readouterr()
     assert code == 0, (argv, captured.err)
     assert "is dead" not in captured.err, (argv, captured.err)
+    if argv[0] == "activation-atlas":
+        out = Path(argv[argv.index("--out") + 1])
+        assert (out / "activations").is_dir() and list((out / "activations").glob("*/index.html")), argv
     if argv[0] in ("render", "grid", "atlas"):
         # It wrote what it said: each file or folder it names, and for -o NAME_{name}.png, files of that pattern.
         named = [Path(argv[i + 1]) for i, word in enumerate(argv) if word in ("-o", "--output", "--out", "--importance")]

@@ -24,6 +24,7 @@ __all__ = [
     "Term",
     "TorchOptimizer",
     "Transform",
+    "build_activation_atlas",
     "register_deprocess",
     "register_optimizer",
     "register_parameterization",
@@ -99,6 +100,7 @@ _HOMES = {
     "FilterRender": "ascent", "Render": "ascent", "render": "ascent", "render_filters": "ascent",
     "PathBaseline": "trust", "PathSimilarity": "trust", "frechet_distance": "trust", "path_baseline": "trust",
     "path_layers": "trust", "path_similarity": "trust", "plausibility": "trust",
+    "build_activation_atlas": "atlas.activation_build",
 }
 
 

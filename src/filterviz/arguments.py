@@ -228,10 +228,30 @@ _FIELD_TYPES: dict[str, Callable[[str], object]] = {
 _OWN_OPTIONS = {"name", "steps", "size", "learning_rate"}
 
 
-def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Where an atlas's renders run, and in what chunks (``what``: what a chunk is made of)."""
+    parser.add_argument("--executor", choices=["local", "processes", "ray"],
+                        help="where renders run: here (default), in --workers processes of this machine, or on a Ray "
+                             "cluster (pip install 'filterviz[ray]')")
+    parser.add_argument("--workers", type=_positive,
+                        help="processes rendering at once, each on --threads threads (implies --executor processes; "
+                             "default half this machine's CPUs)")
+    parser.add_argument("--address", type=_name, help="with --executor ray: the cluster's address, e.g. auto or "
+                                          "ray://HOST:10001 (default: start Ray on this machine)")
+    parser.add_argument("--gpus-per-task", type=_non_negative_number, default=0,
+                        help="with --executor ray: GPUs per render task (fractions share a GPU)")
+    parser.add_argument("--threads", type=_positive,
+                        help="CPU threads per render task, here, in each process and on Ray workers (default: this "
+                             "machine's; with --executor processes, its CPUs over --workers)")
+    parser.add_argument("--chunk-size", type=_positive, default=16,
+                        help=f"{what} rendered together as one task and batch (default 16)")
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser, default: str = "classic") -> None:
     group = parser.add_argument_group("recipe", "a preset, and any of its fields to override "
                                       "(`filterviz recipes` shows them all)")
-    group.add_argument("--recipe", choices=list(RECIPES), default="classic", help="preset (default classic, the book)")
+    group.add_argument("--recipe", choices=list(RECIPES), default=default,
+                       help="preset (default classic, the book)" if default == "classic" else f"preset (default {default})")
     for item in fields(Recipe):
         if item.name in _OWN_OPTIONS:
             continue
@@ -442,25 +462,41 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image side in pixels (default: the recipe's, else 150 or the model's fixed size)")
     atlas.add_argument("--images", metavar="FOLDER", type=_path, help="show each filter's top images from this folder")
     atlas.add_argument("--top-k", type=_positive, help="with --images: examples per filter (default 8)")
-    atlas.add_argument("--executor", choices=["local", "processes", "ray"],
-                       help="where renders run: here (default), in --workers processes of this machine, or on a Ray "
-                            "cluster (pip install 'filterviz[ray]')")
-    atlas.add_argument("--workers", type=_positive,
-                       help="processes rendering at once, each on --threads threads (implies --executor processes; "
-                            "default half this machine's CPUs)")
-    atlas.add_argument("--address", type=_name, help="with --executor ray: the cluster's address, e.g. auto or "
-                                         "ray://HOST:10001 (default: start Ray on this machine)")
-    atlas.add_argument("--gpus-per-task", type=_non_negative_number, default=0,
-                       help="with --executor ray: GPUs per render task (fractions share a GPU)")
-    atlas.add_argument("--threads", type=_positive,
-                       help="CPU threads per render task, here, in each process and on Ray workers (default: this "
-                            "machine's; with --executor processes, its CPUs over --workers)")
-    atlas.add_argument("--chunk-size", type=_positive, default=16,
-                       help="filters rendered together as one task and batch (default 16)")
+    _add_executor_options(atlas, "filters")
     atlas.add_argument("--rebuild", action="store_true",
                        help="start the atlas afresh: render everything again, setting a damaged manifest aside as "
                             "manifest.sqlite.corrupt-N (no file is deleted that the atlas did not write)")
     _add_recipe_options(atlas)
+
+    activation = commands.add_parser(
+        "activation-atlas", parents=[common, ascent], help="an activation atlas of a layer (Carter et al. 2019)",
+        description="Sample a layer's activation vectors from a folder of images, lay them out with UMAP (pip install "
+                    "'filterviz[umap]'), bin them into a grid and render each cell's average as a direction, with the "
+                    "classes it supports and the dataset patches that fell into it: a static page in an atlas folder, "
+                    "linked from the index of an atlas there. Running the same command again continues an "
+                    "interrupted one; a changed option redoes only what it changes.")
+    activation.add_argument("model", type=_path)
+    activation.add_argument("layer", type=_name, help="layer name, e.g. blocks.9 (see `filterviz layers MODEL`)")
+    activation.add_argument("--images", metavar="FOLDER", type=_path, required=True,
+                            help="the images to sample activations from")
+    activation.add_argument("-o", "--out", type=_path, required=True,
+                            help="atlas folder to write into (new, empty, or an atlas's)")
+    activation.add_argument("--grid", type=_positive, default=20, help="cells a side of the grid (default 20)")
+    activation.add_argument("--samples", type=_positive, default=100_000,
+                            help="activation vectors to sample, spread over the images at random positions, at most "
+                                 "every position of each (default 100000)")
+    activation.add_argument("--min-samples", type=_positive, default=3,
+                            help="samples a cell needs to be shown (default 3)")
+    activation.add_argument("--patches", type=_positive, default=8,
+                            help="dataset patches shown per cell, those most like its average (default 8)")
+    activation.add_argument("--size", type=_side, help="picture side in pixels (default 96)")
+    activation.add_argument("--scan-size", type=_side,
+                            help="side the images are seen at when sampling (default: the model's own, e.g. 224)")
+    _add_executor_options(activation, "cells")
+    activation.add_argument("--rebuild", action="store_true",
+                            help="start this layer's activation atlas afresh (setting a damaged manifest aside as "
+                                 "manifest.sqlite.corrupt-N)")
+    _add_recipe_options(activation, default="lucid")
 
     demo = commands.add_parser("demo", parents=[common], help="the book's figures: vggconv1..4.png and a grid")
     demo.add_argument("-o", "--output", type=_path, default="out", help="folder to write into (default out)")

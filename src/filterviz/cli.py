@@ -233,8 +233,10 @@ def _cmd_grid(args: argparse.Namespace) -> None:
              f"{_precision_note(render.precision)})")
 
 
-def _cmd_atlas(args: argparse.Namespace) -> None:
-    if args.workers is not None:  # --workers N means --executor processes; usage errors come before torch
+def _check_executor_options(args: argparse.Namespace) -> None:
+    """An atlas's executor options, as they go together (usage errors come before torch): --workers N
+    means --executor processes, which renders on the CPUs; --address and --gpus-per-task go with ray."""
+    if args.workers is not None:
         if args.executor not in (None, "processes"):
             raise FilterVizError(f"--workers goes with --executor processes, not --executor {args.executor}")
         args.executor = "processes"
@@ -243,15 +245,36 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
             raise FilterVizError(f"--executor processes renders on this machine's CPUs, not on {args.device}; "
                                  "leave out --device, or use --executor local")
         args.device = "cpu"
-    from .atlas import LocalExecutor, ProcessExecutor, RayExecutor, build_atlas
-    from .atlas.build import check_atlas_folder
-    from .atlas.executors import cpu_count, default_executor_name, default_workers
-    from .image import check_folder_writable
+    from .atlas.executors import default_executor_name
     from .models.registry import resolve_device
 
     args.executor = args.executor or default_executor_name(resolve_device(args.device))
     if args.executor != "ray" and (args.address is not None or args.gpus_per_task):
         raise FilterVizError("--address and --gpus-per-task go with --executor ray")
+
+
+def _executor(args: argparse.Namespace) -> object:
+    """The executor the options name (``_check_executor_options`` first); Ray's extra is checked here,
+    before the model is loaded."""
+    from .atlas import LocalExecutor, ProcessExecutor, RayExecutor
+    from .atlas.executors import cpu_count, default_workers
+
+    executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
+                else ProcessExecutor(args.workers or default_workers(cpu_count())) if args.executor == "processes"
+                else LocalExecutor())
+    if args.executor == "ray":
+        from .models.sources import require
+
+        require("ray", "ray", "atlases with --executor ray")  # before the model is loaded
+    return executor
+
+
+def _cmd_atlas(args: argparse.Namespace) -> None:
+    _check_executor_options(args)
+    from .atlas import build_atlas
+    from .atlas.build import check_atlas_folder
+    from .image import check_folder_writable
+
     if args.top_k is not None and args.images is None:
         raise FilterVizError("--top-k says how many of the --images FOLDER to show per filter; add --images FOLDER, "
                              "or leave --top-k out")
@@ -261,19 +284,37 @@ def _cmd_atlas(args: argparse.Namespace) -> None:
     check_folder_writable(args.out, "an atlas")
     check_atlas_folder(Path(args.out))
     check_inputs(args)
-    executor = (RayExecutor(args.address, gpus_per_task=args.gpus_per_task) if args.executor == "ray"
-                else ProcessExecutor(args.workers or default_workers(cpu_count())) if args.executor == "processes"
-                else LocalExecutor())
-    if args.executor == "ray":
-        from .models.sources import require
-
-        require("ray", "ray", "atlases with --executor ray")  # before the model is loaded
+    executor = _executor(args)
     model = _load(args)
     summary = build_atlas(model, args.out, layers=layers, filters=filters, recipe=recipe,
                           seed=0 if args.seed is None else args.seed, images=args.images,
                           top_k=8 if args.top_k is None else args.top_k,
                           executor=executor, chunk_size=args.chunk_size, precision=args.precision, threads=args.threads,
                           progress=not args.quiet, rebuild=args.rebuild, size=args.size, max_memory=args.max_memory)
+    if not args.quiet:
+        _say(str(summary))
+
+
+def _cmd_activation_atlas(args: argparse.Namespace) -> None:
+    _check_executor_options(args)
+    from .atlas import build_activation_atlas
+    from .atlas.activations import check_umap
+    from .atlas.build import check_atlas_folder
+    from .image import check_folder_writable
+
+    recipe = recipe_from_args(args)
+    check_folder_writable(args.out, "an activation atlas")
+    check_atlas_folder(Path(args.out))
+    check_inputs(args)
+    check_umap()  # before the model is loaded
+    executor = _executor(args)
+    model = _load(args)
+    summary = build_activation_atlas(
+        model, args.out, args.layer, images=args.images, grid=args.grid, samples=args.samples,
+        min_samples=args.min_samples, patches=args.patches, recipe=recipe, seed=0 if args.seed is None else args.seed,
+        scan_size=args.scan_size, executor=executor, chunk_size=args.chunk_size, precision=args.precision,
+        threads=args.threads, progress=not args.quiet, rebuild=args.rebuild, max_memory=args.max_memory,
+        **({"size": args.size} if args.size is not None else {}))
     if not args.quiet:
         _say(str(summary))
 
@@ -315,7 +356,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "models": _cmd_models, "layers": _cmd_layers, "render": _cmd_render, "recipes": _cmd_recipes,
-    "grid": _cmd_grid, "atlas": _cmd_atlas, "demo": _cmd_demo, "serve": _cmd_serve,
+    "grid": _cmd_grid, "atlas": _cmd_atlas, "activation-atlas": _cmd_activation_atlas, "demo": _cmd_demo,
+    "serve": _cmd_serve,
 }
 
 

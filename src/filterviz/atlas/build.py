@@ -39,9 +39,9 @@ from ..recipes import Recipe, get_recipe, render_size
 from .examples import (TopK, check_example_channels, check_images, crop_box, folder_fingerprint, list_images,
                        load_square, pack, receptive_field, scan_images, unpack)
 from .executors import Executor, RenderSettings, RenderTask, TaskResult, default_executor
-from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, check_tree, example_crop, filter_image, filter_page,
-                    index_path, layer_page, manifest_path, part_leftovers, regular_size, remove_empty_folders,
-                    remove_file, source_image, write_file)
+from .files import (INDEX, MANIFEST, MANIFEST_FILES, STYLE_SHEET, activation_files, check_tree, example_crop,
+                    filter_image, filter_page, index_path, layer_page, manifest_path, part_leftovers, regular_size,
+                    remove_empty_folders, remove_file, source_image, write_file)
 from .manifest import Example, ExampleSource, Manifest, ManifestError, Unit, damage_error, damaged, set_aside
 from .selection import AtlasLayer, atlas_layers, default_layers, layer_slug
 from .site import SiteInfo, SiteLayer, write_site
@@ -374,7 +374,9 @@ def _build(plan: _Plan, manifest: Manifest, started: float, notes: list[str]) ->
                     plan.top_k)
     manifest.put_site({"model": info.model, "recipe": json.dumps(info.recipe.fields(), sort_keys=True),
                        "seed": str(info.seed), "size": str(info.size)})
-    keep = write_site(plan.root, info, site_layers, claim=manifest.claim)
+    keep = write_site(plan.root, info, site_layers, claim=manifest.claim, links=manifest.links())
+    # The files of activation atlases in the same folder are theirs to keep or remove (see ``activations``).
+    keep |= {file for file in manifest.files() if file.startswith(activation_files())}
     keep |= {unit.file for layer in site_layers for unit in layer.units.values()}
     for layer in site_layers:
         for examples in layer.examples.values():

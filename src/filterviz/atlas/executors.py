@@ -1,7 +1,8 @@
 """Executors: where an atlas's render tasks run. ``LocalExecutor`` runs them here, one after another;
 ``ProcessExecutor`` in worker processes of this machine, several at once; ``RayExecutor`` spreads them
-over a Ray cluster. Either way a task is a chunk of filters of one layer, rendered as one batch, and
-comes back as PNG bytes: only the caller writes files.
+over a Ray cluster. Either way a task is a chunk of filters of one layer (or, for an activation atlas,
+a chunk of directions in its channel space), rendered as one batch, and comes back as PNG bytes: only
+the caller writes files.
 
 Which executor an atlas uses when none is named (``filterviz atlas`` without ``--executor`` or
 ``--workers``, ``build_atlas`` without ``executor=``) is decided here, in one place:
@@ -26,21 +27,31 @@ from typing import Any, Protocol
 
 import torch
 
-from ..ascent import render_filters
+from ..ascent import render, render_filters
 from ..errors import FilterVizError, FilterVizWarning, first_line
 from ..device import deterministic
 from ..image import png_bytes, show_channels
 from ..memory import memory_budget
 from ..models.loaded import LoadedModel
+from ..objectives import Objective, channel, direction
 from ..recipes import Recipe
 
 
 @dataclass(frozen=True)
 class RenderTask:
-    """Filters of one layer (its path) to render as one batch."""
+    """Filters of one layer (its path) to render as one batch; or, with ``directions`` (one vector in
+    the layer's channel space per key of ``filters``), those directions, each the objective of the
+    image keyed by its number in ``filters`` (an activation atlas's cells)."""
 
     layer: str
     filters: tuple[int, ...]
+    directions: tuple[tuple[float, ...], ...] = ()
+
+    def objectives(self) -> list[Objective]:
+        """What each image of the task maximizes: a channel of the layer, or a direction in it."""
+        if self.directions:
+            return [direction(self.layer, vector) for vector in self.directions]
+        return [channel(self.layer, k) for k in self.filters]
 
 
 @dataclass(frozen=True)
@@ -66,16 +77,21 @@ class TaskResult:
 
 
 def run_task(model: LoadedModel, task: RenderTask, settings: RenderSettings) -> TaskResult:
-    """Render one task's filters (keys are the filter indices, so each image depends on its seed and
-    filter alone)."""
+    """Render one task's filters or directions (keys are the filter indices, or the directions' keys,
+    so each image depends on its seed and key alone)."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(settings.threads or threads)
         # The atlas counts and marks dead and stuck filters itself: no warning per filter.
         with deterministic(model.device), warnings.catch_warnings():
             warnings.simplefilter("ignore", FilterVizWarning)
-            result = render_filters(model, task.layer, list(task.filters), seed=settings.seed, recipe=settings.recipe,
-                                    precision=settings.precision, batch_size=len(task.filters))
+            if task.directions:
+                result = render(model, task.objectives(), settings.recipe, seed=settings.seed,
+                                keys=list(task.filters), precision=settings.precision, batch_size=len(task.filters))
+            else:
+                result = render_filters(model, task.layer, list(task.filters), seed=settings.seed,
+                                        recipe=settings.recipe, precision=settings.precision,
+                                        batch_size=len(task.filters))
     finally:
         torch.set_num_threads(threads)
     # Pictures as filterviz shows them: gray for one channel, the first three of more (see show_channels).
@@ -248,17 +264,17 @@ class ProcessExecutor:
     def _check_share(self, model: LoadedModel, tasks: Sequence[RenderTask], settings: RenderSettings,
                      share: int) -> None:
         """Each layer's largest task fits a worker's share of the memory budget; else one line, now."""
-        from ..objectives import channel
         from ..plan import check_render
 
-        largest: dict[str, tuple[int, ...]] = {}
+        largest: dict[str, RenderTask] = {}
         for task in tasks:
-            if len(task.filters) > len(largest.get(task.layer, ())):
-                largest[task.layer] = task.filters
-        for layer, filters in largest.items():
+            if task.layer not in largest or len(task.filters) > len(largest[task.layer].filters):
+                largest[task.layer] = task
+        for layer, task in largest.items():
+            count = len(task.filters)
             try:
-                check_render(model, [channel(layer, filters[0])] * len(filters), settings.recipe,
-                             batch_size=len(filters), precision=settings.precision, max_memory=share,
+                check_render(model, task.objectives()[:1] * count, settings.recipe,
+                             batch_size=count, precision=settings.precision, max_memory=share,
                              batch_option="--chunk-size")
             except FilterVizError as exc:
                 raise type(exc)(f"each of {self.workers} worker processes renders within 1/{self.workers} of the "
@@ -498,8 +514,9 @@ class RayExecutor:
                             self.retried.append(task)
                             pending[remote.remote(boxed, task, settings)] = task
                             continue
+                        what = "cells" if task.directions else "filters"
                         raise FilterVizError(
-                            f"rendering filters {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray: "
+                            f"rendering {what} {task.filters[0]}-{task.filters[-1]} of {task.layer} failed on Ray: "
                             f"{_last_line(exc)}") from None
                     yield result
         finally:

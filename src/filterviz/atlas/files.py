@@ -29,7 +29,8 @@ MANIFEST = "manifest.sqlite"
 _SQLITE_TAILS = ("", "-wal", "-shm")  # the database, and SQLite's write-ahead log and shared memory beside it
 MANIFEST_FILES = tuple(MANIFEST + tail for tail in _SQLITE_TAILS)
 _IMAGES, _LAYERS, _FILTERS, _EXAMPLES = "img", "layers", "filters", "examples"
-OWN_FOLDERS = (_IMAGES, _LAYERS, _FILTERS, _EXAMPLES)  # everything below them is the atlas's to manage
+ACTIVATIONS = "activations"  # the activation atlases of the folder (see ``activations``), one folder per layer
+OWN_FOLDERS = (_IMAGES, _LAYERS, _FILTERS, _EXAMPLES, ACTIVATIONS)  # everything below them is the atlas's to manage
 OWN_FILES = (INDEX, STYLE_SHEET)
 # ``write_atomic``'s temporary files: "." + the file's name + mkstemp's 8 random characters + ".part".
 PART = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.part")
@@ -61,6 +62,40 @@ def example_crop(slug: str, index: int, rank: int) -> str:
 def source_image(relative: str) -> str:
     """Where a dataset image's small copy is, by its path in the dataset folder."""
     return f"{_EXAMPLES}/images/{hashlib.sha1(relative.encode()).hexdigest()[:16]}.jpg"
+
+
+# An activation atlas's files: its own style sheet (its pages use the shared one of ``filterviz.pages``,
+# which the atlas's own pages do not use yet), and by layer, its page, and each cell's page, picture
+# and dataset patches.
+
+
+def activation_style_sheet() -> str:
+    return f"{ACTIVATIONS}/{STYLE_SHEET}"
+
+
+def activation_page(slug: str) -> str:
+    """The page of the activation atlas of the layer whose files are under ``slug``."""
+    return f"{ACTIVATIONS}/{slug}/{INDEX}"
+
+
+def cell_page(slug: str, cell: int) -> str:
+    return f"{ACTIVATIONS}/{slug}/cells/{cell}.html"
+
+
+def cell_image(slug: str, cell: int) -> str:
+    return f"{ACTIVATIONS}/{slug}/img/{cell}.png"
+
+
+def cell_patch(slug: str, image: str, box: tuple[int, int, int]) -> str:
+    """A dataset patch: the square ``box`` (top, left, side) of the image at ``image`` (its path in the
+    dataset folder), one file however many cells show it."""
+    key = hashlib.sha1(f"{image}\0{box[0]},{box[1]},{box[2]}".encode()).hexdigest()[:16]
+    return f"{ACTIVATIONS}/{slug}/patches/{key}.png"
+
+
+def activation_files(slug: str | None = None) -> str:
+    """The prefix of the files of one layer's activation atlas (None: of every activation atlas)."""
+    return f"{ACTIVATIONS}/" if slug is None else f"{ACTIVATIONS}/{slug}/"
 
 
 href = relative_href  # a link between two atlas files (the one rule for every site filterviz writes)

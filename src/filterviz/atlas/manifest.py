@@ -39,7 +39,17 @@ CREATE TABLE IF NOT EXISTS trust (
     plausibility REAL NOT NULL, path TEXT NOT NULL, PRIMARY KEY (layer, filter));
 CREATE TABLE IF NOT EXISTS trust_layers (layer TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, frechet REAL,
     note TEXT NOT NULL DEFAULT '', pictures INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS activation_data (layer TEXT NOT NULL, kind TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (layer, kind));
+CREATE TABLE IF NOT EXISTS cells (
+    layer TEXT NOT NULL, cell INTEGER NOT NULL, fingerprint TEXT NOT NULL, file TEXT NOT NULL,
+    bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, start_score REAL NOT NULL, score REAL NOT NULL,
+    dead INTEGER NOT NULL, PRIMARY KEY (layer, cell));
+CREATE TABLE IF NOT EXISTS links (page TEXT PRIMARY KEY, label TEXT NOT NULL);
 """
+# An activation atlas (``activations``) shares its folder's manifest with an atlas: its steps' results
+# (``activation_data``: the samples of a dataset pass, by layer, and a pass in progress; the layout),
+# its rendered cells (``cells``, rows as ``units``'), and the pages an atlas's index links to (``links``).
 # Columns added to example_layers since its first version: what its examples depend on, apart from the
 # images themselves (so that a run without --images can tell whether they still hold), and their folder.
 _EXAMPLE_COLUMNS = {"settings": "TEXT NOT NULL DEFAULT ''", "folder": "TEXT NOT NULL DEFAULT ''",
@@ -363,6 +373,59 @@ class Manifest:
                           for key in scores)
             sql.executemany("DELETE FROM trust_layers WHERE layer = ?", [(layer,) for layer in layers])
         return dropped
+
+    # -- an activation atlas's rows (see ``activations``) ------------------------------------------
+
+    def activation_data(self, layer: str, kind: str, fingerprint: str) -> bytes | None:
+        """The stored result of one step (``kind``) of ``layer``'s activation atlas, if it was made from
+        what ``fingerprint`` says."""
+        row = self.connection.execute("SELECT data FROM activation_data WHERE layer = ? AND kind = ? AND "
+                                      "fingerprint = ?", (layer, kind, fingerprint)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_activation_data(self, layer: str, kind: str, fingerprint: str, data: bytes,
+                            drop: Sequence[str] = ()) -> None:
+        """Store a step's result, replacing the one before, and drop the ``drop`` kinds (a finished
+        pass's checkpoint) in the same transaction."""
+        with self.transaction() as sql:
+            sql.execute("INSERT OR REPLACE INTO activation_data VALUES (?, ?, ?, ?)", (layer, kind, fingerprint, data))
+            sql.executemany("DELETE FROM activation_data WHERE layer = ? AND kind = ?", [(layer, k) for k in drop])
+
+    def cells(self, layer: str) -> dict[int, Unit]:
+        """The rendered cells of ``layer``'s activation atlas, by cell number (``Unit.filter``)."""
+        rows = self.connection.execute("SELECT * FROM cells WHERE layer = ?", (layer,))
+        return {row[1]: Unit(*row[:8], row[8] == _DEAD, row[8] != _RENDERED) for row in rows}
+
+    def put_cells(self, cells: Iterable[Unit]) -> None:
+        with self.transaction() as sql:
+            sql.executemany("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(u.layer, u.filter, u.fingerprint, u.file, u.bytes, u.sha256, u.start_score,
+                              u.score, _DEAD if u.dead else _STUCK if u.stuck else _RENDERED) for u in cells])
+
+    def forget_cells(self, layer: str, cells: Sequence[int], keep: bool = False) -> None:
+        """Drop the rows of ``cells`` (files about to be rewritten; see ``forget_units``), or with
+        ``keep`` every row of ``layer`` but theirs."""
+        with self.transaction() as sql:
+            if keep:
+                stale = [(layer, cell) for (cell,) in sql.execute("SELECT cell FROM cells WHERE layer = ?", (layer,))
+                         if cell not in set(cells)]
+            else:
+                stale = [(layer, cell) for cell in cells]
+            sql.executemany("DELETE FROM cells WHERE layer = ? AND cell = ?", stale)
+
+    def forget_activations(self, layer: str) -> None:
+        """Forget everything of ``layer``'s activation atlas but the files it wrote: a fresh start."""
+        with self.transaction() as sql:
+            sql.execute("DELETE FROM activation_data WHERE layer = ?", (layer,))
+            sql.execute("DELETE FROM cells WHERE layer = ?", (layer,))
+
+    def links(self) -> dict[str, str]:
+        """The pages, besides its own, that an atlas's index links to (an activation atlas's), with labels."""
+        return dict(self.connection.execute("SELECT page, label FROM links ORDER BY page"))
+
+    def put_link(self, page: str, label: str) -> None:
+        with self.transaction() as sql:
+            sql.execute("INSERT OR REPLACE INTO links VALUES (?, ?)", (page, label))
 
     def files(self) -> set[str]:
         """Every file (relative to the atlas) that the atlas may have written and not removed since."""

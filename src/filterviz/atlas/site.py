@@ -9,9 +9,10 @@ same atlas always has the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from markupsafe import Markup
@@ -48,7 +49,7 @@ class SiteInfo:
     top_k: int = 0
 
 
-def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
+def _index(info: SiteInfo, layers: Sequence[SiteLayer], links: Mapping[str, str] = MappingProxyType({})) -> str:
     rows = [{"name": site_layer.layer.name, "page": layer_page(site_layer.layer.slug), "kind": site_layer.layer.kind,
              "channels": site_layer.layer.channels,
              "spatial": "-" if site_layer.layer.height is None else f"{site_layer.layer.height}×{site_layer.layer.width}",
@@ -59,7 +60,8 @@ def _index(info: SiteInfo, layers: Sequence[SiteLayer]) -> str:
                        units=sum(len(site_layer.units) for site_layer in layers), recipe=info.recipe.name,
                        size=info.size, seed=info.seed, images=info.images, top_k=info.top_k,
                        image_count=info.image_count,
-                       extra=Markup(index_html([site_layer.trust for site_layer in layers], INDEX)))
+                       extra=Markup(index_html([site_layer.trust for site_layer in layers], INDEX)
+                                    + links_section(links)))
 
 
 def _link(slug: str, k: int) -> dict[str, object]:
@@ -123,16 +125,58 @@ def site_pages(layers: Sequence[SiteLayer]) -> list[str]:
 
 
 def write_site(out: Path, info: SiteInfo, layers: Sequence[SiteLayer],
-               claim: Callable[[Iterable[str]], None] = lambda pages: None) -> set[str]:
+               claim: Callable[[Iterable[str]], None] = lambda pages: None,
+               links: Mapping[str, str] = MappingProxyType({})) -> set[str]:
     """Write every page (index, layers, filters) and the style sheet, after telling ``claim`` their
-    paths (the manifest records them before they exist); returns those paths under ``out``."""
+    paths (the manifest records them before they exist); returns those paths under ``out``. ``links``:
+    other pages of the folder that the index links to (see ``links_section``)."""
     claim(site_pages(layers))
     written: set[str] = set()
     _write(out, STYLE_SHEET, style_sheet(), written)
-    _write(out, INDEX, _index(info, layers), written)
+    _write(out, INDEX, _index(info, layers, links), written)
     for site_layer in layers:
         _write(out, layer_page(site_layer.layer.slug), _layer(info, site_layer), written)
         order = sorted(site_layer.units)
         for k in order:
             _write(out, filter_page(site_layer.layer.slug, k), _filter(info, site_layer, k, order), written)
     return written
+
+
+# -- links from the index to other pages of the folder (activation atlases) ------------------------
+# Kept apart from the index's own content, between two markers, so that a command that writes such a
+# page into an atlas folder can add its link to an index it did not write (``add_links``), giving the
+# bytes the atlas itself writes with the same links. An index without links is as it always was.
+
+LINKS_START, LINKS_END = "<!-- filterviz: links -->\n", "<!-- /filterviz: links -->\n"
+
+
+def links_section(links: Mapping[str, str]) -> str:
+    """The index's section of links to ``links`` ({page: label}, pages relative to the atlas folder),
+    "" when there are none."""
+    if not links:
+        return ""
+    return render_page("atlas/links.html", page=INDEX, links=sorted(links.items()))
+
+
+def with_links(index: str, links: Mapping[str, str]) -> str | None:
+    """An atlas index's text with its links section replaced by one of ``links``; None when the text
+    is not an atlas index this module wrote (nothing to add a link to)."""
+    start, end = index.find(LINKS_START), index.find(LINKS_END)
+    if start >= 0 and end > start:
+        index = index[:start] + index[end + len(LINKS_END):]
+    tail = "</body>\n</html>\n"
+    if not index.endswith(tail):
+        return None
+    return index[:-len(tail)] + links_section(links) + tail
+
+
+def add_links(out: Path, links: Mapping[str, str]) -> bool:
+    """Give the atlas index in ``out`` (if there is one, never read or written through a link) the
+    section of ``links``; returns whether there was an index to link from."""
+    data = read_regular(out, INDEX)
+    text = None if data is None else with_links(data.decode("utf-8", errors="replace"), links)
+    if text is None:
+        return False
+    if text.encode("utf-8") != data:
+        write_file(out, INDEX, text)
+    return True
