@@ -11,6 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -108,24 +109,12 @@ def run_demo(
             f"different strides, as the book's block1_conv1 ... block4_conv1; {model.name} has "
             f"{len(layers) or 'no'} such layer{'s' * (len(layers) != 1)}{found}; use a deeper model, or show its "
             "layers with `filterviz render` or `filterviz grid`")
-    try:  # only now: a bad model or weights leaves no empty folder behind
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
-    figures = []
-    for number, layer in enumerate(layers, start=1):
-        render = render_filters(model, layer, [0], seed=seed, progress=progress, precision="fp32")
-        figures.append(DemoFigure(save_image(show_channels(render.images)[0], folder / f"vggconv{number}.png"), render))
     grid_layer = layers[min(2, len(layers) - 1)]
-    channels = model.layer_info(grid_layer, GRID_TILE).channels
-    render = render_filters(
-        model, grid_layer, range(min(GRID_FILTERS, channels)), size=GRID_TILE, seed=seed, progress=progress,
-        precision="fp32")
-    grid = make_grid(show_channels(render.images), crossed=render.stuck)  # gray, RGB, or a model's first 3 bands
-    figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
+    figures = _figures(model, layers, grid_layer, folder, GRID_TILE, seed, progress, precision="fp32")
     if beside is None:
         return figures
-    figures += _best_figures(model, layers, grid_layer, beside, folder / beside.name, seed, progress)
+    figures += _figures(model, layers, grid_layer, folder / beside.name, BEST_GRID_TILE, seed, progress,
+                        recipe=beside)
     rows = [[show_channels(f.render.images)[0] for f in figures[i:i + BOOK_FIGURES]]
             for i in (0, BOOK_FIGURES + 1)]
     side = max(image.shape[0] for row in rows for image in row)
@@ -134,21 +123,22 @@ def run_demo(
     return figures
 
 
-def _best_figures(model: LoadedModel, layers: list[str], grid_layer: str, recipe: Recipe, folder: Path,
-                  seed: int | None, progress: bool) -> list[DemoFigure]:
-    """The demo's four filters and grid, again with ``recipe``."""
-    try:
+def _figures(model: LoadedModel, layers: list[str], grid_layer: str, folder: Path, tile: int, seed: int | None,
+             progress: bool, **options: Any) -> list[DemoFigure]:
+    """The demo's four filters (``vggconv1..4.png``) and its grid of ``tile`` px tiles, rendered with
+    ``options`` (the book's fp32, or another recipe), into ``folder``."""
+    try:  # only now: a bad model or weights leaves no empty folder behind
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create folder {str(folder)!r}: {exc.strerror or exc}") from None
     figures = []
     for number, layer in enumerate(layers, start=1):
-        render = render_filters(model, layer, [0], seed=seed, progress=progress, recipe=recipe)
+        render = render_filters(model, layer, [0], seed=seed, progress=progress, **options)
         figures.append(DemoFigure(save_image(show_channels(render.images)[0], folder / f"vggconv{number}.png"), render))
-    channels = model.layer_info(grid_layer, BEST_GRID_TILE).channels
-    render = render_filters(model, grid_layer, range(min(GRID_FILTERS, channels)), size=BEST_GRID_TILE, seed=seed,
-                            progress=progress, recipe=recipe)
-    grid = make_grid(show_channels(render.images), crossed=render.stuck)
+    channels = model.layer_info(grid_layer, tile).channels
+    render = render_filters(model, grid_layer, range(min(GRID_FILTERS, channels)), size=tile, seed=seed,
+                            progress=progress, **options)
+    grid = make_grid(show_channels(render.images), crossed=render.stuck)  # gray, RGB, or a model's first 3 bands
     figures.append(DemoFigure(save_image(grid, folder / f"grid_{grid_layer}.png"), render))
     return figures
 
