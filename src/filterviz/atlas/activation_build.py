@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..device import DEFAULT_PRECISION, autocast_dtype, resolve_precision
-from ..errors import FilterVizError, MemoryBudgetError, OutputError
+from ..errors import FilterVizError, MemoryBudgetError
 from ..image import png_bytes
 from ..memory import budget_words, memory_budget, more_memory, readable
 from ..models.loaded import LoadedModel
@@ -39,14 +38,15 @@ from .activation_site import ActivationSiteInfo, Patch, SiteCell, write_activati
 from .activations import (MIN_SAMPLES, NoAttribution, Samples, cells_of, check_umap, class_attribution, grid_cells,
                           nearest_members, per_image_count, sample_activations, top_classes, umap_layout,
                           umap_version)
-from .build import CHECKPOINT_SECONDS, MIN_CROP, check_atlas_folder, model_fingerprint, retried_note
+from .build import (CHECKPOINT_SECONDS, MIN_CROP, check_atlas_folder, memory_kept_to, model_fingerprint,
+                    retried_note, run_in_folder)
 from .examples import (check_example_channels, check_images, crop_box, folder_fingerprint, list_images, load_square,
                        receptive_field)
 from .executors import Executor, RenderSettings, RenderTask, TaskResult, default_executor
 from .files import (INDEX, MANIFEST_FILES, activation_files, activation_page, cell_image, cell_patch, check_tree,
                     manifest_path, part_leftovers, read_regular, regular_size, remove_empty_folders, remove_file,
                     write_file)
-from .manifest import Manifest, ManifestError, Unit, damage_error, damaged, set_aside
+from .manifest import Manifest, ManifestError, Unit, set_aside
 from .selection import layer_slug
 from .site import add_links
 
@@ -153,15 +153,10 @@ def build_activation_atlas(
     ``rebuild=True`` starts this layer's activation atlas afresh (and sets a damaged manifest aside).
     Bad arguments fail before anything is written.
     """
-    before = model.max_memory
-    if max_memory is not None:
-        model.max_memory = max_memory
-    try:
+    with memory_kept_to(model, max_memory):
         return _build_activation_atlas(model, out, layer, images, grid, samples, min_samples, patches, recipe, seed,
                                        scan_size, executor, chunk_size, precision, threads, scan_batch_size,
                                        progress, rebuild, {**overrides, "size": size})
-    finally:
-        model.max_memory = before
 
 
 def _positive(value: object, what: str) -> int:
@@ -214,29 +209,9 @@ def _build_activation_atlas(model: LoadedModel, out: str | os.PathLike[str], lay
     plan = _Plan(model, root, layer, info.name, layer_slug(layer), info.channels, Path(images), files, per_image,
                  scan_side, scan_batch_size, grid, min_samples, patches,
                  RenderSettings(chosen, seed, precision, threads), executor, chunk_size, progress)
-    plan.executor.open()
-    try:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
-        if not os.access(root, os.W_OK):
-            raise OutputError(f"cannot write into folder {str(root)!r}")
-        notes: list[str] = []
-        manifest = _open_manifest(manifest_path(root), layer, rebuild, notes)
-        try:
-            return _build(plan, manifest, started, notes)
-        finally:
-            manifest.close()
-    except sqlite3.DatabaseError as exc:
-        if damaged(exc):
-            raise damage_error(manifest_path(root), exc) from None
-        if not isinstance(exc, sqlite3.OperationalError):
-            raise
-        raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another run writing into this "
-                          "folder?") from None
-    finally:
-        plan.executor.close()
+    return run_in_folder(root, plan.executor,
+                         lambda notes: _open_manifest(manifest_path(root), layer, rebuild, notes),
+                         lambda manifest, notes: _build(plan, manifest, started, notes))
 
 
 def _check_scan_memory(model: LoadedModel, path: str, side: int, batch: int) -> None:

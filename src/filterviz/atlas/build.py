@@ -12,15 +12,16 @@ removes only files that its manifest records it wrote, and its own temporary fil
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import io
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ from .trust import measure_trust
 
 CHECKPOINT_SECONDS = 30.0  # how often a dataset scan in progress is saved
 MIN_CROP = 16  # px: smaller receptive fields are shown with some context around them
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -173,14 +176,56 @@ def build_atlas(
     batch (``chunk_size`` filters of the deepest layer shown) and a batch of the dataset scan; either
     beyond it is refused before anything is written, with the figures.
     """
-    before = model.max_memory
-    if max_memory is not None:
-        model.max_memory = max_memory  # every run of the model in this atlas keeps to it, on any executor
-    try:
+    with memory_kept_to(model, max_memory):
         return _build_atlas(model, out, layers, filters, recipe, seed, images, top_k, executor, chunk_size,
                             precision, threads, scan_batch_size, progress, rebuild, overrides)
+
+
+@contextlib.contextmanager
+def memory_kept_to(model: LoadedModel, max_memory: int | None) -> Iterator[None]:
+    """Inside: every run of ``model`` (on any executor) keeps to ``max_memory`` bytes, when given."""
+    before = model.max_memory
+    if max_memory is not None:
+        model.max_memory = max_memory
+    try:
+        yield
     finally:
         model.max_memory = before
+
+
+def run_in_folder(root: Path, executor: Executor, open_manifest: Callable[[list[str]], Manifest],
+                  build: Callable[[Manifest, list[str]], T]) -> T:
+    """With ``executor`` open, create ``root``, open its manifest (``open_manifest`` may add notes) and
+    ``build`` in it; close both however it ends. A manifest found damaged, or held by another run, is
+    one line (``OutputError``)."""
+    missing = [name for name in ("run", "open", "close", "retried") if not hasattr(executor, name)]
+    if missing:
+        raise FilterVizError(f"executor {type(executor).__name__} lacks {', '.join(missing)}: an executor "
+                             "has run(), open(), close() and a retried list (see filterviz.atlas.Executor)")
+    executor.open()
+    try:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
+        if not os.access(root, os.W_OK):
+            raise OutputError(f"cannot write into folder {str(root)!r}")
+        notes: list[str] = []
+        manifest = open_manifest(notes)
+        try:
+            return build(manifest, notes)
+        finally:
+            manifest.close()
+    except sqlite3.DatabaseError as exc:
+        if damaged(exc):  # found only now, past the check at opening
+            raise damage_error(manifest_path(root), exc) from None
+        if not isinstance(exc, sqlite3.OperationalError):
+            raise
+        # e.g. another run holds the manifest
+        raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another run writing "
+                          "into this folder?") from None
+    finally:
+        executor.close()
 
 
 def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequence[str] | None,
@@ -223,34 +268,8 @@ def _build_atlas(model: LoadedModel, out: str | os.PathLike[str], layers: Sequen
     threads = threads or getattr(executor, "default_threads", None) or torch.get_num_threads()
     plan = _Plan(model, root, atlas, wanted, RenderSettings(chosen, seed, precision, threads), executor, chunk_size,
                  Path(images) if images is not None else None, files, top_k, scan_batch_size, progress)
-    missing = [name for name in ("run", "open", "close", "retried") if not hasattr(plan.executor, name)]
-    if missing:
-        raise FilterVizError(f"executor {type(plan.executor).__name__} lacks {', '.join(missing)}: an executor "
-                             "has run(), open(), close() and a retried list (see filterviz.atlas.Executor)")
-    plan.executor.open()
-    try:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create folder {str(root)!r}: {exc.strerror or exc}") from None
-        if not os.access(root, os.W_OK):
-            raise OutputError(f"cannot write into folder {str(root)!r}")
-        notes: list[str] = []
-        manifest = _open_manifest(manifest_path(root), rebuild, notes)
-        try:
-            return _build(plan, manifest, started, notes)
-        finally:
-            manifest.close()
-    except sqlite3.DatabaseError as exc:
-        if damaged(exc):  # found only now, past the check at opening
-            raise damage_error(manifest_path(root), exc) from None
-        if not isinstance(exc, sqlite3.OperationalError):
-            raise
-        # e.g. another run holds the manifest
-        raise OutputError(f"cannot use the manifest in {str(root)!r} ({exc}); is another atlas run writing "
-                          "into this folder?") from None
-    finally:
-        plan.executor.close()
+    return run_in_folder(root, plan.executor, lambda notes: _open_manifest(manifest_path(root), rebuild, notes),
+                         lambda manifest, notes: _build(plan, manifest, started, notes))
 
 
 def _check_memory(model: LoadedModel, layers: list[AtlasLayer], filters: dict[str, list[int]], recipe: Recipe,
