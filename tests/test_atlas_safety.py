@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,30 @@ def test_a_local_ray_listens_on_loopback_only_and_prints_nothing(tmp_path, capfd
     assert {"gcs_server", "raylet"} <= {name for name, _ in listening}, listening
     assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for _, ip in listening), listening
     assert err == "", err
+
+
+def test_a_local_ray_starts_anew_and_joins_no_cluster_a_stale_file_names():
+    """A process killed while its Ray ran leaves ``ray_current_cluster`` behind, naming a dead address;
+    Ray, given no address, would try to join it. Without --address filterviz starts its own Ray."""
+    ray = pytest.importorskip("ray")
+    from filterviz.atlas import RayExecutor
+
+    # Ray's sockets live under its temp folder, whose path must stay short.
+    temp = Path(tempfile.mkdtemp(prefix="fvray", dir="/tmp"))
+    try:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{free.getsockname()[1]}"
+        (temp / "ray_current_cluster").write_text(dead)
+        executor = RayExecutor(init_options={"_temp_dir": str(temp), "num_cpus": 1})
+        try:
+            executor.open()
+            joined = ray.get_runtime_context().gcs_address
+        finally:
+            executor.close()
+        assert joined != dead and not ray.is_initialized()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # Each input of a picture, changed alone, re-renders exactly the pictures (and scans) it changes.

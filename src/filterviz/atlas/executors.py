@@ -459,12 +459,18 @@ class RayExecutor:
             if local:
                 options["_node_ip_address"] = LOOPBACK
             options.update(self.init_options)
+            # "local" always starts a new Ray here. Given None, Ray would instead join whatever cluster its
+            # /tmp/ray/ray_current_cluster names: one started by `ray start` (maybe listening on the
+            # network), or one long dead whose file a killed process left behind.
+            address = "local" if local else self.address
             try:
                 with _single_machine(ray) if local else contextlib.nullcontext():
-                    ray.init(address=self.address, **options)
+                    ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise FilterVizError(f"cannot reach the Ray cluster at {self.address}: {first_line(exc)}; "
-                                     "start one with `ray start --head`") from None
+                ray.shutdown()  # what a failed start left running would be joined by the next start
+                where = "start Ray on this machine" if local else f"reach the Ray cluster at {self.address}"
+                raise FilterVizError(f"cannot {where}: {first_line(exc)}; "
+                                     "start one with `ray start --head` and give its --address") from None
             self._started = True
             node = ray.util.get_node_ip_address()
             if local and options["_node_ip_address"] == LOOPBACK and node != LOOPBACK:
