@@ -250,6 +250,28 @@ def test_a_local_ray_starts_anew_and_joins_no_cluster_a_stale_file_names():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.parametrize("given_as", ["--address", "RAY_ADDRESS"])
+def test_an_address_nothing_answers_at_is_one_line_in_seconds(tmp_path, capsys, monkeypatch, given_as):
+    """Ray itself would retry for minutes; an address from RAY_ADDRESS is checked as one given."""
+    pytest.importorskip("ray")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{free.getsockname()[1]}"
+    extra = ["--address", dead]
+    if given_as == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", dead)
+        extra = []
+    model_file = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.trace(TinyNet().eval(), torch.rand(1, 3, 16, 16)), str(model_file))
+    capsys.readouterr()
+    code = main(["atlas", str(model_file), "--out", str(tmp_path / "site"), "--size", "16", "--executor", "ray",
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot reach the Ray cluster at {dead}" in err and f"leave out {given_as}" in err, err
+    assert not (tmp_path / "site").exists()
+
+
 # Each input of a picture, changed alone, re-renders exactly the pictures (and scans) it changes.
 
 @pytest.mark.parametrize("change", ["seed", "size", "precision", "device"])

@@ -368,8 +368,9 @@ def run_worker_task(boxed_model: list[Any], task: RenderTask, settings: RenderSe
     return run_task(_worker_models[key], task, settings)
 
 
-def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after Ray's long retries, when a cluster address does not answer."""
+def _check_reachable(address: str | None, timeout: float = 5.0, given_as: str = "--address") -> None:
+    """Fail in seconds, not after Ray's long retries, when a cluster address does not answer;
+    ``given_as`` says where the address came from."""
     if address in (None, "auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -379,7 +380,7 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
         raise FilterVizError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one there "
-                             "with `ray start --head`, or leave out --address to run Ray on this machine") from None
+                             f"with `ray start --head`, or leave out {given_as} to run Ray on this machine") from None
 
 
 LOOPBACK = "127.0.0.1"
@@ -451,7 +452,9 @@ class RayExecutor:
 
         ray = require("ray", "ray", "atlases with --executor ray")
         if not ray.is_initialized():
-            _check_reachable(self.address)
+            # RAY_ADDRESS stands for a missing address, so it is checked too.
+            target = self.address or os.environ.get("RAY_ADDRESS") or None
+            _check_reachable(target, given_as="--address" if self.address else "RAY_ADDRESS")
             # Setting RAY_BACKEND_LOG_LEVEL would itself print a line ("Set ray log level from
             # environment variable"); Ray's C++ parts log to files, its Python logger only errors.
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
@@ -468,9 +471,11 @@ class RayExecutor:
                     ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 ray.shutdown()  # what a failed start left running would be joined by the next start
-                where = "start Ray on this machine" if local else f"reach the Ray cluster at {self.address}"
-                raise FilterVizError(f"cannot {where}: {first_line(exc)}; "
-                                     "start one with `ray start --head` and give its --address") from None
+                if local:
+                    raise FilterVizError(f"cannot start Ray on this machine: {first_line(exc)}; start one with "
+                                         "`ray start --head` and give its --address") from None
+                raise FilterVizError(f"cannot reach the Ray cluster at {target}: "
+                                     f"{first_line(exc)}; start one with `ray start --head`") from None
             self._started = True
             node = ray.util.get_node_ip_address()
             if local and options["_node_ip_address"] == LOOPBACK and node != LOOPBACK:
